@@ -1,0 +1,37 @@
+# rl-scaling: the two set-up commands are `make demo` and `make test` (see README).
+PYTHON ?= python
+RUNS ?= runs
+REPORT ?= reports/latest
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all analysis lint bench clean
+
+# CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
+# Where a torch is already installed (e.g. a CUDA build on a GPU box) it is kept.
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
+	$(PYTHON) -m pip install -q -e ".[all]"
+
+# The embedded default study: MNIST bandit width sweep (about 15 min on 2 CPU cores), then figures.
+demo: install
+	$(PYTHON) -m rl_scaling.sweep -m +experiment=mnist_width
+	$(PYTHON) -m analysis --runs $(RUNS)/mnist_width --out reports/mnist_width
+
+# Fast tests plus a real short end-to-end sweep; slow and GPU tests are opt-in (test-all).
+test: install
+	$(PYTHON) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: install
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+analysis:
+	$(PYTHON) -m analysis --runs $(RUNS) --out $(REPORT)
+
+lint:
+	$(PYTHON) -m ruff check .
+
+bench:
+	$(PYTHON) bench/ppo_procgen.py
+
+clean:
+	rm -rf .pytest_cache reports/latest

@@ -1,0 +1,116 @@
+"""Metric logging: the local run record always, wandb optionally, and a progress line.
+
+The local ``metrics.jsonl`` is the truth; wandb mirrors it with ``env_steps`` and
+``flops`` as step metrics. The progress line is live (carriage return) on a
+terminal and a plain periodic line otherwise (Slurm, CI logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from rl_scaling.record import RunRecord
+
+log = logging.getLogger(__name__)
+
+
+def _fmt_count(x: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def _fmt_eta(seconds: float) -> str:
+    if not seconds or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Progress:
+    """One progress line per run: steps, steps/s, return, ETA."""
+
+    def __init__(self, total_steps: int, mode: str = "auto", plain_every_s: float = 30.0,
+                 stream=None) -> None:
+        if mode not in ("auto", "bar", "plain", "none"):
+            raise ValueError(f"logger.progress must be auto|bar|plain|none, got {mode!r}")
+        self.stream = stream or sys.stderr
+        if mode == "auto":
+            mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
+        self.mode = mode
+        self.total_steps = total_steps
+        self.plain_every_s = plain_every_s
+        self._last_plain = -float("inf")
+        self._window: list[tuple[float, int]] = []
+
+    def update(self, env_steps: int, metrics: dict[str, Any], final: bool = False) -> None:
+        if self.mode == "none":
+            return
+        now = time.monotonic()
+        self._window.append((now, env_steps))
+        self._window = self._window[-20:]  # steps/s over the recent iterations, not since start
+        (t0, s0), (t1, s1) = self._window[0], self._window[-1]
+        sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+        eta = (self.total_steps - env_steps) / sps if sps == sps and sps > 0 else float("nan")
+        ret = metrics.get("return_mean")
+        pct = 100.0 * env_steps / max(self.total_steps, 1)
+        line = (f"steps {_fmt_count(env_steps)}/{_fmt_count(self.total_steps)} ({pct:4.1f}%) "
+                f"| {sps:7.1f} steps/s | return {ret if ret is None else f'{ret:.3f}'} "
+                f"| ETA {_fmt_eta(eta)}")
+        if self.mode == "bar":
+            self.stream.write("\r" + line.ljust(100))
+            if final:
+                self.stream.write("\n")
+            self.stream.flush()
+        elif final or now - self._last_plain >= self.plain_every_s:
+            self._last_plain = now
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+
+class MetricsLogger:
+    """Writes one log point to every sink. ``log`` requires the DESIGN.md counters."""
+
+    def __init__(self, record: RunRecord, *, backend: str = "local", progress: Progress | None = None,
+                 wandb_kwargs: dict[str, Any] | None = None) -> None:
+        if backend not in ("local", "wandb"):
+            raise ValueError(f"logger.backend must be 'local' or 'wandb', got {backend!r}")
+        self.record = record
+        self.progress = progress
+        self._wandb = None
+        if backend == "wandb":
+            self._wandb = _init_wandb(record, wandb_kwargs or {})
+
+    def log(self, row: dict[str, Any], final: bool = False) -> None:
+        self.record.append_metrics(row)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if v is not None})
+        if self.progress is not None:
+            self.progress.update(int(row["env_steps"]), row, final=final)
+
+    def close(self) -> None:
+        self.record.close()
+        if self._wandb is not None:
+            self._wandb.finish()  # always, even when training raised
+            self._wandb = None
+
+
+def _init_wandb(record: RunRecord, kwargs: dict[str, Any]):
+    try:
+        import wandb
+    except ImportError as err:
+        raise ImportError("logger=wandb needs wandb: pip install 'rl-scaling[wandb]'") from err
+    mode = os.environ.get("WANDB_MODE", "offline")  # never reach the network unless asked
+    run = wandb.init(dir=str(record.run_dir), mode=mode, resume="allow", **kwargs)
+    # Both counters are step metrics, so curves can be drawn against E or against FLOPs.
+    run.define_metric("env_steps")
+    run.define_metric("flops")
+    run.define_metric("*", step_metric="env_steps")
+    return run

@@ -1,0 +1,80 @@
+"""Every config composes; unknown keys and bad values fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from rl_scaling.config import register_configs
+from rl_scaling.run import ConfigError, validate
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+register_configs()
+
+
+def _compose(overrides, return_hydra_config=False):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+def test_default_config_is_the_mnist_study():
+    cfg = _compose([])
+    assert (cfg.env.family, cfg.model.family, cfg.algo.name) == ("mnist", "mnist_cnn", "ppo")
+    validate(cfg)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(name):
+    cfg = _compose([f"+experiment={name}"], return_hydra_config=True)
+    assert cfg.experiment == name
+    assert cfg.hydra.sweeper.params, f"{name} has no sweep grid"
+    validate(cfg)
+
+
+def test_required_experiments_exist():
+    assert {"procgen_width", "procgen_depth", "smoke", "mnist_width"} <= set(EXPERIMENTS)
+
+
+def test_procgen_width_grid_spans_hilton_widths():
+    cfg = _compose(["+experiment=procgen_width"], return_hydra_config=True)
+    widths = [float(w) for w in cfg.hydra.sweeper.params["model.width"].split(",")]
+    assert min(widths) == 1 / 64 and max(widths) == 8
+    cfg = _compose(["+experiment=procgen_depth"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["model.depth"] == "1,2,4,8,16"
+
+
+@pytest.mark.parametrize("override,key", [
+    ("algo.lerning_rate=0.1", "lerning_rate"),
+    ("model.widht=2", "widht"),
+    ("env.num_levls=3", "num_levls"),
+])
+def test_unknown_key_names_the_key(override, key):
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        _compose([override])
+    assert key in str(err.value) + str(err.value.__cause__)
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["model.width=wide"])
+    assert "width" in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize("override,key", [
+    ("model.width=-1", "model.width"),
+    ("model.depth=0", "model.depth"),
+    ("algo.total_steps=0", "algo.total_steps"),
+    ("env.num_envs=0", "env.num_envs"),
+    ("algo.num_minibatches=7", "algo.num_minibatches"),
+    ("algo.gamma=1.5", "algo.gamma"),
+    ("device=tpu", "device"),
+])
+def test_bad_values_fail_with_one_line_naming_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        validate(_compose([override]))
+    message = str(err.value)
+    assert message.startswith(key) and "\n" not in message

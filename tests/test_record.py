@@ -1,0 +1,59 @@
+"""Run record and checkpoint files: append/flush, truncation on resume, atomic writes, errors."""
+
+import json
+
+import pytest
+import torch
+
+from rl_scaling.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from rl_scaling.record import RunRecord
+
+COUNTERS = {"updates": 0, "samples": 0, "flops": 0.0, "wall_time": 0.0}
+
+
+def test_metrics_lines_carry_counters_and_are_flushed(tmp_path):
+    rec = RunRecord(tmp_path)
+    rec.append_metrics({"env_steps": 10, **COUNTERS, "return_mean": float("nan")})
+    # visible to another reader before close: flushed per line
+    line = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert line["env_steps"] == 10 and line["return_mean"] is None  # NaN -> null (strict JSON)
+    with pytest.raises(KeyError, match="flops"):
+        rec.append_metrics({"env_steps": 1, "updates": 0, "samples": 0, "wall_time": 0})
+    rec.close()
+
+
+def test_truncate_drops_points_after_checkpoint_and_torn_line(tmp_path):
+    rec = RunRecord(tmp_path)
+    for steps in (100, 200, 300):
+        rec.append_metrics({"env_steps": steps, **COUNTERS})
+    rec.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"env_steps": 400, "upd')  # killed mid-write
+    assert [r["env_steps"] for r in rec.read_metrics()] == [100, 200, 300]
+    assert rec.truncate_metrics(200) == 2
+    assert [r["env_steps"] for r in rec.read_metrics()] == [100, 200]
+
+
+def test_run_json_status_is_validated(tmp_path):
+    rec = RunRecord(tmp_path)
+    rec.write_run_json({"status": "running", "id": "x"})
+    assert rec.update_run_json(status="finished")["id"] == "x"
+    with pytest.raises(ValueError, match="status"):
+        rec.update_run_json(status="done")
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    path = tmp_path / "ckpt" / "latest.pt"
+    save_checkpoint(path, {"counters": {"env_steps": 5}, "model": {"w": torch.ones(2)}})
+    assert load_checkpoint(path, required=("counters",))["counters"]["env_steps"] == 5
+    assert list(path.parent.iterdir()) == [path]  # no temp files left behind
+
+    path.write_bytes(path.read_bytes()[:40])  # truncated file
+    with pytest.raises(CheckpointError, match=r"corrupt checkpoint .*latest\.pt"):
+        load_checkpoint(path)
+    torch.save({"format": 99}, path)
+    with pytest.raises(CheckpointError, match="incompatible checkpoint"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"model": {}})
+    with pytest.raises(CheckpointError, match="missing"):
+        load_checkpoint(path, required=("counters",))
