@@ -1,0 +1,383 @@
+"""Scalable actor-critic model families.
+
+Every model maps a batch of raw observations to ``(logits, value)``::
+
+    logits, value = model(obs)   # (B, num_actions), (B,)
+
+and names the parts being scaled with ``model.scaled_modules()``. Parameters and
+FLOPs inside those parts are "effective" (what the scaling studies count); the final
+policy-logit and value heads are not, because their size is set by the task
+(number of actions), not by the width/depth knobs. See docs/models_and_flops.md.
+
+Families (built through :func:`build_model`):
+
+- ``impala_cnn``: the IMPALA CNN of the Procgen PPO recipe (Espeholt et al. 2018;
+  CleanRL ``ppo_procgen.py``), used by Hilton et al. 2023 for width/depth scaling.
+- ``mnist_cnn``: the small CNN of Hilton et al. 2023's MNIST bandit, with separate
+  policy and value networks.
+- ``mlp``: separate tanh policy and value MLPs for vector observations.
+
+Image observations arrive raw from the env as ``(B, H, W, C)`` pixels in 0..255
+(uint8 preferred: 4x less rollout memory); the model converts to float, divides by
+255 and moves channels first itself. Vector observations arrive as ``(B, d)`` floats.
+
+Nothing here knows about Hydra: builders take plain arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "ImpalaCNN",
+    "MLPActorCritic",
+    "MnistCNN",
+    "build_model",
+    "count_params",
+    "known_families",
+    "scaled_channels",
+]
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------
+
+
+def scaled_channels(base: int, width: float) -> int:
+    """Channels (or units) of a layer whose width-1 size is ``base``.
+
+    ``max(1, round(base * width))``: fractional widths are allowed (Hilton et al. go
+    down to 1/64) and a layer never collapses to zero channels.
+    """
+    return max(1, round(base * width))
+
+
+def count_params(model: nn.Module) -> dict[str, int]:
+    """Parameter counts ``{"total": ..., "effective": ...}``.
+
+    ``effective`` counts the parameters inside ``model.scaled_modules()`` (each shared
+    parameter once); ``total`` counts every parameter of the model.
+    """
+    total = sum(p.numel() for p in model.parameters())
+    effective_params = {id(p): p for m in _scaled_modules(model) for p in m.parameters()}
+    effective = sum(p.numel() for p in effective_params.values())
+    return {"total": total, "effective": effective}
+
+
+def _scaled_modules(model: nn.Module) -> list[nn.Module]:
+    if not hasattr(model, "scaled_modules"):
+        raise TypeError(
+            f"{type(model).__name__} has no scaled_modules(); effective parameters/FLOPs "
+            "are only defined for the model families in agents.models"
+        )
+    return list(model.scaled_modules())
+
+
+def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Module:
+    """Orthogonal weights and constant bias, as in the PPO recipes (CleanRL)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias_const)
+    return layer
+
+
+def _pixels_to_nchw(obs: Tensor) -> Tensor:
+    """(B, H, W, C) raw pixels in 0..255 (any dtype) -> (B, C, H, W) float32 in [0, 1].
+
+    The permute is a free view and the elementwise scale keeps its channels-last
+    strides, which the CPU conv kernels take directly: one pass over the batch, no copy
+    to NCHW. Out of place, so a float rollout buffer is never modified.
+    """
+    x = obs.permute(0, 3, 1, 2)
+    if x.is_floating_point():
+        return x.float() / 255.0
+    return x * (1.0 / 255.0)  # integer pixels promote straight to float32
+
+
+def _check_image_shape(family: str, obs_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    if len(obs_shape) != 3:
+        raise ValueError(
+            f"model family '{family}' needs image observations of shape (H, W, C), "
+            f"got obs_shape={tuple(obs_shape)}; use family 'mlp' for vector observations"
+        )
+    h, w, c = (int(s) for s in obs_shape)
+    if c > min(h, w):
+        # Raw images have far fewer channels than pixels per side; more channels than
+        # rows/cols almost always means a channels-first (C, H, W) observation.
+        raise ValueError(
+            f"model family '{family}' expects channels-last (H, W, C) observations, "
+            f"got obs_shape={tuple(obs_shape)} which looks channels-first"
+        )
+    return h, w, c
+
+
+# ---------------------------------------------------------------------------
+# impala_cnn
+# ---------------------------------------------------------------------------
+
+
+class ResidualBlock(nn.Module):
+    """relu -> conv3x3 -> relu -> conv3x3, plus the skip connection."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv0 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        # The first relu must not be in place (``x`` is the skip input); the others act on
+        # fresh conv outputs that autograd does not keep, so in place saves allocations.
+        out = torch.relu_(self.conv0(torch.relu(x)))
+        return self.conv1(out).add_(x)
+
+
+class ConvSequence(nn.Module):
+    """conv3x3 -> max-pool 3x3/2 -> ``depth`` residual blocks (one IMPALA stack)."""
+
+    def __init__(self, in_channels: int, out_channels: int, depth: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.pool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.res_blocks = nn.Sequential(*(ResidualBlock(out_channels) for _ in range(depth)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res_blocks(self.pool(self.conv(x)))
+
+    @staticmethod
+    def output_hw(h: int, w: int) -> tuple[int, int]:
+        # max-pool k=3, s=2, p=1: out = floor((n + 2 - 3) / 2) + 1 = ceil(n / 2)
+        return (h + 1) // 2, (w + 1) // 2
+
+
+class ImpalaCNN(nn.Module):
+    """IMPALA CNN actor-critic (Procgen PPO recipe) with width and depth knobs.
+
+    Three stacks with ``16, 32, 32`` x width channels, each conv -> max-pool ->
+    ``depth`` residual blocks; then relu, flatten, dense to ``256`` x width, relu;
+    a shared trunk feeds a policy head and a value head.
+    Width 1, depth 2 on 64x64x3 with 15 actions: 626,256 parameters, 61.2 MFLOP.
+    """
+
+    base_channels = (16, 32, 32)
+    base_hidden = 256
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        width: float = 1.0,
+        depth: int = 2,
+    ):
+        super().__init__()
+        h, w, c = _check_image_shape("impala_cnn", obs_shape)
+        self.obs_shape, self.num_actions = (h, w, c), num_actions
+        self.width, self.depth = width, depth
+
+        stacks: list[nn.Module] = []
+        in_channels = c
+        for base in self.base_channels:
+            out_channels = scaled_channels(base, width)
+            stacks.append(ConvSequence(in_channels, out_channels, depth))
+            in_channels = out_channels
+            h, w = ConvSequence.output_hw(h, w)
+        hidden = scaled_channels(self.base_hidden, width)
+        self.trunk = nn.Sequential(
+            *stacks,
+            nn.ReLU(inplace=True),  # acts on a fresh residual-block output
+            nn.Flatten(),
+            nn.Linear(in_channels * h * w, hidden),
+            nn.ReLU(inplace=True),
+        )
+        self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
+        self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = self.trunk(_pixels_to_nchw(obs))
+        return self.policy_head(hidden), self.value_head(hidden).squeeze(-1)
+
+    def scaled_modules(self) -> list[nn.Module]:
+        return [self.trunk]
+
+
+# ---------------------------------------------------------------------------
+# mnist_cnn
+# ---------------------------------------------------------------------------
+
+
+class MnistCNN(nn.Module):
+    """Hilton et al. 2023's MNIST-bandit CNN: separate policy and value networks.
+
+    Each network: conv5x5 (16 x width, no padding) -> relu -> max-pool 2x2 ->
+    conv3x3 (32 x width) -> relu -> max-pool 2x2 -> flatten -> dense (1000 x width)
+    -> relu -> head (num_actions logits, or 1 value). Input (H, W) or (H, W, 1) pixels.
+    """
+
+    base_channels = (16, 32)
+    base_hidden = 1000
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0):
+        super().__init__()
+        if len(obs_shape) == 2:  # accept (28, 28) as well as (28, 28, 1)
+            obs_shape = (*obs_shape, 1)
+        h, w, c = _check_image_shape("mnist_cnn", obs_shape)
+        self.obs_shape, self.num_actions, self.width = (h, w, c), num_actions, width
+        self.depth = 1
+
+        # conv5x5 (no padding) -> pool 2 -> conv3x3 (no padding) -> pool 2
+        out_h, out_w = ((h - 4) // 2 - 2) // 2, ((w - 4) // 2 - 2) // 2
+        if out_h < 1 or out_w < 1:
+            raise ValueError(
+                f"mnist_cnn needs images of at least 14x14, got obs_shape={tuple(obs_shape)}"
+            )
+        c1, c2 = (scaled_channels(b, width) for b in self.base_channels)
+        hidden = scaled_channels(self.base_hidden, width)
+
+        def trunk() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c, c1, kernel_size=5),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Conv2d(c1, c2, kernel_size=3),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+                nn.Flatten(),
+                nn.Linear(c2 * out_h * out_w, hidden),
+                nn.ReLU(),
+            )
+
+        self.policy_trunk, self.value_trunk = trunk(), trunk()
+        self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
+        self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        if obs.ndim == 3:
+            obs = obs.unsqueeze(-1)
+        x = _pixels_to_nchw(obs)
+        logits = self.policy_head(self.policy_trunk(x))
+        value = self.value_head(self.value_trunk(x)).squeeze(-1)
+        return logits, value
+
+    def scaled_modules(self) -> list[nn.Module]:
+        return [self.policy_trunk, self.value_trunk]
+
+
+# ---------------------------------------------------------------------------
+# mlp
+# ---------------------------------------------------------------------------
+
+
+class MLPActorCritic(nn.Module):
+    """Separate tanh policy and value MLPs: ``depth`` hidden layers of 64 x width units."""
+
+    base_hidden = 64
+
+    def __init__(
+        self,
+        obs_shape: tuple[int, ...],
+        num_actions: int,
+        width: float = 1.0,
+        depth: int = 2,
+    ):
+        super().__init__()
+        if len(obs_shape) != 1:
+            raise ValueError(
+                f"model family 'mlp' needs vector observations of shape (d,), got "
+                f"obs_shape={tuple(obs_shape)}; flatten them in the env or use a CNN family"
+            )
+        self.obs_shape, self.num_actions = (int(obs_shape[0]),), num_actions
+        self.width, self.depth = width, depth
+        hidden = scaled_channels(self.base_hidden, width)
+
+        def trunk() -> nn.Sequential:
+            layers: list[nn.Module] = []
+            in_features = int(obs_shape[0])
+            for _ in range(depth):
+                layers += [layer_init(nn.Linear(in_features, hidden)), nn.Tanh()]
+                in_features = hidden
+            return nn.Sequential(*layers)
+
+        self.policy_trunk, self.value_trunk = trunk(), trunk()
+        self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
+        self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        x = obs.float()  # no copy when already float32
+        logits = self.policy_head(self.policy_trunk(x))
+        value = self.value_head(self.value_trunk(x)).squeeze(-1)
+        return logits, value
+
+    def scaled_modules(self) -> list[nn.Module]:
+        return [self.policy_trunk, self.value_trunk]
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+
+
+def _build_impala(obs_shape, num_actions, width, depth):
+    return ImpalaCNN(obs_shape, num_actions, width=width, depth=2 if depth is None else depth)
+
+
+def _build_mnist(obs_shape, num_actions, width, depth):
+    if depth not in (None, 1):
+        raise ValueError(
+            f"model.depth is not a knob of mnist_cnn (fixed architecture); "
+            f"leave it null or 1, got {depth}"
+        )
+    return MnistCNN(obs_shape, num_actions, width=width)
+
+
+def _build_mlp(obs_shape, num_actions, width, depth):
+    return MLPActorCritic(obs_shape, num_actions, width=width, depth=2 if depth is None else depth)
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "impala_cnn": _build_impala,
+    "mnist_cnn": _build_mnist,
+    "mlp": _build_mlp,
+}
+
+
+def known_families() -> list[str]:
+    """Names accepted by :func:`build_model`."""
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    family: str,
+    obs_shape: tuple[int, ...],
+    num_actions: int,
+    *,
+    width: float = 1.0,
+    depth: int | None = None,
+) -> nn.Module:
+    """Build an actor-critic of ``family`` for ``obs_shape`` (no batch dim) and a
+    discrete action space of ``num_actions``.
+
+    ``width`` multiplies every scaled layer's channels/units (1.0 = the paper's
+    default; fractional allowed). ``depth`` is residual blocks per stack for
+    ``impala_cnn`` (default 2), hidden layers for ``mlp`` (default 2), and must be
+    None or 1 for ``mnist_cnn``.
+    """
+    if family not in _REGISTRY:
+        raise ValueError(f"unknown model family '{family}'; known: {', '.join(known_families())}")
+    if isinstance(width, bool) or not isinstance(width, (int, float, np.number)):
+        raise ValueError(f"model.width must be a number > 0, got {width!r}")
+    if not width > 0 or not math.isfinite(width):  # `not >` also rejects NaN
+        raise ValueError(f"model.width must be > 0, got {width}")
+    if depth is not None:
+        if isinstance(depth, bool) or int(depth) != depth:
+            raise ValueError(f"model.depth must be an integer >= 1, got {depth!r}")
+        depth = int(depth)
+        if depth < 1:
+            raise ValueError(f"model.depth must be >= 1, got {depth}")
+    if int(num_actions) != num_actions or num_actions < 1:
+        raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
+    obs_shape = tuple(int(s) for s in obs_shape)
+    return _REGISTRY[family](obs_shape, int(num_actions), float(width), depth)

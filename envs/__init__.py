@@ -1,0 +1,53 @@
+"""Environment builders behind one vectorised, gymnasium-style interface (`envs.base.VecEnv`).
+
+    env = make_env("procgen", num_envs=64, seed=0, env_id="coinrun")
+    obs = env.reset()
+    obs, reward, terminated, truncated, info = env.step(actions)
+
+Builders take plain keyword arguments; nothing here knows about Hydra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from envs.base import EpisodeStats, VecEnv
+from envs.mnist import make_mnist
+from envs.probe import PROBES, make_probe
+from envs.procgen import make_procgen
+
+ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
+    "procgen": make_procgen,
+    "mnist": make_mnist,
+    "probe": make_probe,
+}
+
+
+def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
+    """Build a vectorised env of one family.
+
+    Args:
+        family: "procgen", "mnist" or "probe".
+        num_envs: number of envs stepped together (> 0).
+        seed: seeds everything random in the env, in [0, 2**31).
+        kwargs: the family's own arguments (see `make_procgen`, `make_mnist`, `make_probe`).
+
+    Raises:
+        ValueError: unknown family or a bad argument (the message names it).
+    """
+    if family not in ENV_BUILDERS:
+        raise ValueError(f"unknown env family {family!r}; known families: {sorted(ENV_BUILDERS)}")
+    return ENV_BUILDERS[family](num_envs=num_envs, seed=seed, **kwargs)
+
+
+__all__ = [
+    "ENV_BUILDERS",
+    "PROBES",
+    "EpisodeStats",
+    "VecEnv",
+    "make_env",
+    "make_mnist",
+    "make_probe",
+    "make_procgen",
+]

@@ -1,0 +1,87 @@
+"""PPO reaches the known solution of each classic probe environment, and learns CoinRun."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from agents.models import build_model
+from agents.ppo import learning_rate, train
+from envs import PROBES, make_env
+from rl_scaling.config import PPOConfig
+from rl_scaling.context import RunContext
+from rl_scaling.flops import FlopAccountant, forward_flops
+from rl_scaling.logger import MetricsLogger
+from rl_scaling.record import RunRecord
+
+PROBE_CFG = PPOConfig(total_steps=8 * 16 * 80, num_steps=16, num_epochs=4, num_minibatches=4,
+                      gamma=0.9, gae_lambda=0.95, ent_coef=0.0, lr=3e-3, lr_width_rule=False,
+                      norm_reward=False, max_grad_norm=1.0)
+
+
+def _context(tmp_path, model, obs_shape, dtype=torch.float32):
+    example = torch.zeros((1, *obs_shape), dtype=dtype)
+    return RunContext(logger=MetricsLogger(RunRecord(tmp_path), progress=None),
+                      accountant=FlopAccountant(forward_flops=forward_flops(model, example)),
+                      device=torch.device("cpu"), checkpoint_path=tmp_path / "ckpt.pt",
+                      checkpoint_interval=0)
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_probe_reaches_known_solution(name, tmp_path):
+    torch.manual_seed(0)
+    probe = PROBES[name]
+    envs = make_env("probe", num_envs=8, seed=0, name=name)
+    model = build_model("mlp", envs.single_observation_space.shape, probe.num_actions, width=1.0)
+    ctx = _context(tmp_path, model, envs.single_observation_space.shape)
+    assert train(PROBE_CFG, envs, model, ctx) == "finished"
+
+    # every observation the probe can show: +-1 for random probes, step index otherwise
+    obs = (np.array([[1.0], [-1.0]]) if probe.random_obs
+           else np.arange(probe.episode_length, dtype=np.float64)[:, None])
+    with torch.no_grad():
+        logits, value = model(torch.as_tensor(obs, dtype=torch.float32))
+    expected = probe.expected_value(obs, PROBE_CFG.gamma)
+    np.testing.assert_allclose(value.numpy(), expected, atol=0.1, err_msg=f"{name}: V(obs)")
+    if probe.num_actions > 1:
+        best = torch.softmax(logits, -1)[torch.arange(len(obs)), probe.optimal_action(obs)]
+        assert (best > 0.9).all(), f"{name}: pi(optimal action) = {best.tolist()}"
+
+
+def test_counters_and_flops_follow_the_schedule(tmp_path):
+    envs = make_env("probe", num_envs=4, seed=0, name="constant_value")
+    model = build_model("mlp", (1,), 1, width=0.5)
+    ctx = _context(tmp_path, model, (1,))
+    cfg = replace(PROBE_CFG, total_steps=4 * 16 * 3, num_epochs=2, num_minibatches=2)
+    train(cfg, envs, model, ctx)
+    rows = RunRecord(tmp_path).read_metrics()
+    assert [r["env_steps"] for r in rows] == [64, 128, 192]
+    assert [r["updates"] for r in rows] == [4, 8, 12]
+    assert [r["samples"] for r in rows] == [128, 256, 384]
+    f = ctx.accountant.forward_flops
+    # per iteration: 64 acting forwards + 2 epochs x 64 samples x (forward + 2x backward)
+    assert rows[-1]["flops"] == pytest.approx(3 * (64 * f + 2 * 64 * 3 * f))
+    assert all(r["wall_time"] >= 0 for r in rows)
+
+
+def test_learning_rate_width_rule():
+    cfg = PPOConfig(lr=5e-4)
+    assert learning_rate(cfg, 1.0) == 5e-4
+    assert learning_rate(cfg, 4.0) == pytest.approx(2.5e-4)
+    assert learning_rate(cfg, 1 / 64) == pytest.approx(4e-3)
+    assert learning_rate(replace(cfg, lr_width_rule=False), 4.0) == 5e-4
+
+
+def test_non_finite_loss_stops_with_diverged(tmp_path):
+    from rl_scaling.context import StopTraining
+
+    envs = make_env("probe", num_envs=4, seed=0, name="obs_reward")
+    model = build_model("mlp", (1,), 1)
+    with torch.no_grad():  # a poisoned weight makes every value NaN
+        next(model.parameters()).fill_(float("nan"))
+    ctx = _context(tmp_path, model, (1,))
+    with pytest.raises(StopTraining) as stop:
+        train(replace(PROBE_CFG, total_steps=4 * 16 * 5), envs, model, ctx)
+    assert stop.value.status == "diverged"
+    assert len(RunRecord(tmp_path).read_metrics()) == 1  # the curve up to divergence is kept
