@@ -81,7 +81,8 @@ class RolloutBuffer:
         """Yield ``num_minibatches`` random disjoint minibatches of flattened samples."""
         if self.size % num_minibatches:
             raise ValueError(
-                f"num_envs*num_steps={self.size} is not divisible by num_minibatches={num_minibatches}"
+                f"num_envs*num_steps={self.size} is not divisible by "
+                f"num_minibatches={num_minibatches}"
             )
         mb_size = self.size // num_minibatches
         flat = {

@@ -38,7 +38,8 @@ def _obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, envs: VecEnv, episodes: int, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, envs: VecEnv, episodes: int,
+             device: torch.device) -> dict[str, float]:
     """Mean return (and success rate, if the env reports one) over ``episodes`` episodes."""
     returns: list[float] = []
     successes: list[float] = []
@@ -57,7 +58,7 @@ def evaluate(model: nn.Module, envs: VecEnv, episodes: int, device: torch.device
 
 def train(cfg: PPOConfig, envs: VecEnv, model: nn.Module, ctx: RunContext,
           eval_envs: VecEnv | None = None) -> str:
-    """Train ``model`` on ``envs`` until ``cfg.total_steps`` interactions; return the final status."""
+    """Train ``model`` on ``envs`` for ``cfg.total_steps`` interactions; return the final status."""
     device = ctx.device
     num_envs = envs.num_envs
     batch_size = num_envs * cfg.num_steps

@@ -31,7 +31,7 @@ class Counters:
     wall_time: float = 0.0  # seconds of training, summed over resumes
 
 
-class StopTraining(Exception):
+class StopTraining(Exception):  # noqa: N818 (control flow, not an error)
     """Raised by a loop to stop early; ``status`` says how the run ends."""
 
     def __init__(self, status: str, reason: str) -> None:

@@ -78,7 +78,8 @@ class Progress:
 class MetricsLogger:
     """Writes one log point to every sink. ``log`` requires the DESIGN.md counters."""
 
-    def __init__(self, record: RunRecord, *, backend: str = "local", progress: Progress | None = None,
+    def __init__(self, record: RunRecord, *, backend: str = "local",
+                 progress: Progress | None = None,
                  wandb_kwargs: dict[str, Any] | None = None) -> None:
         if backend not in ("local", "wandb"):
             raise ValueError(f"logger.backend must be 'local' or 'wandb', got {backend!r}")

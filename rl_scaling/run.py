@@ -160,12 +160,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     if info is not None and record.config_path.exists():
         diffs = _config_mismatch(OmegaConf.load(record.config_path), cfg)
         if diffs:
-            raise ConfigError(f"{record.run_dir} holds a run with another config ({'; '.join(diffs)}); "
-                              "choose another hydra.run.dir")
-    resume_state = load_checkpoint(ckpt_path, required=("counters", "model")) if ckpt_path.exists() else None
-    if info is not None and info.get("status") in ("finished", "diverged") and resume_state is not None:
+            raise ConfigError(f"{record.run_dir} holds a run with another config "
+                              f"({'; '.join(diffs)}); choose another hydra.run.dir")
+    resume_state = None
+    if ckpt_path.exists():
+        resume_state = load_checkpoint(ckpt_path, required=("counters", "model"))
+    status_before = (info or {}).get("status")
+    if status_before in ("finished", "diverged") and resume_state is not None:
         done = resume_state["counters"]["env_steps"] >= cfg.algo.total_steps
-        if done or info["status"] == "diverged":
+        if done or status_before == "diverged":
             log.info("%s already %s; nothing to do", record.run_dir, info["status"])
             return info["status"]
 
@@ -175,10 +178,17 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         torch.use_deterministic_algorithms(True)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    envs, eval_envs = build_envs(cfg, cfg.seed)
+    try:  # builders raise ValueError naming their argument; say which config group it was
+        envs, eval_envs = build_envs(cfg, cfg.seed)
+    except ValueError as err:
+        raise ConfigError(f"env ({cfg.env.family}): {err}") from err
     obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    model = build_model(cfg.model.family, tuple(obs_space.shape), int(act_space.n),
-                        width=cfg.model.width, depth=cfg.model.depth).to(device)
+    try:
+        model = build_model(cfg.model.family, tuple(obs_space.shape), int(act_space.n),
+                            width=cfg.model.width, depth=cfg.model.depth).to(device)
+    except ValueError as err:
+        envs.close()
+        raise ConfigError(f"model ({cfg.model.family}): {err}") from err
     example = torch.zeros((1, *obs_space.shape), dtype=torch.from_numpy(obs_space.sample()).dtype,
                           device=device)
     flops = {"total": forward_flops(model, example, effective=False),

@@ -1,0 +1,214 @@
+"""End to end through the real command line: a short sweep, a SIGKILL and a resume, bad input.
+
+Every test starts ``python -m rl_scaling.sweep`` as a subprocess, exactly as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rl_scaling.checkpoint import load_checkpoint
+from rl_scaling.record import RunRecord
+
+ROOT = Path(__file__).resolve().parents[1]
+COUNTERS = ("env_steps", "updates", "samples", "flops", "wall_time")
+# smoke: 8 envs x 64 steps = 512 env steps per iteration, 1 epoch of 2 minibatches
+ITER_STEPS, ITER_UPDATES = 512, 2
+
+
+def sweep(*overrides: str, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "rl_scaling.sweep", *overrides]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=_env(), **popen)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return RunRecord(run_dir).read_metrics()
+
+
+def _check_curve(rows: list[dict], iterations: int) -> None:
+    """Counters of a smoke run: one line per iteration, nothing duplicated or missing."""
+    assert [r["env_steps"] for r in rows] == [ITER_STEPS * (i + 1) for i in range(iterations)]
+    assert [r["updates"] for r in rows] == [ITER_UPDATES * (i + 1) for i in range(iterations)]
+    assert [r["samples"] for r in rows] == [ITER_STEPS * (i + 1) for i in range(iterations)]
+    flops = [r["flops"] for r in rows]
+    per_iter = flops[0]
+    assert per_iter > 0
+    assert flops == pytest.approx([per_iter * (i + 1) for i in range(iterations)], rel=1e-9)
+    walls = [r["wall_time"] for r in rows]
+    assert walls == sorted(walls)
+    assert all(set(COUNTERS) <= set(r) for r in rows)
+
+
+def test_smoke_sweep_end_to_end_then_analysis(tmp_path):
+    """The real path: Hydra multirun (joblib, 2 workers) -> PPO -> run records -> analysis."""
+    sweep_dir = tmp_path / "runs"
+    proc = sweep("-m", "+experiment=smoke", f"hydra.sweep.dir={sweep_dir}",
+                 "logger.progress=plain")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dirs = sorted(p for p in sweep_dir.iterdir() if (p / "run.json").exists())
+    assert [p.name for p in run_dirs] == ["model.width=0.125", "model.width=0.25"]
+    params = []
+    for run_dir in run_dirs:
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["status"] == "finished" and info["experiment"] == "smoke"
+        assert info["env_steps"] == 2048 and info["flops"] > 0
+        assert info["params"]["effective"] <= info["params"]["total"]
+        params.append(info["params"]["effective"])
+        rows = _metrics(run_dir)
+        _check_curve(rows, 4)
+        assert rows[-1]["flops"] == pytest.approx(info["flops"])
+        assert all(0.0 <= r["return_mean"] <= 1.0 for r in rows)
+        assert (run_dir / "config.yaml").exists() and (run_dir / "checkpoints/latest.pt").exists()
+    assert params[0] < params[1]  # width 0.125 is the smaller model
+
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "analysis", "--runs", str(sweep_dir),
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env=_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "report.md").read_text().strip()
+    laws = json.loads((out / "laws.json").read_text())
+    assert isinstance(laws, dict) and laws
+    assert list(out.rglob("*.png")), "analysis drew no figure"
+
+
+def test_sigkill_then_resume_continues_counters(tmp_path):
+    """Kill -9 mid-run, start the same command again: it resumes from its last checkpoint,
+    and the curve has every point exactly once."""
+    run_dir = tmp_path / "run"
+    iterations = 40
+    args = [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
+            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
+            "checkpoint_interval=3", "logger.progress=none", "torch_threads=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            # wait until a checkpoint exists and a line has been logged after it
+            if ckpt.exists() and len(_metrics(run_dir)) % 3 != 0 and len(_metrics(run_dir)) >= 4:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("no checkpoint within 240 s")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    logged = len(_metrics(run_dir))
+    at_kill = load_checkpoint(ckpt)["counters"]
+    assert 0 < at_kill["iterations"] < iterations
+    assert logged > at_kill["iterations"]  # some points were logged after the checkpoint
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+    proc2 = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    assert "resuming" in proc2.stdout + proc2.stderr
+    rows = _metrics(run_dir)
+    _check_curve(rows, iterations)  # no point duplicated or lost
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["resumed"] is True
+    assert info["env_steps"] == iterations * ITER_STEPS
+    # wall time continues from the checkpoint rather than restarting at zero
+    first_resumed = rows[at_kill["iterations"]]
+    assert first_resumed["wall_time"] >= at_kill["wall_time"]
+
+
+def test_finished_run_is_not_rerun_and_can_be_extended(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "algo.total_steps=1024",
+            "logger.progress=none"]
+    assert sweep(*base).returncode == 0
+    assert sweep(*base).returncode == 0
+    assert len(_metrics(run_dir)) == 2  # the second call found it finished
+    proc = sweep(*base[:-2], "algo.total_steps=2048", "logger.progress=none")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _check_curve(_metrics(run_dir), 4)  # extended from its checkpoint
+
+
+def test_corrupt_checkpoint_is_one_line_and_keeps_the_curve(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none"]
+    assert sweep(*base, "algo.total_steps=1024").returncode == 0
+    before = (run_dir / "metrics.jsonl").read_text()
+    ckpt = run_dir / "checkpoints" / "latest.pt"
+    ckpt.write_bytes(b"not a checkpoint")
+    proc = sweep(*base, "algo.total_steps=2048")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: corrupt checkpoint") and str(ckpt) in last
+    assert (run_dir / "metrics.jsonl").read_text() == before  # nothing already logged is lost
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_changed_config_in_same_dir_is_refused(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
+            "algo.total_steps=512"]
+    assert sweep(*base).returncode == 0
+    proc = sweep(*base, "algo.lr=0.1")
+    assert proc.returncode == 2
+    assert "algo.lr" in proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.width=-1"], "model.width"),
+    (["env.data_path=/nonexistent/mnist"], "/nonexistent/mnist"),
+    (["env=procgen", "model=impala_cnn", "env.id=pong"], "pong"),
+    (["model.widht=2"], "widht"),
+])
+def test_bad_input_fails_with_one_clear_line(tmp_path, overrides, needle):
+    proc = sweep(*overrides, f"hydra.run.dir={tmp_path / 'run'}", "logger.progress=none",
+                 timeout=120)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert needle in lines[-1] or needle in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_wandb_offline_mirrors_metrics(tmp_path):
+    pytest.importorskip("wandb")
+    run_dir = tmp_path / "run"
+    proc = sweep("+experiment=smoke", "logger=wandb", f"hydra.run.dir={run_dir}",
+                 "algo.total_steps=1024", "logger.progress=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    offline = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline, f"no offline wandb run under {run_dir / 'wandb'}"
+    assert list(offline[0].glob("*.wandb"))
+    assert len(_metrics(run_dir)) == 2  # local files stay the truth
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run_keeps_rollout_on_device(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = sweep("+experiment=smoke", "device=cuda", f"hydra.run.dir={run_dir}",
+                 "logger.progress=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["device"].startswith("cuda") and info["status"] == "finished"
+    _check_curve(_metrics(run_dir), 4)
