@@ -2,12 +2,15 @@
 
 Prints one table: env-only steps/s (random actions), policy-forward-only steps/s,
 full PPO training steps/s (our real entry path: config -> run -> ppo.train) and
-its split into rollout vs update. Ratios are against (a) the FLOP ceiling
-measured in this same run (1 acting forward + 3 epochs x forward+backward = 10
-forwards per step, at the measured forward rate) and (b) the reference single-file
-Procgen PPO measured on the 2-core development CPU (about 140 steps/s; issue 2).
+its split into rollout vs update. Ratios are against baselines measured in this same
+run: (a) the textbook single-file PPO loop (bench/baseline_ppo.py: same network, envs
+and hyperparameters, written the way the widely used Procgen PPO script writes it),
+(b) the FLOP ceiling (1 acting forward + 3 epochs x forward+backward = 10 forwards per
+step, at the measured forward rate). The reference script's own number on the 2-core
+development CPU (about 140 steps/s; issue 2) is printed for comparison.
 
-    python bench/ppo_procgen.py [--iterations 2] [--width 1] [--device auto] [--threads 0]
+    python bench/ppo_procgen.py [--iterations 2] [--baseline-iterations 2] [--width 1]
+                                [--device auto] [--threads 0]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from baseline_ppo import run_baseline
 from hydra import compose, initialize_config_dir
 
 from agents.models import build_model
@@ -83,6 +87,8 @@ def ppo_train(width: float, iterations: int, device: str, threads: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=2, help="PPO iterations of 64x256 steps")
+    p.add_argument("--baseline-iterations", type=int, default=2,
+                   help="iterations of the same-run textbook baseline (0: skip it)")
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
@@ -95,6 +101,8 @@ def main() -> None:
     fwd_sps = forward_only(args.width, 64, 40 if device.type == "cpu" else 400, device)
     ceiling = fwd_sps / 10.0
     ppo = ppo_train(args.width, args.iterations, args.device, args.threads)
+    base = (run_baseline(args.baseline_iterations, args.width, device=str(device))
+            if args.baseline_iterations > 0 else None)
     share = ppo["rollout_s"] / (ppo["rollout_s"] + ppo["update_s"])
     print(f"\nPPO on Procgen CoinRun, 64 envs, IMPALA width {args.width}, device {device}, "
           f"torch threads {torch.get_num_threads()}")
@@ -105,10 +113,17 @@ def main() -> None:
     print(f"{'FLOP ceiling (forward rate / 10)':<38}{ceiling:>12,.1f}{1.0:>12.2f}")
     print(f"{'PPO training, this run':<38}{ppo['sps']:>12,.1f}{ppo['sps'] / ceiling:>12.2f}")
     print(f"{'  incl. set-up and checkpoint':<38}{ppo['sps_incl_setup']:>12,.1f}")
-    print(f"{'reference single-file PPO (2-core)':<38}{REFERENCE_SPS:>12,.1f}"
+    if base is not None:
+        print(f"{'textbook PPO baseline, this run':<38}{base['sps']:>12,.1f}"
+              f"{base['sps'] / ceiling:>12.2f}")
+    print(f"{'reference script, 2-core dev CPU':<38}{REFERENCE_SPS:>12,.1f}"
           f"{REFERENCE_SPS / ceiling:>12.2f}")
-    print(f"\nspeed-up over the reference: {ppo['sps'] / REFERENCE_SPS:.2f}x "
-          "(meaningful on the 2-core development CPU only)")
+    if base is not None:
+        print(f"\nspeed-up over the same-run baseline: {ppo['sps'] / base['sps']:.2f}x "
+              f"(baseline split: rollout {base['rollout_s']:.1f} s, "
+              f"update {base['update_s']:.1f} s)")
+    print(f"speed-up over the reference script's 2-core number: "
+          f"{ppo['sps'] / REFERENCE_SPS:.2f}x (meaningful on the 2-core development CPU only)")
     print(f"time split over {ppo['steps']:,} steps: rollout {ppo['rollout_s']:.1f} s "
           f"({100 * share:.0f}%), update {ppo['update_s']:.1f} s ({100 * (1 - share):.0f}%)")
 

@@ -57,3 +57,39 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     save_checkpoint(path, {"model": {}})
     with pytest.raises(CheckpointError, match="missing"):
         load_checkpoint(path, required=("counters",))
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s: str) -> None:
+        self.text += s
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_live_on_a_terminal_and_plain_lines_otherwise():
+    from rl_scaling.logger import Progress
+
+    tty = _Stream(tty=True)
+    bar = Progress(1000, "auto", stream=tty)
+    for steps in (100, 200, 300):
+        bar.update(steps, {"return_mean": 0.5})
+    bar.update(1000, {"return_mean": 0.75}, final=True)
+    assert bar.mode == "bar" and tty.text.count("\r") == 4 and tty.text.endswith("\n")
+    assert "steps/s" in tty.text and "return 0.750" in tty.text and "ETA" in tty.text
+
+    log = _Stream(tty=False)
+    plain = Progress(1000, "auto", plain_every_s=3600, stream=log)
+    for steps in (100, 200, 300):
+        plain.update(steps, {"return_mean": 0.5})
+    plain.update(1000, {}, final=True)
+    # the first line, then nothing until the interval passes, then the final line
+    assert plain.mode == "plain" and "\r" not in log.text and log.text.count("\n") == 2
+    with pytest.raises(ValueError, match="logger.progress"):
+        Progress(10, "fancy")

@@ -1,0 +1,238 @@
+"""``python -m analysis fit LAW --csv FILE --col ROLE=COLUMN ... [--json]``: fit your own table.
+
+Researchers often have numbers from elsewhere (a paper's table, another codebase). This
+fits one law to the rows of a CSV and prints the fitted parameters with their intervals.
+
+==========  ======================  ==========================================
+LAW         roles                   parameters
+==========  ======================  ==========================================
+chinchilla  N, D (or C), loss       E, A, B, alpha, beta, a, b
+isoflop     N, C, loss              a, b, L_exponent
+power       x, y                    c, k, offset  (``--offset`` fits a constant)
+utd         sigma, D                D_min, beta, alpha
+intrinsic   N, E, return (C, run)   N_c, E_c, alpha_N, alpha_E, beta
+==========  ======================  ==========================================
+
+A role defaults to the column of the same name. For ``chinchilla`` a missing ``D`` is
+derived from ``C`` as ``C / (k N)`` with ``--flops-per-param-sample k`` (default 6). With
+``--json`` one object is printed: ``{"law", "params", "ci", "n_points", "loss"}`` (``ci``
+maps a parameter to ``[low, high]``; NaN is ``null``). Errors (missing column, too few
+points, non-positive values) print one line on stderr and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import laws
+from analysis.fitting import (
+    FitError,
+    FitResult,
+    fit_chinchilla,
+    fit_loglog,
+    fit_power_offset,
+    one_blas_thread,
+)
+
+ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    # law: (required roles, optional roles)
+    "chinchilla": (("N", "loss"), ("D", "C", "run")),
+    "isoflop": (("N", "C", "loss"), ("D",)),
+    "power": (("x", "y"), ("run",)),
+    "utd": (("sigma", "D"), ("run",)),
+    "intrinsic": (("N", "E", "return"), ("C", "run")),
+}
+PARAMS: dict[str, tuple[str, ...]] = {
+    "chinchilla": ("E", "A", "B", "alpha", "beta", "a", "b"),
+    "isoflop": ("a", "b", "L_exponent"),
+    "power": ("c", "k", "offset"),
+    "utd": ("D_min", "beta", "alpha"),
+    "intrinsic": ("N_c", "E_c", "alpha_N", "alpha_E", "beta"),
+}
+
+
+def parse_cols(items: Sequence[str]) -> dict[str, str]:
+    """``["N=params", "loss=val"]`` -> ``{"N": "params", "loss": "val"}``."""
+    out = {}
+    for item in items:
+        role, sep, col = item.partition("=")
+        if not sep or not role or not col:
+            raise FitError(f"--col expects ROLE=COLUMN, got {item!r}")
+        out[role.strip()] = col.strip()
+    return out
+
+
+def resolve_columns(law: str, df: pd.DataFrame, cols: dict[str, str]) -> dict[str, np.ndarray]:
+    """Map each role of ``law`` to a column's values; raise FitError naming what is missing."""
+    required, optional = ROLES[law]
+    unknown = set(cols) - set(required) - set(optional)
+    if unknown:
+        raise FitError(f"{law}: unknown role(s) {sorted(unknown)}; roles are "
+                       f"{', '.join(required + optional)}")
+    out: dict[str, np.ndarray] = {}
+    for role in required + optional:
+        col = cols.get(role, role if role in df.columns else None)
+        if col is None:
+            continue
+        if col not in df.columns:
+            raise FitError(f"column {col!r} (role {role}) not in the CSV; columns: "
+                           f"{', '.join(map(str, df.columns))}")
+        if role == "run":
+            out[role] = df[col].astype(str).to_numpy()
+            continue
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.isna().any():
+            bad = df[col][values.isna()].iloc[0]
+            raise FitError(f"column {col!r} (role {role}): {int(values.isna().sum())} "
+                           f"missing or non-numeric value(s), e.g. {bad!r}")
+        out[role] = values.to_numpy(float)
+    for role in required:
+        if role not in out:
+            raise FitError(f"{law}: no column for role {role!r}; pass --col {role}=COLUMN "
+                           f"(columns: {', '.join(map(str, df.columns))})")
+    return out
+
+
+def _fit_chinchilla(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
+    if "D" not in v:
+        if "C" not in v:
+            raise FitError("chinchilla: no column for role 'D' (or 'C' to derive D = C/(k N)); "
+                           "pass --col D=COLUMN or --col C=COLUMN")
+        if (v["N"] <= 0).any():
+            raise FitError("N: non-positive value(s) where D = C/(k N) is derived")
+        v["D"] = v["C"] / (args.flops_per_param_sample * v["N"])
+    return fit_chinchilla(v["N"], v["D"], v["loss"], n_boot=args.n_boot, groups=v.get("run"),
+                          level=args.level, seed=args.seed)
+
+
+def _fit_isoflop(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
+    return laws.fit_isoflop(v["N"], v["C"], v["loss"], D=v.get("D"), level=args.level,
+                            flops_per_param_sample=args.flops_per_param_sample)
+
+
+def _fit_power(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
+    if args.offset:
+        return fit_power_offset(v["x"], v["y"], space=args.space, level=args.level,
+                                n_boot=args.n_boot, groups=v.get("run"), seed=args.seed,
+                                law="power")
+    f = fit_loglog(v["x"], v["y"], level=args.level, law="power")
+    f.params["offset"] = 0.0
+    f.ci["offset"] = (0.0, 0.0)
+    return f
+
+
+def _fit_utd(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
+    return laws.fit_utd(v["sigma"], v["D"], level=args.level, n_boot=args.n_boot,
+                        groups=v.get("run"), seed=args.seed)
+
+
+def _fit_intrinsic(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
+    return laws.fit_intrinsic(v["N"], v["E"], v["return"], C=v.get("C"), groups=v.get("run"),
+                              n_boot=args.n_boot, level=args.level, seed=args.seed)
+
+
+FITTERS: dict[str, Callable[[dict[str, np.ndarray], argparse.Namespace], FitResult]] = {
+    "chinchilla": _fit_chinchilla,
+    "isoflop": _fit_isoflop,
+    "power": _fit_power,
+    "utd": _fit_utd,
+    "intrinsic": _fit_intrinsic,
+}
+
+
+def fit_table(law: str, df: pd.DataFrame, cols: dict[str, str] | None = None,
+              **options: Any) -> dict[str, Any]:
+    """Fit ``law`` to the rows of ``df``; return the CLI's JSON object.
+
+    ``options`` are the command-line options by their Python names (``offset``,
+    ``flops_per_param_sample``, ``n_boot``, ``level``, ``seed``, ``space``).
+    """
+    if law not in FITTERS:
+        raise FitError(f"unknown law {law!r}; choose one of {', '.join(FITTERS)}")
+    args = build_parser().parse_args([law, "--csv", "-"])
+    for k, val in options.items():
+        if not hasattr(args, k):
+            raise TypeError(f"unknown option {k!r}")
+        setattr(args, k, val)
+    if args.n_boot is None:
+        args.n_boot = DEFAULT_BOOT[law]
+    values = resolve_columns(law, df, cols or {})
+    fit = FITTERS[law](values, args)
+    js = fit.to_json()
+    names = PARAMS[law]
+    return {
+        "law": law,
+        "params": {k: js["params"].get(k) for k in names},
+        "ci": {k: js["ci"].get(k, [None, None]) for k in names},
+        "n_points": js["n_points"],
+        "loss": js["loss"],
+    }
+
+
+# bootstrap resamples where the law's intervals come from a bootstrap
+DEFAULT_BOOT = {"chinchilla": 100, "isoflop": 0, "power": 0, "utd": 0, "intrinsic": 50}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fit`` subcommand's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m analysis fit",
+        description="Fit one scaling law to a CSV and print its parameters and intervals.")
+    p.add_argument("law", choices=sorted(FITTERS), help="which law to fit")
+    p.add_argument("--csv", required=True, help="the table (one row per measurement)")
+    p.add_argument("--col", action="append", default=[], metavar="ROLE=COLUMN",
+                   help="which column plays a role (repeatable); default: same name")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--offset", action="store_true", help="power: fit y = offset + c x^k")
+    p.add_argument("--space", choices=("log", "linear"), default="log",
+                   help="power --offset: residuals in log y (default) or y")
+    p.add_argument("--flops-per-param-sample", type=float, default=6.0,
+                   help="k in C = k N D (chinchilla D from C; isoflop D_opt); default 6")
+    p.add_argument("--n-boot", type=int, default=None,
+                   help="bootstrap resamples (chinchilla 100, intrinsic 50; power/utd "
+                        "use delta-method intervals unless set)")
+    p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    return p
+
+
+def _print_human(res: dict[str, Any]) -> None:
+    print(f"law {res['law']}: {res['n_points']} points, loss {res['loss']:.4g}")
+    for k, v in res["params"].items():
+        lo, hi = res["ci"].get(k, [None, None])
+        iv = "[—]" if lo is None or hi is None else f"[{lo:.4g}, {hi:.4g}]"
+        print(f"  {k:>11} = {'nan' if v is None else f'{v:.4g}':>10}  {iv}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m analysis fit``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        cols = parse_cols(args.col)
+        path = Path(args.csv)
+        if not path.exists():
+            raise FitError(f"CSV not found: {path}")
+        try:
+            df = pd.read_csv(path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise FitError(f"cannot read CSV {path}: {err}") from None
+        with one_blas_thread():
+            res = fit_table(args.law, df, cols, offset=args.offset, space=args.space,
+                            flops_per_param_sample=args.flops_per_param_sample,
+                            n_boot=args.n_boot, level=args.level, seed=args.seed)
+    except FitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(res, allow_nan=False))
+    else:
+        _print_human(res)
+    return 0

@@ -1,0 +1,304 @@
+"""Figures in one style: every plot goes through ``figure_style`` and ``save``.
+
+The functions take prepared arrays and frames (the pipeline computes curves and fits) and
+write ``NAME.png`` and ``NAME.pdf``. Conventions: log axes wherever a law is a power law,
+one viridis colour per model size ordered by log size, legends that name the sizes,
+fitted laws as lines with their confidence band, held-out points as open markers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+FORMATS = ("png", "pdf")
+STYLE: dict[str, Any] = {
+    "figure.figsize": (6.4, 4.4),
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 4,
+    "image.cmap": "viridis",
+}
+FIT_COLOR = "black"
+BAND_ALPHA = 0.18
+
+
+@contextlib.contextmanager
+def figure_style() -> Iterator[None]:
+    """The one figure style (rcParams) for every analysis figure."""
+    with plt.rc_context(STYLE):
+        yield
+
+
+def size_colors(sizes: Sequence[float], cmap: str = "viridis") -> dict[float, Any]:
+    """One colour per model size, spaced by log size so 1/64x..8x read as a gradient."""
+    uniq = sorted({float(s) for s in sizes if s is not None and np.isfinite(s)})
+    if not uniq:
+        return {}
+    cm = plt.get_cmap(cmap)
+    logs = np.log(np.maximum(uniq, 1e-300))
+    span = logs.max() - logs.min()
+    pos = (logs - logs.min()) / span if span > 0 else np.full(len(uniq), 0.5)
+    # stop short of viridis' pale yellow end, which vanishes on white
+    return {s: cm(0.05 + 0.85 * p) for s, p in zip(uniq, pos, strict=True)}
+
+
+def fmt_num(v: float) -> str:
+    """Short human label: 0.25, 4, 1.2e+06."""
+    if v is None or not np.isfinite(v):
+        return "nan"
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-2):
+        return f"{v:.2g}"
+    return f"{v:g}"
+
+
+def save(fig: plt.Figure, out_dir: str | Path, name: str,
+         formats: Sequence[str] | None = None) -> list[Path]:
+    """Write ``fig`` as ``out_dir/name.{png,pdf}`` (``formats``, default the module's
+    ``FORMATS``), close it, and return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ext in formats or FORMATS:
+        path = out_dir / f"{name}.{ext}"
+        fig.savefig(path)
+        paths.append(path)
+    plt.close(fig)
+    return paths
+
+
+def _band(ax, x, low, high, color=FIT_COLOR) -> None:
+    if low is not None and high is not None:
+        ax.fill_between(x, low, high, color=color, alpha=BAND_ALPHA, linewidth=0)
+
+
+def plot_curves(
+    curves: pd.DataFrame,
+    x: str,
+    y: str,
+    size: str,
+    out_dir: str | Path,
+    name: str,
+    *,
+    title: str = "",
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    size_label: str = "width",
+    frontier: pd.DataFrame | None = None,
+    logx: bool = True,
+) -> list[Path]:
+    """Seed-averaged learning curves, one colour per model size, with the s.e.m. band and
+    (optionally) the compute-efficient frontier as a dashed black line."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        colors = size_colors(curves[size].astype(float))
+        for s, g in curves.groupby(size, sort=True):
+            g = g.sort_values(x)
+            c = colors.get(float(s))
+            n = int(g["n_seeds"].max()) if "n_seeds" in g else 1
+            ax.plot(g[x], g[y], color=c, label=f"{size_label} {fmt_num(float(s))} (n={n})")
+            sem = f"{y}_sem"
+            if sem in g and g[sem].notna().any():
+                ax.fill_between(g[x], g[y] - g[sem], g[y] + g[sem], color=c, alpha=BAND_ALPHA,
+                                linewidth=0)
+        if frontier is not None and not frontier.empty:
+            ax.plot(frontier[x], frontier[y], "--", color=FIT_COLOR, lw=1.2,
+                    label="efficient frontier")
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
+        ax.set_title(title)
+        ax.legend(loc="best")
+        return save(fig, out_dir, name)
+
+
+def plot_power_law(
+    x: np.ndarray,
+    y: np.ndarray,
+    out_dir: str | Path,
+    name: str,
+    *,
+    fit_x: np.ndarray | None = None,
+    fit_y: np.ndarray | None = None,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
+    heldout: tuple[np.ndarray, np.ndarray] | None = None,
+    forecast: Mapping[str, float] | None = None,
+    point_labels: Sequence[str] | None = None,
+    colors: Sequence[Any] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    fit_label: str = "fit",
+    logy: bool = True,
+) -> list[Path]:
+    """Points, a fitted law with its band, held-out points (open markers: the
+    extrapolation check) and a forecast with its interval, on log-log axes."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        if fit_x is not None and fit_y is not None:
+            if band is not None:
+                _band(ax, fit_x, band[0], band[1])
+            ax.plot(fit_x, fit_y, "-", color=FIT_COLOR, lw=1.2, label=fit_label)
+        ax.scatter(x, y, c=colors if colors is not None else "C0", s=28, zorder=3,
+                   label="fitted points")
+        if point_labels is not None:
+            for xi, yi, lab in zip(x, y, point_labels, strict=True):
+                ax.annotate(lab, (xi, yi), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+        if heldout is not None and len(heldout[0]):
+            ax.scatter(heldout[0], heldout[1], facecolors="none", edgecolors="C3", s=40,
+                       zorder=3, label="held out (not fitted)")
+        if forecast is not None:
+            fx, fy = forecast["x"], forecast["y"]
+            lo, hi = forecast.get("low", fy), forecast.get("high", fy)
+            ax.errorbar([fx], [fy], yerr=[[max(fy - lo, 0)], [max(hi - fy, 0)]], fmt="D",
+                        color="C1", capsize=3, zorder=4, label=forecast.get("label", "forecast"))
+        ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best")
+        return save(fig, out_dir, name)
+
+
+def plot_isoflop(
+    profiles: pd.DataFrame,
+    size: str,
+    y: str,
+    out_dir: str | Path,
+    name: str,
+    *,
+    parabolas: Mapping[float, Mapping[str, float]] | None = None,
+    title: str = "",
+    xlabel: str = "parameters N",
+    ylabel: str | None = None,
+) -> list[Path]:
+    """isoFLOP profiles: ``y`` vs model size at each budget (one colour per budget), each
+    with its parabola in log N (``parabolas[budget] = {"a", "b", "c"}`` for
+    ``y = a (log N)^2 + b log N + c``) and its minimum marked."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        budgets = sorted(profiles["budget"].unique())
+        colors = size_colors(budgets, cmap="plasma")
+        for b in budgets:
+            g = profiles[profiles["budget"] == b].sort_values(size)
+            c = colors[float(b)]
+            ax.plot(g[size], g[y], "o", color=c, label=f"C = {fmt_num(float(b))}")
+            p = (parabolas or {}).get(float(b))
+            if p:
+                lx = np.linspace(np.log(g[size].min()), np.log(g[size].max()), 100)
+                ax.plot(np.exp(lx), p["a"] * lx**2 + p["b"] * lx + p["c"], "-", color=c,
+                        lw=1.0)
+                if p["a"] > 0:
+                    lmin = -p["b"] / (2 * p["a"])
+                    ax.plot([np.exp(lmin)], [p["a"] * lmin**2 + p["b"] * lmin + p["c"]], "*",
+                            color=c, ms=10, mec="black", mew=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel or y)
+        ax.set_title(title)
+        ax.legend(loc="best", ncol=2)
+        return save(fig, out_dir, name)
+
+
+def plot_pareto(
+    points: pd.DataFrame,
+    x: str,
+    y: str,
+    group: str,
+    out_dir: str | Path,
+    name: str,
+    *,
+    frontier: pd.DataFrame | None = None,
+    fit_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    group_label: str = "",
+) -> list[Path]:
+    """Data-compute trade-off: one point per configuration coloured by ``group`` (e.g.
+    the UTD ratio), the empirical Pareto frontier and the fitted frontier if given."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        colors = size_colors(points[group].astype(float))
+        for gval, g in points.groupby(group, sort=True):
+            ax.scatter(g[x], g[y], color=colors.get(float(gval)), s=24,
+                       label=f"{group_label} {fmt_num(float(gval))}")
+        if frontier is not None and not frontier.empty:
+            f = frontier.sort_values(x)
+            ax.step(f[x], f[y], where="post", color="0.4", lw=1.0, label="Pareto frontier")
+        if fit_curve is not None:
+            ax.plot(fit_curve[0], fit_curve[1], "-", color=FIT_COLOR, lw=1.2,
+                    label="fitted frontier")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best")
+        return save(fig, out_dir, name)
+
+
+def plot_scatter(
+    x: np.ndarray,
+    y: np.ndarray,
+    out_dir: str | Path,
+    name: str,
+    *,
+    color_by: np.ndarray | None = None,
+    color_label: str = "",
+    fit_curve: tuple[np.ndarray, np.ndarray] | None = None,
+    fit_label: str = "fit",
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = True,
+    logy: bool = False,
+) -> list[Path]:
+    """Scatter of one quantity against another (e.g. return vs intrinsic performance, or
+    return vs loss), coloured by model size on a log colour scale, with a fitted curve."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        if color_by is not None:
+            cb = np.asarray(color_by, dtype=float)
+            sc = ax.scatter(x, y, c=np.log10(cb), s=14, cmap="viridis")
+            cbar = fig.colorbar(sc, ax=ax)
+            cbar.set_label(f"log10 {color_label}".strip())
+        else:
+            ax.scatter(x, y, s=14)
+        if fit_curve is not None:
+            ax.plot(fit_curve[0], fit_curve[1], "-", color=FIT_COLOR, lw=1.2, label=fit_label)
+            ax.legend(loc="best")
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        return save(fig, out_dir, name)

@@ -1,0 +1,1030 @@
+"""Fit primitives: one implementation of each statistical building block.
+
+Every study law in :mod:`analysis.laws` and the ``fit`` CLI is built from these:
+
+- :func:`fit_loglog` -- ordinary least squares of ``log y`` on ``log x`` (``y = c x^k``) with
+  t-based confidence intervals for the parameters and, through :func:`loglog_intervals`,
+  confidence and prediction intervals for new ``x``.
+- :func:`fit_power_offset` -- power law plus constant ``y = offset + c x^k``: bounded,
+  multi-start least squares (log or linear residuals), delta-method (asymptotic) intervals or a
+  bootstrap.
+- :func:`fit_fixed_effects` -- one shared slope, one intercept per group (``y = c_g x^k`` in
+  log-log space), OLS t-intervals.
+- :func:`fit_chinchilla` -- Hoffmann et al.'s Approach 3 ``L = E + A/N^alpha + B/D^beta`` fitted
+  as Epoch's replication does: Huber loss (delta 1e-3) on ``log L`` through the log-sum-exp
+  parameterisation, L-BFGS from a grid of starts, bootstrap intervals.
+- :func:`bootstrap` -- nonparametric bootstrap over points, runs or seeds (cluster resampling,
+  optionally stratified).
+- :func:`delta_method` -- first-order intervals for any smooth function of fitted parameters.
+- :func:`rolling_cv` / :func:`holdout_largest` -- time-series style cross-validation that fits on
+  the smaller budgets and scores on the held-out larger ones.
+
+All fits return a :class:`FitResult`. Intervals are 95% (``level=0.95``) unless stated.
+Errors a user can cause (too few points, non-positive values where logs are taken, NaNs) raise
+:class:`FitError` with a one-line message naming the offending input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from scipy import optimize, special, stats
+
+try:
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
+    threadpool_limits = None
+
+__all__ = [
+    "FitResult",
+    "FitError",
+    "BootstrapResult",
+    "CVResult",
+    "as_array",
+    "fit_loglog",
+    "loglog_intervals",
+    "predict_power",
+    "fit_power_offset",
+    "power_offset_intervals",
+    "fit_fixed_effects",
+    "predict_fixed_effects",
+    "CHINCHILLA_GRID",
+    "chinchilla_objective",
+    "fit_chinchilla",
+    "predict_chinchilla",
+    "chinchilla_allocation",
+    "bootstrap",
+    "delta_method",
+    "rolling_cv",
+    "holdout_largest",
+    "t_quantile",
+]
+
+LEVEL = 0.95
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """Run BLAS single-threaded inside the block.
+
+    The fits here make thousands of tiny BLAS calls (L-BFGS-B, trust-region steps); with a
+    multi-threaded OpenBLAS on a busy machine each call waits for its spinning threads,
+    which measured 30x slower on the 2-core development box.
+    """
+    if threadpool_limits is None:
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def single_blas_thread(fn: _F) -> _F:
+    """Decorator form of :func:`one_blas_thread` for the optimiser-heavy fits."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with one_blas_thread():
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- result type
+
+
+@dataclass
+class FitResult:
+    """Outcome of one fit.
+
+    ``params`` holds point estimates by name; ``ci`` holds ``(low, high)`` at ``extra["level"]``
+    (95% unless stated). ``loss`` is the final value of the objective that was minimised (its
+    definition is law-specific and stated in each fit's docstring). ``extra`` carries
+    law-specific detail (covariances, per-budget parabolas, bootstrap draws...). Keys of
+    ``extra`` starting with ``_`` hold large or non-JSON objects (e.g. bootstrap draws) and are
+    left out of :meth:`to_json`.
+    """
+
+    law: str
+    params: dict[str, float]
+    ci: dict[str, tuple[float, float]]
+    n_points: int
+    loss: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """JSON-safe dict: ``law, params, ci (name -> [low, high]), n_points, loss, extra``.
+
+        NaN and infinities become ``None``; numpy scalars/arrays become floats/lists; keys of
+        ``extra`` starting with ``_`` are dropped.
+        """
+        return {
+            "law": self.law,
+            "params": {k: _json_safe(v) for k, v in self.params.items()},
+            "ci": {k: [_json_safe(lo), _json_safe(hi)] for k, (lo, hi) in self.ci.items()},
+            "n_points": int(self.n_points),
+            "loss": _json_safe(self.loss),
+            "extra": {k: _json_safe(v) for k, v in self.extra.items() if not k.startswith("_")},
+        }
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, FitResult):
+        return obj.to_json()
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items() if not str(k).startswith("_")}
+    if isinstance(obj, np.ndarray):
+        return [_json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.bool_ | bool):
+        return bool(obj)
+    if isinstance(obj, np.integer | int):
+        return int(obj)
+    if isinstance(obj, np.floating | float):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if obj is None or isinstance(obj, str):
+        return obj
+    if hasattr(obj, "to_json"):
+        return obj.to_json()
+    return str(obj)
+
+
+class FitError(ValueError):
+    """A user-facing problem with the data given to a fit; the message is one line."""
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def as_array(
+    values: Any, name: str, *, positive: bool = False, min_len: int | None = None
+) -> np.ndarray:
+    """Return ``values`` as a 1-D float array, or raise :class:`FitError` naming ``name``.
+
+    Checks: no NaN/inf; strictly positive if ``positive`` (logs are taken); at least
+    ``min_len`` entries.
+    """
+    try:
+        arr = np.asarray(values, dtype=float).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise FitError(f"{name}: values are not numeric ({exc})") from None
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise FitError(f"{name}: {int(bad.sum())} NaN or infinite value(s)")
+    if positive and (arr <= 0).any():
+        raise FitError(
+            f"{name}: {int((arr <= 0).sum())} non-positive value(s) where a log is taken "
+            f"(min {arr.min():g})"
+        )
+    if min_len is not None and arr.size < min_len:
+        raise FitError(f"too few points for {name}: {arr.size} given, at least {min_len} needed")
+    return arr
+
+
+def _same_length(**arrays: np.ndarray) -> None:
+    lengths = {k: len(v) for k, v in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise FitError(f"inputs differ in length: {lengths}")
+
+
+def t_quantile(level: float, dof: float) -> float:
+    """Two-sided Student-t quantile for a ``level`` interval (normal when ``dof`` is inf)."""
+    if not math.isfinite(dof):
+        return float(stats.norm.ppf(0.5 + level / 2))
+    return float(stats.t.ppf(0.5 + level / 2, max(dof, 1)))
+
+
+# --------------------------------------------------------------------------- log-log OLS
+
+
+def fit_loglog(x: Any, y: Any, *, level: float = LEVEL, law: str = "loglog") -> FitResult:
+    """Power law ``y = c * x^k`` by ordinary least squares of ``log y`` on ``log x``.
+
+    Loss: sum of squared residuals in natural-log space (reported as ``loss``).
+    Optimiser: closed form. Uncertainty: classical OLS t-intervals with ``n - 2`` degrees of
+    freedom; ``c``'s interval is ``exp`` of the interval for ``log c``. Needs >= 3 points.
+
+    ``extra`` holds what :func:`loglog_intervals` needs: ``log_c``, ``cov`` (2x2 covariance of
+    ``[log c, k]``), ``sigma`` (residual sd), ``dof``, ``logx_mean``, ``sxx``, ``r2``.
+    """
+    x = as_array(x, "x", positive=True, min_len=3)
+    y = as_array(y, "y", positive=True, min_len=3)
+    _same_length(x=x, y=y)
+    lx, ly = np.log(x), np.log(y)
+    n = lx.size
+    xm = lx.mean()
+    sxx = float(((lx - xm) ** 2).sum())
+    if sxx <= 1e-300:
+        raise FitError("x: all values equal, the slope is not identifiable")
+    k = float(((lx - xm) * (ly - ly.mean())).sum() / sxx)
+    logc = float(ly.mean() - k * xm)
+    resid = ly - (logc + k * lx)
+    sse = float((resid**2).sum())
+    dof = n - 2
+    s2 = sse / dof
+    var_k = s2 / sxx
+    var_logc = s2 * (1.0 / n + xm**2 / sxx)
+    cov_ck = -xm * s2 / sxx
+    t = t_quantile(level, dof)
+    se_k, se_logc = math.sqrt(var_k), math.sqrt(var_logc)
+    sst = float(((ly - ly.mean()) ** 2).sum())
+    return FitResult(
+        law=law,
+        params={"c": math.exp(logc), "k": k},
+        ci={
+            "c": (math.exp(logc - t * se_logc), math.exp(logc + t * se_logc)),
+            "k": (k - t * se_k, k + t * se_k),
+        },
+        n_points=n,
+        loss=sse,
+        extra={
+            "level": level,
+            "method": "OLS in log-log space, t-intervals",
+            "log_c": logc,
+            "se": {"log_c": se_logc, "k": se_k},
+            "cov": [[var_logc, cov_ck], [cov_ck, var_k]],
+            "sigma": math.sqrt(s2),
+            "dof": dof,
+            "logx_mean": xm,
+            "sxx": sxx,
+            "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
+        },
+    )
+
+
+def loglog_intervals(
+    result: FitResult, x_new: Any, *, level: float | None = None
+) -> dict[str, np.ndarray]:
+    """Mean prediction and intervals of a :func:`fit_loglog` result at ``x_new``.
+
+    Returns arrays ``y`` (the fitted line), ``conf_low/conf_high`` (confidence interval of the
+    line: where the law is) and ``pred_low/pred_high`` (prediction interval: where a new
+    observation falls), all on the original scale.
+    """
+    ex = result.extra
+    level = ex["level"] if level is None else level
+    lx = np.log(np.asarray(x_new, dtype=float))
+    mu = ex["log_c"] + result.params["k"] * lx
+    n = result.n_points
+    lev = 1.0 / n + (lx - ex["logx_mean"]) ** 2 / ex["sxx"]
+    t = t_quantile(level, ex["dof"])
+    se_conf = ex["sigma"] * np.sqrt(lev)
+    se_pred = ex["sigma"] * np.sqrt(1.0 + lev)
+    return {
+        "y": np.exp(mu),
+        "conf_low": np.exp(mu - t * se_conf),
+        "conf_high": np.exp(mu + t * se_conf),
+        "pred_low": np.exp(mu - t * se_pred),
+        "pred_high": np.exp(mu + t * se_pred),
+    }
+
+
+def predict_power(params: Mapping[str, float], x: Any) -> np.ndarray:
+    """``offset + c * x^k`` (``offset`` defaults to 0): the law of fit_loglog/fit_power_offset."""
+    x = np.asarray(x, dtype=float)
+    return params.get("offset", 0.0) + params["c"] * x ** params["k"]
+
+
+# --------------------------------------------------------------------------- power + constant
+
+
+@single_blas_thread
+def fit_power_offset(
+    x: Any,
+    y: Any,
+    *,
+    space: str = "log",
+    k_bounds: tuple[float, float] = (-5.0, 5.0),
+    offset_bounds: tuple[float, float] | None = None,
+    level: float = LEVEL,
+    n_boot: int = 0,
+    groups: Any = None,
+    seed: int = 0,
+    law: str = "power_offset",
+) -> FitResult:
+    """Power law plus constant ``y = offset + c * x^k``.
+
+    Loss: sum of squared residuals, either in log space (``space="log"``:
+    ``log y - log(offset + c x^k)``, for positive quantities such as losses or data counts;
+    requires ``c > 0`` and ``offset >= 0`` unless ``offset_bounds`` says otherwise) or on the
+    raw scale (``space="linear"``: any sign of ``c`` and ``offset``, e.g. returns approaching a
+    ceiling). ``x`` is internally divided by its geometric mean so ``c`` is well scaled (results
+    are reported in the caller's units; exponents do not depend on the units).
+
+    Optimiser: bounded trust-region least squares (``scipy.optimize.least_squares``, TRF) from
+    multiple starts. Starts: a grid of 25 values of ``k`` in ``k_bounds`` times 6 offsets (from
+    the lower offset bound up to 0.95 x min(y) in log space; from the bound to min/max(y) in
+    linear space), ``c`` solved in closed form for each start (variable projection); the 6 best
+    starts by loss are refined and the best kept.
+
+    Uncertainty: delta method / asymptotic least-squares covariance ``s^2 (J^T J)^-1`` with
+    t-quantiles on ``n - 3`` dof (``c``'s interval via ``log c`` in log space); if ``n_boot > 0``
+    a percentile bootstrap over points (or over ``groups``: runs/seeds) replaces it. Intervals of
+    parameters sitting on a bound are clipped to the bound. Needs >= 4 points.
+    """
+    x = as_array(x, "x", positive=True, min_len=4)
+    y = as_array(y, "y", positive=(space == "log"), min_len=4)
+    _same_length(x=x, y=y)
+    if space not in ("log", "linear"):
+        raise ValueError(f"space must be 'log' or 'linear', not {space!r}")
+    xs = math.exp(np.log(x).mean())  # scale x so c is O(y)
+    u = x / xs
+    if offset_bounds is None:
+        offset_bounds = (0.0, float(y.min())) if space == "log" else (-np.inf, np.inf)
+    lo_off, hi_off = offset_bounds
+
+    def fit_once(idx: np.ndarray, warm: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        return _power_offset_core(u[idx], y[idx], space, k_bounds, (lo_off, hi_off), warm)
+
+    theta, sol = fit_once(np.arange(x.size))
+    n = x.size
+    resid = sol.fun
+    sse = float((resid**2).sum())
+    dof = n - 3
+    # theta = [log c (log space) or c (linear), k, offset]; convert scaled c back to caller units
+    k = float(theta[1])
+    if space == "log":
+        c_scaled = math.exp(theta[0])
+    else:
+        c_scaled = float(theta[0])
+    c = c_scaled * xs ** (-k)
+    params = {"c": c, "k": k, "offset": float(theta[2])}
+    extra: dict[str, Any] = {"level": level, "space": space, "x_scale": xs, "dof": dof}
+    # covariance in the optimisation parameterisation (with x scaled); bound-active params get
+    # zero-width rows because J has a zero column there after pseudo-inversion.
+    J = sol.jac
+    s2 = sse / max(dof, 1)
+    cov = s2 * np.linalg.pinv(J.T @ J)
+    extra["_cov_theta"] = cov
+    extra["_theta"] = theta
+    t = t_quantile(level, dof)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    # c in caller units: log c = log c_scaled - k log xs (or c = c_scaled xs^-k); delta method
+    if space == "log":
+        g = np.array([1.0, -math.log(xs), 0.0])
+        se_logc = math.sqrt(max(g @ cov @ g, 0.0))
+        ci_c = (math.exp(math.log(c) - t * se_logc), math.exp(math.log(c) + t * se_logc))
+    else:
+        g = np.array([xs ** (-k), -c * math.log(xs), 0.0])
+        se_c = math.sqrt(max(g @ cov @ g, 0.0))
+        ci_c = (c - t * se_c, c + t * se_c)
+    ci = {
+        "c": ci_c,
+        "k": (max(k - t * se[1], k_bounds[0]), min(k + t * se[1], k_bounds[1])),
+        "offset": (
+            max(params["offset"] - t * se[2], lo_off),
+            min(params["offset"] + t * se[2], hi_off),
+        ),
+    }
+    extra["method"] = "least squares, delta-method (asymptotic covariance) t-intervals"
+    extra["at_bound"] = {
+        "k": bool(np.isclose(k, k_bounds).any()),
+        "offset": bool(np.isclose(params["offset"], [lo_off, hi_off]).any()),
+    }
+    if n_boot > 0:
+
+        def boot_fn(idx: np.ndarray) -> dict[str, float]:
+            th, _ = fit_once(idx, warm=theta)
+            kk = float(th[1])
+            cs = math.exp(th[0]) if space == "log" else float(th[0])
+            return {"c": cs * xs ** (-kk), "k": kk, "offset": float(th[2])}
+
+        bs = bootstrap(boot_fn, n, groups=groups, n_boot=n_boot, level=level, seed=seed)
+        ci = bs.ci
+        extra["method"] = "least squares, percentile bootstrap"
+        extra["bootstrap"] = bs.summary()
+        extra["_draws"] = bs.draws
+    return FitResult(law=law, params=params, ci=ci, n_points=n, loss=sse, extra=extra)
+
+
+def _power_offset_core(
+    u: np.ndarray,
+    y: np.ndarray,
+    space: str,
+    k_bounds: tuple[float, float],
+    off_bounds: tuple[float, float],
+    warm: np.ndarray | None,
+) -> tuple[np.ndarray, Any]:
+    """Multi-start bounded least squares for ``y = offset + c u^k`` (u already scaled)."""
+    lo_off, hi_off = off_bounds
+    lu = np.log(u)
+
+    if space == "log":
+        ly = np.log(y)
+
+        def resid(th: np.ndarray) -> np.ndarray:
+            return ly - np.log(th[2] + np.exp(th[0] + th[1] * lu))
+
+        def jac(th: np.ndarray) -> np.ndarray:
+            p = np.exp(th[0] + th[1] * lu)
+            m = th[2] + p
+            return -np.column_stack([p / m, p * lu / m, 1.0 / m])
+
+        hi = min(hi_off, float(y.min()))
+        offs = np.unique(
+            np.clip(np.linspace(max(lo_off, 0.0), 0.95 * hi, 6), lo_off, max(lo_off, hi))
+        )
+        bounds = ([-np.inf, k_bounds[0], lo_off], [np.inf, k_bounds[1], hi_off])
+    else:
+
+        def resid(th: np.ndarray) -> np.ndarray:
+            return y - (th[2] + th[0] * np.exp(th[1] * lu))
+
+        def jac(th: np.ndarray) -> np.ndarray:
+            p = np.exp(th[1] * lu)
+            return -np.column_stack([p, th[0] * p * lu, np.ones_like(p)])
+
+        offs = None  # linear space: offset and c solved jointly in closed form per k
+        bounds = ([-np.inf, k_bounds[0], lo_off], [np.inf, k_bounds[1], hi_off])
+
+    starts = []
+    ks = np.linspace(k_bounds[0], k_bounds[1], 25)
+    ks = ks[np.abs(ks) > 1e-9]
+    for k in ks:
+        p = np.exp(k * lu)
+        if space == "log":
+            for off in offs:
+                d = y - off
+                if (d <= 0).any():
+                    continue
+                logc = float(np.mean(np.log(d) - k * lu))
+                starts.append(np.array([logc, k, off]))
+        else:
+            A = np.column_stack([p, np.ones_like(p)])
+            (c0, off0), *_ = np.linalg.lstsq(A, y, rcond=None)
+            off0 = float(np.clip(off0, lo_off, hi_off))
+            c0 = float(np.dot(p, y - off0) / np.dot(p, p))
+            starts.append(np.array([c0, k, off0]))
+    if warm is not None:
+        starts.append(np.asarray(warm, dtype=float))
+    starts_arr = np.array(starts)
+    # clip into bounds so least_squares accepts them
+    starts_arr[:, 1] = np.clip(starts_arr[:, 1], k_bounds[0], k_bounds[1])
+    starts_arr[:, 2] = np.clip(starts_arr[:, 2], lo_off, hi_off)
+    costs = np.array([np.sum(resid(s) ** 2) if np.all(np.isfinite(resid(s))) else np.inf
+                      for s in starts_arr])
+    order = np.argsort(costs)
+    n_refine = 2 if warm is not None else 6
+    chosen = list(order[:n_refine])
+    if warm is not None:
+        chosen.append(len(starts_arr) - 1)
+    best = None
+    for i in chosen:
+        s = starts_arr[i].copy()
+        # least_squares needs strictly feasible starts
+        s[2] = np.clip(s[2], lo_off + 1e-12 * (1 + abs(lo_off)) if np.isfinite(lo_off) else s[2],
+                       hi_off - 1e-9 * (1 + abs(hi_off)) if np.isfinite(hi_off) else s[2])
+        if space == "log" and np.isfinite(hi_off) and s[2] >= y.min():
+            s[2] = 0.99 * y.min()
+        try:
+            sol = optimize.least_squares(
+                resid, s, jac=jac, bounds=bounds, method="trf", x_scale="jac", max_nfev=400
+            )
+        except (ValueError, FloatingPointError):
+            continue
+        if not np.all(np.isfinite(sol.fun)):
+            continue
+        if best is None or sol.cost < best.cost:
+            best = sol
+    if best is None:
+        raise FitError("power law with offset: no start converged (check the data)")
+    return best.x, best
+
+
+def power_offset_intervals(
+    result: FitResult, x_new: Any, *, level: float | None = None
+) -> dict[str, np.ndarray]:
+    """Mean prediction and delta-method confidence interval of a :func:`fit_power_offset` fit.
+
+    Returns ``y``, ``conf_low``, ``conf_high`` (interval for the curve, not for new points).
+    """
+    ex = result.extra
+    level = ex["level"] if level is None else level
+    theta, cov, xs, space = ex["_theta"], ex["_cov_theta"], ex["x_scale"], ex["space"]
+    lu = np.log(np.asarray(x_new, dtype=float) / xs)
+    t = t_quantile(level, ex["dof"])
+    if space == "log":
+        p = np.exp(theta[0] + theta[1] * lu)
+        m = theta[2] + p
+        # interval on log of the curve, then exponentiate (keeps it positive)
+        G = np.column_stack([p / m, p * lu / m, 1.0 / m])
+        se = np.sqrt(np.einsum("ij,jk,ik->i", G, cov, G))
+        return {"y": m, "conf_low": m * np.exp(-t * se), "conf_high": m * np.exp(t * se)}
+    p = np.exp(theta[1] * lu)
+    m = theta[2] + theta[0] * p
+    G = np.column_stack([p, theta[0] * p * lu, np.ones_like(p)])
+    se = np.sqrt(np.einsum("ij,jk,ik->i", G, cov, G))
+    return {"y": m, "conf_low": m - t * se, "conf_high": m + t * se}
+
+
+# --------------------------------------------------------------------------- fixed effects
+
+
+def fit_fixed_effects(
+    x: Any,
+    y: Any,
+    groups: Any,
+    *,
+    log_x: bool = True,
+    log_y: bool = True,
+    level: float = LEVEL,
+    law: str = "fixed_effects",
+) -> FitResult:
+    """Shared slope, one intercept per group: ``f(y) = a_g + k f(x)`` with f = log or identity.
+
+    With the defaults (log-log) this is ``y = c_g * x^k`` (e.g. Rybkin's ``B*(sigma)`` with a
+    slope shared across tasks). Parameters: ``k`` and ``c[<group>]`` (``c_g = exp(a_g)`` if
+    ``log_y``, else ``a_g``). Loss: OLS sum of squared residuals in the transformed space.
+    Optimiser: closed form (least squares on ``[dummies, f(x)]``). Uncertainty: OLS t-intervals
+    on ``n - G - 1`` dof. Needs at least ``G + 2`` points and two distinct x within some group.
+    """
+    x = as_array(x, "x", positive=log_x)
+    y = as_array(y, "y", positive=log_y)
+    g = np.asarray(groups).reshape(-1)
+    _same_length(x=x, y=y, groups=g)
+    labels, codes = np.unique(g.astype(str), return_inverse=True)
+    G = labels.size
+    n = x.size
+    if n < G + 2:
+        raise FitError(f"too few points for a fixed-effects fit: {n} given, {G + 2} needed")
+    fx = np.log(x) if log_x else x
+    fy = np.log(y) if log_y else y
+    X = np.zeros((n, G + 1))
+    X[np.arange(n), codes] = 1.0
+    X[:, G] = fx
+    coef, *_ = np.linalg.lstsq(X, fy, rcond=None)
+    resid = fy - X @ coef
+    sse = float((resid**2).sum())
+    dof = n - G - 1
+    if dof < 1:
+        raise FitError(f"too few points for a fixed-effects fit: {n} given, {G + 2} needed")
+    XtX = X.T @ X
+    if np.linalg.matrix_rank(XtX) < G + 1:
+        raise FitError("x: no group has two distinct values, the shared slope is not identifiable")
+    s2 = sse / dof
+    cov = s2 * np.linalg.inv(XtX)
+    se = np.sqrt(np.diag(cov))
+    t = t_quantile(level, dof)
+    k = float(coef[G])
+    params: dict[str, float] = {"k": k}
+    ci: dict[str, tuple[float, float]] = {"k": (k - t * se[G], k + t * se[G])}
+    for j, lab in enumerate(labels):
+        a, lo, hi = coef[j], coef[j] - t * se[j], coef[j] + t * se[j]
+        if log_y:
+            a, lo, hi = math.exp(a), math.exp(lo), math.exp(hi)
+        params[f"c[{lab}]"] = float(a)
+        ci[f"c[{lab}]"] = (float(lo), float(hi))
+    return FitResult(
+        law=law,
+        params=params,
+        ci=ci,
+        n_points=n,
+        loss=sse,
+        extra={
+            "level": level,
+            "method": "OLS with per-group intercepts, t-intervals",
+            "groups": labels.tolist(),
+            "log_x": log_x,
+            "log_y": log_y,
+            "sigma": math.sqrt(s2),
+            "dof": dof,
+            "cov": cov,
+        },
+    )
+
+
+def predict_fixed_effects(
+    params: Mapping[str, float], x: Any, group: Any, *, log_x: bool = True, log_y: bool = True
+) -> np.ndarray:
+    """Evaluate a :func:`fit_fixed_effects` law for ``group`` (a label or an array of labels)."""
+    x = np.asarray(x, dtype=float)
+    grp = np.broadcast_to(np.asarray(group).astype(str), x.shape)
+    c = np.array([params[f"c[{gg}]"] for gg in grp.reshape(-1)]).reshape(x.shape)
+    if log_y:
+        return c * (x ** params["k"] if log_x else np.exp(params["k"] * x))
+    return c + params["k"] * (np.log(x) if log_x else x)
+
+
+# ------------------------------------------------------------------ Chinchilla (Approach 3)
+
+#: Epoch / Hoffmann starting grid: alpha, beta in 0..2 step 0.5; e in -1..1 step 0.5;
+#: a, b (log A, log B) in 0..25 step 5 -> 5*5*5*6*6 = 4500 starts.
+CHINCHILLA_GRID: dict[str, np.ndarray] = {
+    "a": np.arange(0.0, 25.0 + 1e-9, 5.0),
+    "b": np.arange(0.0, 25.0 + 1e-9, 5.0),
+    "e": np.arange(-1.0, 1.0 + 1e-9, 0.5),
+    "alpha": np.arange(0.0, 2.0 + 1e-9, 0.5),
+    "beta": np.arange(0.0, 2.0 + 1e-9, 0.5),
+}
+
+
+def chinchilla_objective(
+    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float = 1e-3
+) -> np.ndarray:
+    """Sum over points of ``Huber_delta(LSE(a - alpha logN, b - beta logD, e) - log L)``.
+
+    ``theta`` is ``[a, b, e, alpha, beta]`` (``A = e^a, B = e^b, E = e^e``) or a 2-D array of
+    such rows; evaluation is vectorised over rows (used to score the whole start grid at once).
+    """
+    th = np.atleast_2d(theta)
+    a, b, e, al, be = (th[:, i : i + 1] for i in range(5))
+    terms = np.stack(
+        [a - al * logN[None, :], b - be * logD[None, :], np.broadcast_to(e, (th.shape[0], 1))
+         * np.ones_like(logN)[None, :]],
+        axis=0,
+    )
+    pred = special.logsumexp(terms, axis=0)
+    out = special.huber(delta, pred - logL[None, :]).sum(axis=1)
+    return out if np.ndim(theta) == 2 else out[0]
+
+
+def _chinchilla_value_grad(
+    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float
+) -> tuple[float, np.ndarray]:
+    a, b, e, al, be = theta
+    t1 = a - al * logN
+    t2 = b - be * logD
+    t3 = np.full_like(logN, e)
+    m = np.maximum(np.maximum(t1, t2), t3)
+    w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
+    s = w1 + w2 + w3
+    r = m + np.log(s) - logL
+    w1, w2, w3 = w1 / s, w2 / s, w3 / s
+    absr = np.abs(r)
+    hub = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
+    psi = np.clip(r, -delta, delta)
+    grad = np.array(
+        [
+            (psi * w1).sum(),
+            (psi * w2).sum(),
+            (psi * w3).sum(),
+            -(psi * w1 * logN).sum(),
+            -(psi * w2 * logD).sum(),
+        ]
+    )
+    return float(hub.sum()), grad
+
+
+def _chinchilla_lbfgs(
+    start: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float
+) -> tuple[np.ndarray, float]:
+    # The Huber sum is O(delta * n); divide by delta so L-BFGS's absolute gradient tolerance
+    # is meaningful (same argmin).
+    def f(th: np.ndarray) -> tuple[float, np.ndarray]:
+        v, g = _chinchilla_value_grad(th, logN, logD, logL, delta)
+        return v / delta, g / delta
+
+    res = optimize.minimize(
+        f, start, jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9,
+                                                       "ftol": 1e-14}
+    )
+    return res.x, float(res.fun * delta)
+
+
+def _chinchilla_params(theta: np.ndarray) -> dict[str, float]:
+    a, b, e, al, be = (float(v) for v in theta)
+    A, B, E = math.exp(a), math.exp(b), math.exp(e)
+    s = al + be
+    p = {"E": E, "A": A, "B": B, "alpha": al, "beta": be}
+    if s > 0 and al > 0 and be > 0:
+        p["a"] = be / s
+        p["b"] = al / s
+        # N_opt = G (C/k)^a, D_opt = (C/k)^b / G  (Hoffmann eq. 4)
+        p["G"] = math.exp((math.log(al) + a - math.log(be) - b) / s)
+    else:
+        p["a"] = p["b"] = p["G"] = float("nan")
+    return p
+
+
+@single_blas_thread
+def fit_chinchilla(
+    N: Any,
+    D: Any,
+    loss: Any,
+    *,
+    delta: float = 1e-3,
+    n_starts: int | None = 32,
+    grid: Mapping[str, Sequence[float]] | None = None,
+    n_boot: int = 100,
+    groups: Any = None,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> FitResult:
+    """Chinchilla Approach 3: ``L(N, D) = E + A / N^alpha + B / D^beta``.
+
+    Form and loss (Hoffmann et al. 2022; Besiroglu et al. 2024, Epoch's replication): with
+    ``A = e^a, B = e^b, E = e^e`` minimise
+    ``sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i)``, delta = 1e-3.
+
+    Optimiser and starts: L-BFGS-B (analytic gradient) from a grid of starts
+    (:data:`CHINCHILLA_GRID`: alpha, beta in 0..2 step 0.5, e in -1..1 step 0.5, a, b in 0..25
+    step 5; 4500 starts). The objective is first evaluated on the whole grid in one vectorised
+    pass and L-BFGS is run only from the ``n_starts`` best starts (``n_starts=None`` runs all
+    4500, as Epoch did); the best optimum is kept. Pruning is safe in practice because
+    neighbouring starts converge to the same basin; the test-suite checks the pruned fit against
+    the full grid.
+
+    Uncertainty: percentile bootstrap over points (or over ``groups``, e.g. run ids, so all
+    points of a run are resampled together), ``n_boot`` resamples, each refitted with L-BFGS
+    warm-started at the full-data optimum. ``n_boot=0`` gives NaN intervals.
+
+    Parameters reported: ``E, A, B, alpha, beta`` and the compute-optimal allocation exponents
+    ``a = beta / (alpha + beta)`` (``N_opt ~ C^a``), ``b = alpha / (alpha + beta)``
+    (``D_opt ~ C^b``) and the prefactor ``G`` (``N_opt = G (C/k)^a`` for ``C = k N D``).
+    ``loss`` is the minimised Huber sum. Exponents do not depend on the units of N and D.
+    Needs >= 6 points.
+    """
+    N = as_array(N, "N", positive=True, min_len=6)
+    D = as_array(D, "D", positive=True, min_len=6)
+    L = as_array(loss, "loss", positive=True, min_len=6)
+    _same_length(N=N, D=D, loss=L)
+    logN, logD, logL = np.log(N), np.log(D), np.log(L)
+    g = {k: np.asarray(v, dtype=float) for k, v in (grid or CHINCHILLA_GRID).items()}
+    starts = np.array(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"], g["beta"])))
+    # Score the whole grid in chunks (keeps memory at a few MB for large data sets).
+    vals = np.concatenate(
+        [chinchilla_objective(starts[i : i + 512], logN, logD, logL, delta)
+         for i in range(0, len(starts), 512)]
+    )
+    order = np.argsort(vals, kind="stable")
+    if n_starts is not None:
+        order = order[:n_starts]
+    best_theta, best_val = None, np.inf
+    for i in order:
+        th, v = _chinchilla_lbfgs(starts[i], logN, logD, logL, delta)
+        if np.isfinite(v) and v < best_val:
+            best_theta, best_val = th, v
+    if best_theta is None:
+        raise FitError("chinchilla: no start converged")
+    params = _chinchilla_params(best_theta)
+    names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"]
+    extra: dict[str, Any] = {
+        "level": level,
+        "delta": delta,
+        "n_starts_grid": int(len(starts)),
+        "n_starts_refined": int(len(order)),
+        "method": "Huber(log L) via log-sum-exp, L-BFGS from grid, percentile bootstrap",
+        "theta": {"a": best_theta[0], "b": best_theta[1], "e": best_theta[2]},
+    }
+    ci = {k: (float("nan"), float("nan")) for k in names}
+    if n_boot > 0:
+
+        def boot_fn(idx: np.ndarray) -> dict[str, float]:
+            th, _ = _chinchilla_lbfgs(best_theta, logN[idx], logD[idx], logL[idx], delta)
+            return _chinchilla_params(th)
+
+        bs = bootstrap(boot_fn, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
+        ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in names}
+        extra["bootstrap"] = bs.summary()
+        extra["_draws"] = bs.draws
+    return FitResult(
+        law="chinchilla", params=params, ci=ci, n_points=N.size, loss=best_val, extra=extra
+    )
+
+
+def predict_chinchilla(params: Mapping[str, float], N: Any, D: Any) -> np.ndarray:
+    """``E + A / N^alpha + B / D^beta``."""
+    N = np.asarray(N, dtype=float)
+    D = np.asarray(D, dtype=float)
+    return params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
+
+
+def chinchilla_allocation(
+    params: Mapping[str, float], C: Any, *, flops_per_param_sample: float = 6.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Compute-optimal ``(N_opt, D_opt, L_opt)`` at budget ``C = k N D`` (k = 6 for BC)."""
+    C = np.asarray(C, dtype=float)
+    al, be = params["alpha"], params["beta"]
+    G = (al * params["A"] / (be * params["B"])) ** (1.0 / (al + be))
+    Ck = C / flops_per_param_sample
+    N_opt = G * Ck ** (be / (al + be))
+    D_opt = Ck / N_opt
+    return N_opt, D_opt, predict_chinchilla(params, N_opt, D_opt)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+@dataclass
+class BootstrapResult:
+    """Draws of every fitted quantity and their percentile intervals."""
+
+    draws: dict[str, np.ndarray]
+    ci: dict[str, tuple[float, float]]
+    n_boot: int
+    n_failed: int
+    level: float
+    unit: str
+
+    def summary(self) -> dict[str, Any]:
+        """Small JSON-safe summary: counts and the bootstrap standard deviation per quantity."""
+        return {
+            "n_boot": self.n_boot,
+            "n_failed": self.n_failed,
+            "level": self.level,
+            "unit": self.unit,
+            "sd": {k: float(np.nanstd(v)) for k, v in self.draws.items()},
+        }
+
+
+@single_blas_thread
+def bootstrap(
+    fit_fn: Callable[[np.ndarray], Mapping[str, float]],
+    n: int,
+    *,
+    groups: Any = None,
+    strata: Any = None,
+    n_boot: int = 200,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> BootstrapResult:
+    """Nonparametric percentile bootstrap.
+
+    ``fit_fn(idx)`` refits on the points ``idx`` (an index array with repeats) and returns named
+    quantities. Resampling unit: points, or whole ``groups`` (run ids, seeds: all points of a
+    drawn group enter together, so within-run correlation is respected). With ``strata`` (e.g.
+    FLOP budget, task) groups are resampled within each stratum so every stratum keeps its
+    size. Failed refits (exceptions, non-finite values) are skipped and counted.
+    Interval: the ``(1-level)/2`` and ``(1+level)/2`` percentiles of the draws.
+    """
+    rng = np.random.default_rng(seed)
+    gr = np.arange(n) if groups is None else np.asarray(groups).reshape(-1)
+    st = np.zeros(n, dtype=int) if strata is None else np.asarray(strata).reshape(-1)
+    if len(gr) != n or len(st) != n:
+        raise FitError("bootstrap: groups/strata must have one entry per point")
+    # members[stratum] = list of index arrays, one per group in that stratum
+    members: list[list[np.ndarray]] = []
+    for s in _unique_in_order(st):
+        in_s = np.flatnonzero(st == s)
+        members.append([in_s[gr[in_s] == gval] for gval in _unique_in_order(gr[in_s])])
+    draws: dict[str, list[float]] = {}
+    n_failed = 0
+    for _ in range(n_boot):
+        parts = []
+        for grp_list in members:
+            pick = rng.integers(0, len(grp_list), size=len(grp_list))
+            parts.extend(grp_list[j] for j in pick)
+        idx = np.concatenate(parts)
+        try:
+            out = fit_fn(idx)
+        except (FitError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+            n_failed += 1
+            continue
+        vals = {k: float(v) for k, v in out.items()}
+        if not all(math.isfinite(v) for v in vals.values()):
+            n_failed += 1
+            continue
+        for k, v in vals.items():
+            draws.setdefault(k, []).append(v)
+    arrs = {k: np.asarray(v) for k, v in draws.items()}
+    q = [50 * (1 - level), 50 * (1 + level)]
+    ci = {
+        k: (float(np.percentile(v, q[0])), float(np.percentile(v, q[1])))
+        for k, v in arrs.items()
+        if v.size
+    }
+    unit = "points" if groups is None else "groups"
+    if strata is not None:
+        unit += " within strata"
+    return BootstrapResult(arrs, ci, n_boot, n_failed, level, unit)
+
+
+def _unique_in_order(a: np.ndarray) -> list[Any]:
+    seen: dict[Any, None] = {}
+    for v in a.tolist():
+        seen.setdefault(v, None)
+    return list(seen)
+
+
+# --------------------------------------------------------------------------- delta method
+
+
+def delta_method(
+    fun: Callable[[np.ndarray], Any],
+    theta: Any,
+    cov: Any,
+    *,
+    level: float = LEVEL,
+    dof: float = math.inf,
+    eps: float = 1e-6,
+) -> dict[str, np.ndarray]:
+    """First-order (delta-method) interval for ``g(theta)`` given ``cov(theta)``.
+
+    ``se(g) = sqrt(grad^T cov grad)`` with a central-difference gradient (step ``eps`` relative
+    to ``|theta_i|``); interval ``g +- t_{dof} se`` (normal quantile when ``dof`` is inf).
+    ``fun`` may return a scalar or an array. Returns ``value, se, low, high``.
+    """
+    theta = np.asarray(theta, dtype=float)
+    cov = np.asarray(cov, dtype=float)
+    g0 = np.atleast_1d(np.asarray(fun(theta), dtype=float))
+    grads = np.zeros((g0.size, theta.size))
+    for i in range(theta.size):
+        h = eps * max(1.0, abs(theta[i]))
+        tp, tm = theta.copy(), theta.copy()
+        tp[i] += h
+        tm[i] -= h
+        grads[:, i] = (np.atleast_1d(fun(tp)) - np.atleast_1d(fun(tm))) / (2 * h)
+    se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", grads, cov, grads), 0, None))
+    t = t_quantile(level, dof)
+    shape = np.shape(fun(theta))
+    return {
+        "value": g0.reshape(shape),
+        "se": se.reshape(shape),
+        "low": (g0 - t * se).reshape(shape),
+        "high": (g0 + t * se).reshape(shape),
+    }
+
+
+# --------------------------------------------------------------------------- rolling CV
+
+
+@dataclass
+class CVResult:
+    """Held-out errors of a law scored on larger budgets than it was fitted on."""
+
+    rmse: float
+    folds: list[dict[str, Any]]
+    log: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_safe({"rmse": self.rmse, "log": self.log, "folds": self.folds})
+
+
+def rolling_cv(
+    budgets: Any,
+    y: Any,
+    fit_predict: Callable[[np.ndarray, np.ndarray], Any],
+    *,
+    min_train: int = 3,
+    horizon: int = 1,
+    log: bool = True,
+) -> CVResult:
+    """Rolling-origin (time-series) cross-validation over budgets.
+
+    Sort the distinct ``budgets``; for each ``i >= min_train`` fit on all points whose budget is
+    below the i-th distinct budget and predict the points of the next ``horizon`` budgets
+    (``fit_predict(train_idx, test_idx) -> predictions for test_idx``). A law is thus always
+    scored on budgets larger than any it saw, like a forecast. Score: RMSE over all held-out
+    points of ``log(pred) - log(y)`` (``log=True``) or ``pred - y``. Folds whose fit fails are
+    recorded with ``error`` and skipped.
+    """
+    b = as_array(budgets, "budgets")
+    yy = as_array(y, "y", positive=log)
+    _same_length(budgets=b, y=yy)
+    ub = np.unique(b)
+    if ub.size <= min_train:
+        raise FitError(
+            f"too few budgets for rolling CV: {ub.size} given, at least {min_train + 1} needed"
+        )
+    folds: list[dict[str, Any]] = []
+    errs: list[np.ndarray] = []
+    for i in range(min_train, ub.size, horizon):
+        train = np.flatnonzero(b < ub[i])
+        test = np.flatnonzero(np.isin(b, ub[i : i + horizon]))
+        try:
+            pred = np.asarray(fit_predict(train, test), dtype=float).reshape(-1)
+        except (FitError, ValueError, np.linalg.LinAlgError) as exc:
+            folds.append({"train_max": float(ub[i - 1]), "test": ub[i : i + horizon].tolist(),
+                          "error": str(exc)})
+            continue
+        e = (np.log(pred) - np.log(yy[test])) if log else (pred - yy[test])
+        ok = np.isfinite(e)
+        errs.append(e[ok])
+        folds.append(
+            {
+                "train_max": float(ub[i - 1]),
+                "test": ub[i : i + horizon].tolist(),
+                "n_test": int(test.size),
+                "rmse": float(np.sqrt(np.mean(e[ok] ** 2))) if ok.any() else float("nan"),
+            }
+        )
+    allerr = np.concatenate(errs) if errs else np.array([])
+    rmse = float(np.sqrt(np.mean(allerr**2))) if allerr.size else float("nan")
+    return CVResult(rmse=rmse, folds=folds, log=log)
+
+
+def holdout_largest(
+    budgets: Any,
+    y: Any,
+    fit_predict: Callable[[np.ndarray, np.ndarray], Any],
+    *,
+    n_holdout: int = 1,
+    log: bool = True,
+) -> CVResult:
+    """Fit on all but the ``n_holdout`` largest distinct budgets, score on those (one fold)."""
+    b = as_array(budgets, "budgets")
+    ub = np.unique(b)
+    if ub.size <= n_holdout + 1:
+        raise FitError(f"too few budgets to hold out {n_holdout}: {ub.size} given")
+    return rolling_cv(b, y, fit_predict, min_train=ub.size - n_holdout, horizon=n_holdout,
+                      log=log)

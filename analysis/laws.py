@@ -1,0 +1,818 @@
+"""The studies' laws, built on the primitives of :mod:`analysis.fitting`.
+
+Each function takes plain arrays (the pipeline and the ``fit`` CLI prepare them from the
+tidy table or a CSV) and returns a :class:`~analysis.fitting.FitResult` (or a small dict of
+them). Every law states its functional form, its loss, its starting points and its
+uncertainty in its docstring; ``docs/analysis.md`` collects them.
+
+- isoFLOP profiles (Tuyls et al. 2024; Hoffmann et al. 2022 Approach 2):
+  :func:`isoflop_parabolas`, :func:`fit_isoflop`, :func:`fit_envelope`,
+  :func:`fit_quadratic_surface`, :func:`compare_isoflop_methods`.
+- Hilton et al. 2023 intrinsic performance: :func:`fit_intrinsic`,
+  :func:`intrinsic_performance`, :func:`frontier_size_law`.
+- Rybkin et al. 2025 UTD workflow: :func:`best_hparams`, :func:`fit_hparam_law`,
+  :func:`fit_utd`, :func:`utd_compute`, :func:`pareto_front`, :func:`optimal_utd`.
+- Imitation return vs loss: :func:`fit_return_vs_loss`.
+- Generalization vs problem complexity: :func:`fit_complexity`.
+- Forecasts: :func:`forecast_power`, :func:`forecast_isoflop`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from scipy import optimize
+
+from analysis import curves
+from analysis.fitting import (
+    LEVEL,
+    FitError,
+    FitResult,
+    as_array,
+    bootstrap,
+    chinchilla_allocation,
+    delta_method,
+    fit_chinchilla,
+    fit_fixed_effects,
+    fit_loglog,
+    fit_power_offset,
+    loglog_intervals,
+    power_offset_intervals,
+    predict_power,
+    rolling_cv,
+    single_blas_thread,
+    t_quantile,
+)
+
+__all__ = [
+    "isoflop_parabolas",
+    "fit_isoflop",
+    "fit_envelope",
+    "fit_quadratic_surface",
+    "quadratic_surface_optimum",
+    "compare_isoflop_methods",
+    "forecast_isoflop",
+    "intrinsic_g",
+    "fit_intrinsic",
+    "intrinsic_performance",
+    "frontier_size_law",
+    "best_hparams",
+    "fit_hparam_law",
+    "fit_utd",
+    "predict_utd",
+    "utd_compute",
+    "pareto_front",
+    "optimal_utd",
+    "fit_return_vs_loss",
+    "fit_complexity",
+    "forecast_power",
+]
+
+
+def _nan_ci(names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    return {n: (float("nan"), float("nan")) for n in names}
+
+
+# =========================================================================== isoFLOP
+
+
+def isoflop_parabolas(
+    N: Any, C: Any, L: Any, *, min_sizes: int = 3
+) -> dict[float, dict[str, float]]:
+    """Per FLOP budget, the parabola ``L = a (log N)^2 + b log N + c`` and its minimum.
+
+    Least squares per budget (closed form, ``numpy.polyfit``) over the model sizes measured
+    at that budget. A budget with fewer than ``min_sizes`` sizes, or whose parabola is not
+    convex (``a <= 0``: the minimum is not bracketed), or whose minimum falls outside the
+    measured sizes, is returned with ``ok = False`` and a ``why``. Keys per budget:
+    ``a, b, c, N_opt, L_opt, n, ok, why``.
+    """
+    N = as_array(N, "N", positive=True)
+    C = as_array(C, "C", positive=True)
+    L = as_array(L, "loss")
+    out: dict[float, dict[str, Any]] = {}
+    for budget in np.unique(C):
+        m = C == budget
+        lx, ly = np.log(N[m]), L[m]
+        n = int(np.unique(lx).size)
+        rec: dict[str, Any] = {"n": n, "ok": False, "why": "", "a": float("nan"),
+                               "b": float("nan"), "c": float("nan"),
+                               "N_opt": float("nan"), "L_opt": float("nan")}
+        if n < min_sizes:
+            rec["why"] = f"{n} model sizes at this budget, {min_sizes} needed"
+        else:
+            a, b, c = np.polyfit(lx, ly, 2)
+            rec.update(a=float(a), b=float(b), c=float(c))
+            if a <= 0:
+                rec["why"] = "profile is not convex (no interior minimum)"
+            else:
+                lmin = -b / (2 * a)
+                rec["N_opt"] = float(math.exp(lmin))
+                rec["L_opt"] = float(a * lmin**2 + b * lmin + c)
+                if lmin < lx.min() - 1e-9 or lmin > lx.max() + 1e-9:
+                    rec["why"] = "minimum outside the measured sizes"
+                else:
+                    rec["ok"] = True
+        out[float(budget)] = rec
+    return out
+
+
+def fit_isoflop(
+    N: Any,
+    C: Any,
+    L: Any,
+    *,
+    D: Any = None,
+    flops_per_param_sample: float = 6.0,
+    loss_offset: bool = False,
+    level: float = LEVEL,
+    min_sizes: int = 3,
+) -> FitResult:
+    """isoFLOP-profile law: ``N_opt = k_N C^a``, ``D_opt = k_D C^b``, ``L_opt = k_L C^L_exponent``.
+
+    Per budget a parabola in ``log N`` (:func:`isoflop_parabolas`) gives ``N_opt(C)`` and
+    ``L_opt(C)``. ``D_opt`` is the data at the optimum: interpolated in log-log from the
+    points' ``D`` at that budget when given, else ``C / (k N_opt)`` (so ``b = 1 - a``).
+    Each is then a power law in ``C`` fitted by :func:`~analysis.fitting.fit_loglog` (OLS in
+    log-log space, t-intervals on ``n_budgets - 2`` dof; needs 3 budgets with an interior
+    minimum). With ``loss_offset`` ``L_opt = L_inf + k_L C^L_exponent`` is fitted by
+    :func:`~analysis.fitting.fit_power_offset` (needs 4 budgets). ``loss`` is the summed
+    squared log residuals of the three power laws.
+    Parameters: ``a, b, L_exponent, N_coef, D_coef, L_coef`` (and ``L_inf``).
+    """
+    N = as_array(N, "N", positive=True, min_len=3)
+    C = as_array(C, "C", positive=True, min_len=3)
+    L = as_array(L, "loss", min_len=3)
+    if not (N.size == C.size == L.size):
+        raise FitError(f"inputs differ in length: N {N.size}, C {C.size}, loss {L.size}")
+    Dv = None if D is None else as_array(D, "D", positive=True)
+    par = isoflop_parabolas(N, C, L, min_sizes=min_sizes)
+    good = [b for b, p in par.items() if p["ok"]]
+    if len(good) < 3:
+        reasons = "; ".join(f"C={b:.3g}: {p['why']}" for b, p in par.items() if not p["ok"])
+        raise FitError(f"isoflop: {len(good)} budgets with an interior minimum, 3 needed"
+                       + (f" ({reasons})" if reasons else ""))
+    Cb = np.array(good)
+    Nopt = np.array([par[b]["N_opt"] for b in good])
+    Lopt = np.array([par[b]["L_opt"] for b in good])
+    if Dv is not None:
+        Dopt = np.empty_like(Nopt)
+        for i, b in enumerate(good):
+            m = C == b
+            o = np.argsort(N[m])
+            Dopt[i] = math.exp(np.interp(math.log(Nopt[i]), np.log(N[m][o]), np.log(Dv[m][o])))
+    else:
+        Dopt = Cb / (flops_per_param_sample * Nopt)
+    fn = fit_loglog(Cb, Nopt, level=level, law="N_opt")
+    fd = fit_loglog(Cb, Dopt, level=level, law="D_opt")
+    params = {"a": fn.params["k"], "b": fd.params["k"]}
+    ci = {"a": fn.ci["k"], "b": fd.ci["k"]}
+    if loss_offset:
+        if Lopt.min() <= 0:
+            raise FitError("loss: non-positive L_opt, a power law plus constant needs L > 0")
+        fl = fit_power_offset(Cb, Lopt, level=level, law="L_opt")
+        params["L_exponent"] = fl.params["k"]
+        ci["L_exponent"] = fl.ci["k"]
+    else:
+        if Lopt.min() <= 0:
+            raise FitError("loss: non-positive L_opt where a log is taken")
+        fl = fit_loglog(Cb, Lopt, level=level, law="L_opt")
+        params["L_exponent"] = fl.params["k"]
+        ci["L_exponent"] = fl.ci["k"]
+    params.update(N_coef=fn.params["c"], D_coef=fd.params["c"], L_coef=fl.params["c"])
+    ci.update(N_coef=fn.ci["c"], D_coef=fd.ci["c"], L_coef=fl.ci["c"])
+    if loss_offset:
+        params["L_inf"] = fl.params["offset"]
+        ci["L_inf"] = fl.ci["offset"]
+    return FitResult(
+        law="isoflop",
+        params=params,
+        ci=ci,
+        n_points=int(N.size),
+        loss=float(fn.loss + fd.loss + fl.loss),
+        extra={
+            "level": level,
+            "form": "N_opt = N_coef C^a, D_opt = D_coef C^b, L_opt = [L_inf +] L_coef C^L_exp",
+            "method": "parabola in log N per budget; OLS log-log t-intervals across budgets",
+            "n_budgets": len(good),
+            "parabolas": par,
+            "budgets": Cb,
+            "N_opt": Nopt,
+            "D_opt": Dopt,
+            "L_opt": Lopt,
+            "_fits": {"N_opt": fn, "D_opt": fd, "L_opt": fl},
+        },
+    )
+
+
+def fit_envelope(N: Any, C: Any, L: Any, *, level: float = LEVEL) -> FitResult:
+    """Envelope method (Hoffmann et al. Approach 1): at each budget the measured size with
+    the lowest loss; ``N_env = c C^a`` and ``L_env = c_L C^L_exponent`` by log-log OLS.
+
+    No interpolation between sizes, so it is coarse where sizes are far apart, but it needs
+    no parabola. Parameters ``a, L_exponent, N_coef, L_coef``; t-intervals. Needs 3 budgets.
+    """
+    N = as_array(N, "N", positive=True, min_len=3)
+    C = as_array(C, "C", positive=True, min_len=3)
+    L = as_array(L, "loss", positive=True, min_len=3)
+    ub = np.unique(C)
+    if ub.size < 3:
+        raise FitError(f"envelope: {ub.size} budgets, 3 needed")
+    Nb = np.empty(ub.size)
+    Lb = np.empty(ub.size)
+    for i, b in enumerate(ub):
+        m = np.flatnonzero(C == b)
+        j = m[np.argmin(L[m])]
+        Nb[i], Lb[i] = N[j], L[j]
+    if np.unique(Nb).size < 2:
+        raise FitError("envelope: the same size is best at every budget; no slope")
+    fn = fit_loglog(ub, Nb, level=level, law="N_env")
+    fl = fit_loglog(ub, Lb, level=level, law="L_env")
+    return FitResult(
+        law="envelope",
+        params={"a": fn.params["k"], "L_exponent": fl.params["k"], "N_coef": fn.params["c"],
+                "L_coef": fl.params["c"]},
+        ci={"a": fn.ci["k"], "L_exponent": fl.ci["k"], "N_coef": fn.ci["c"],
+            "L_coef": fl.ci["c"]},
+        n_points=int(N.size),
+        loss=float(fn.loss + fl.loss),
+        extra={"level": level, "form": "N_env = N_coef C^a, L_env = L_coef C^L_exponent",
+               "method": "best measured size per budget; OLS log-log t-intervals",
+               "budgets": ub, "N_env": Nb, "L_env": Lb,
+               "_fits": {"N_env": fn, "L_env": fl}},
+    )
+
+
+_QUAD_NAMES = ("c0", "cN", "cD", "cNN", "cDD", "cND")
+
+
+def _quad_design(lN: np.ndarray, lD: np.ndarray) -> np.ndarray:
+    return np.column_stack([np.ones_like(lN), lN, lD, lN**2, lD**2, lN * lD])
+
+
+def quadratic_surface_optimum(coef: Any) -> tuple[float, float, float]:
+    """Allocation exponents of a quadratic surface ``log L = q(log N, log D)``.
+
+    On the budget line ``log D = s - log N`` (``s = log(C/k)``) the optimum is
+    ``log N* = ((2 cDD - cND) s + cD - cN) / (2 (cNN + cDD - cND))``, so ``a = d log N*/ds``,
+    ``b = 1 - a``. Returns ``(a, b, curvature)``; the optimum is a minimum iff curvature > 0.
+    """
+    c0, cN, cD, cNN, cDD, cND = (float(v) for v in coef)
+    curv = cNN + cDD - cND
+    a = (2 * cDD - cND) / (2 * curv) if curv != 0 else float("nan")
+    return a, 1.0 - a, curv
+
+
+def fit_quadratic_surface(
+    N: Any, D: Any, L: Any, *, flops_per_param_sample: float = 6.0, level: float = LEVEL
+) -> FitResult:
+    """Quadratic surface ``log L = c0 + cN u + cD v + cNN u^2 + cDD v^2 + cND u v`` with
+    ``u = log N``, ``v = log D`` (Tuyls et al.'s parametric fit).
+
+    Loss: OLS in log L (closed form). Uncertainty: OLS covariance of the six coefficients
+    and delta-method (:func:`~analysis.fitting.delta_method`) t-intervals for the allocation
+    exponents ``a`` (``N_opt ~ C^a``) and ``b = 1 - a`` (:func:`quadratic_surface_optimum`).
+    Needs >= 8 points; raises if the surface has no minimum along the budget lines.
+    """
+    N = as_array(N, "N", positive=True, min_len=8)
+    D = as_array(D, "D", positive=True, min_len=8)
+    L = as_array(L, "loss", positive=True, min_len=8)
+    if not (N.size == D.size == L.size):
+        raise FitError(f"inputs differ in length: N {N.size}, D {D.size}, loss {L.size}")
+    u, v, y = np.log(N), np.log(D), np.log(L)
+    # centre so the coefficients are well conditioned; exponents do not depend on it
+    um, vm = u.mean(), v.mean()
+    X = _quad_design(u - um, v - vm)
+    if np.linalg.matrix_rank(X) < 6:
+        raise FitError("quadratic surface: N and D do not vary enough (design is singular)")
+    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ coef
+    sse = float(resid @ resid)
+    dof = N.size - 6
+    cov = sse / max(dof, 1) * np.linalg.inv(X.T @ X)
+    a, b, curv = quadratic_surface_optimum(coef)
+    if not curv > 0:
+        raise FitError("quadratic surface: no minimum along budget lines (curvature <= 0)")
+    dm = delta_method(lambda th: quadratic_surface_optimum(th)[0], coef, cov, level=level,
+                      dof=dof)
+    se_a = float(dm["se"])
+    t = t_quantile(level, dof)
+    params = {"a": a, "b": b}
+    ci = {"a": (a - t * se_a, a + t * se_a), "b": (b - t * se_a, b + t * se_a)}
+    for name, val, s in zip(_QUAD_NAMES, coef, np.sqrt(np.diag(cov)), strict=True):
+        params[name] = float(val)
+        ci[name] = (float(val - t * s), float(val + t * s))
+    return FitResult(
+        law="quadratic_surface", params=params, ci=ci, n_points=int(N.size), loss=sse,
+        extra={"level": level, "form": "log L = quadratic in (log N - u0, log D - v0)",
+               "method": "OLS in log L; delta-method t-intervals for a, b",
+               "centre": {"u0": um, "v0": vm}, "curvature": curv, "dof": dof,
+               "k": flops_per_param_sample, "_cov": cov},
+    )
+
+
+def _quad_predict_opt(fit: FitResult, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N_opt, L_opt) of a quadratic surface at budgets C."""
+    p = fit.params
+    coef = [p[n] for n in _QUAD_NAMES]
+    u0, v0 = fit.extra["centre"]["u0"], fit.extra["centre"]["v0"]
+    s = np.log(np.asarray(C, float) / fit.extra["k"]) - u0 - v0  # centred budget line
+    c0, cN, cD, cNN, cDD, cND = coef
+    u = ((2 * cDD - cND) * s + cD - cN) / (2 * (cNN + cDD - cND))
+    v = s - u
+    logL = _quad_design(np.atleast_1d(u), np.atleast_1d(v)) @ np.asarray(coef)
+    return np.exp(u + u0), np.exp(logL)
+
+
+@single_blas_thread
+def compare_isoflop_methods(
+    N: Any,
+    C: Any,
+    L: Any,
+    D: Any,
+    *,
+    flops_per_param_sample: float = 6.0,
+    min_train: int = 3,
+    n_starts: int = 16,
+) -> dict[str, Any]:
+    """Score every allocation method on held-out larger budgets (rolling CV).
+
+    Target: at each held-out budget, the lowest measured loss (the envelope point). Each
+    method predicts ``L_opt`` there from fits on the smaller budgets only: isoFLOP profiles
+    (``L_opt`` power law), envelope, Chinchilla Approach 3, quadratic surface. Score: RMSE of
+    log loss (:func:`~analysis.fitting.rolling_cv`). Returns
+    ``{"rmse": {method: value}, "folds": {...}, "best": method}``.
+    """
+    N = as_array(N, "N", positive=True)
+    C = as_array(C, "C", positive=True)
+    L = as_array(L, "loss", positive=True)
+    D = as_array(D, "D", positive=True)
+    ub = np.unique(C)
+    if ub.size <= min_train:
+        raise FitError(f"method comparison: {ub.size} budgets, {min_train + 1} needed")
+    # one target per budget: the envelope point
+    tgt = np.array([L[C == b].min() for b in ub])
+
+    def pick(train_b: np.ndarray) -> np.ndarray:
+        return np.isin(C, train_b)
+
+    def isoflop_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        m = pick(ub[tr])
+        f = fit_isoflop(N[m], C[m], L[m], D=D[m])
+        return predict_power(f.extra["_fits"]["L_opt"].params, ub[te])
+
+    def envelope_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        m = pick(ub[tr])
+        f = fit_envelope(N[m], C[m], L[m])
+        return f.params["L_coef"] * ub[te] ** f.params["L_exponent"]
+
+    def chinchilla_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        m = pick(ub[tr])
+        f = fit_chinchilla(N[m], D[m], L[m], n_boot=0, n_starts=n_starts)
+        return chinchilla_allocation(f.params, ub[te],
+                                     flops_per_param_sample=flops_per_param_sample)[2]
+
+    def quad_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
+        m = pick(ub[tr])
+        f = fit_quadratic_surface(N[m], D[m], L[m],
+                                  flops_per_param_sample=flops_per_param_sample)
+        return _quad_predict_opt(f, ub[te])[1]
+
+    methods = {"isoflop_profiles": isoflop_fp, "envelope": envelope_fp,
+               "chinchilla": chinchilla_fp, "quadratic_surface": quad_fp}
+    rmse: dict[str, float] = {}
+    folds: dict[str, Any] = {}
+    for name, fp in methods.items():
+        cv = rolling_cv(ub, tgt, fp, min_train=min_train)
+        rmse[name] = cv.rmse
+        folds[name] = cv.folds
+    finite = {k: v for k, v in rmse.items() if math.isfinite(v)}
+    best = min(finite, key=finite.get) if finite else None
+    return {"rmse": rmse, "folds": folds, "best": best}
+
+
+def forecast_isoflop(
+    fit: FitResult, C: float, *, level: float = LEVEL
+) -> dict[str, dict[str, float]]:
+    """``N_opt``, ``D_opt``, ``L_opt`` at budget ``C`` from :func:`fit_isoflop`, each with its
+    confidence interval (:func:`~analysis.fitting.loglog_intervals`, or the delta method
+    for a power law plus constant)."""
+    out = {}
+    for name, f in fit.extra["_fits"].items():
+        if f.law == "L_opt" and "offset" in f.params:
+            iv = power_offset_intervals(f, [C], level=level)
+        else:
+            iv = loglog_intervals(f, [C], level=level)
+        out[name] = {"value": float(iv["y"][0]), "low": float(iv["conf_low"][0]),
+                     "high": float(iv["conf_high"][0]), "at": f"C={C:.3g}"}
+    return out
+
+
+def forecast_power(fit: FitResult, x: float, *, level: float = LEVEL) -> dict[str, float]:
+    """Value of a fitted power law (``fit_loglog`` or ``fit_power_offset``) at ``x`` with its
+    confidence interval."""
+    if "offset" in fit.params and "_cov_theta" in fit.extra:
+        iv = power_offset_intervals(fit, [x], level=level)
+    else:
+        iv = loglog_intervals(fit, [x], level=level)
+    return {"value": float(iv["y"][0]), "low": float(iv["conf_low"][0]),
+            "high": float(iv["conf_high"][0])}
+
+
+# =========================================================================== Hilton
+
+
+def intrinsic_g(params: Mapping[str, float], N: Any, E: Any) -> np.ndarray:
+    """``g = I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E``."""
+    N = np.asarray(N, float)
+    E = np.asarray(E, float)
+    return (params["N_c"] / N) ** params["alpha_N"] + (params["E_c"] / E) ** params["alpha_E"]
+
+
+def _frontier_constant(N_c: float, E_c: float, aN: float, aE: float, kappa: float) -> float:
+    """``K`` with ``min_{N E = C/kappa} g = K C^-beta`` (closed form of the frontier)."""
+    s = aN + aE
+    # at the optimum the two terms are in ratio aE : aN; x* = (aN N_c^aN/(aE E_c^aE))^(1/s) M^(aE/s)
+    log_r = (math.log(aN) + aN * math.log(N_c) - math.log(aE) - aE * math.log(E_c)) / s
+    # term2 = E_c^aE M^-aE x*^aE, with M = C / kappa and the C-dependence pulled out
+    log_term2 = aE * math.log(E_c) + aE * log_r + (aN * aE / s) * math.log(kappa)
+    return math.exp(log_term2) * s / aN
+
+
+def _normalise_intrinsic(N_c: float, E_c: float, aN: float, aE: float, kappa: float):
+    """Rescale ``(N_c, E_c)`` so that ``I`` equals compute on the efficient frontier."""
+    K = _frontier_constant(N_c, E_c, aN, aE, kappa)
+    lam = 1.0 / K  # g -> lam g leaves the level sets (what returns identify) unchanged
+    return N_c * lam ** (1 / aN), E_c * lam ** (1 / aE)
+
+
+def _iso_sse(g: np.ndarray, y: np.ndarray) -> float:
+    fitted = curves.isotonic(y, x=g, increasing=False)
+    r = y - fitted
+    return float(r @ r)
+
+
+def _intrinsic_core(lN: np.ndarray, lE: np.ndarray, y: np.ndarray, lE0: float,
+                    starts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Minimise the isotonic SSE over ``theta = (log N_c, alpha_N, alpha_E)`` (E_c fixed)."""
+
+    def obj(th: np.ndarray) -> float:
+        lnc, aN, aE = th
+        if not (0.02 < aN < 5 and 0.02 < aE < 5):
+            return 1e300
+        g = np.exp(aN * (lnc - lN)) + np.exp(aE * (lE0 - lE))
+        if not np.all(np.isfinite(g)):
+            return 1e300
+        return _iso_sse(np.log(g), y)
+
+    best, best_v = None, np.inf
+    for s in starts:
+        res = optimize.minimize(obj, s, method="Nelder-Mead",
+                                options={"xatol": 1e-4, "fatol": 1e-10, "maxiter": 1500})
+        if res.fun < best_v:
+            best, best_v = res.x, float(res.fun)
+    if best is None or not math.isfinite(best_v):
+        raise FitError("intrinsic: no start converged")
+    return best, best_v
+
+
+@single_blas_thread
+def fit_intrinsic(
+    N: Any,
+    E: Any,
+    ret: Any,
+    *,
+    C: Any = None,
+    groups: Any = None,
+    n_boot: int = 0,
+    n_starts: int = 4,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> FitResult:
+    """Hilton et al.'s intrinsic performance law, fitted jointly with a monotone return map.
+
+    Form: ``I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E`` and ``return = f(I)`` with ``f``
+    any non-decreasing function. Loss: sum of squared residuals of the return after an
+    isotonic (pool-adjacent-violators) regression of return on ``g = I^-beta``, computed
+    inside the objective, so ``f`` is profiled out. Since ``f`` absorbs any rescaling of
+    ``g``, ``E_c`` is fixed at the geometric mean of ``E`` during the search and the scale is
+    set afterwards as Hilton et al. do: ``beta = alpha_N alpha_E / (alpha_N + alpha_E)`` and
+    ``(N_c, E_c)`` rescaled so that ``I`` equals compute on the efficient frontier, with
+    compute ``C = kappa N E`` (``kappa`` = median of ``C / (N E)`` when ``C`` is given, else
+    1, i.e. ``I`` in units of parameter-interactions).
+
+    Optimiser and starts: Nelder-Mead over ``(log N_c, alpha_N, alpha_E)`` from a grid
+    (alpha_N, alpha_E in {0.25, 0.5, 1}; N_c at the 25/50/75% quantiles of N); the objective
+    is scored on the grid and the ``n_starts`` best are refined. Uncertainty: percentile
+    bootstrap over ``groups`` (runs or seeds) or points, each refit warm-started
+    (``n_boot=0``: NaN intervals). Derived: ``beta`` and ``k = alpha_E / (alpha_N +
+    alpha_E)``, the exponent of optimal model size in compute (``N_opt ~ C^k``).
+    Needs >= 10 points, >= 2 distinct N and E.
+    """
+    N = as_array(N, "N", positive=True, min_len=10)
+    E = as_array(E, "E", positive=True, min_len=10)
+    y = as_array(ret, "return", min_len=10)
+    if not (N.size == E.size == y.size):
+        raise FitError(f"inputs differ in length: N {N.size}, E {E.size}, return {y.size}")
+    if np.unique(N).size < 2:
+        raise FitError("N: one model size only; the size exponent is not identifiable")
+    if np.unique(E).size < 2:
+        raise FitError("E: one value only; the interaction exponent is not identifiable")
+    if C is not None:
+        Cv = as_array(C, "C", positive=True)
+        kappa = float(np.median(Cv / (N * E)))
+    else:
+        kappa = 1.0
+    lN, lE = np.log(N), np.log(E)
+    lE0 = float(lE.mean())
+    grid = [np.array([q, aN, aE]) for aN in (0.25, 0.5, 1.0) for aE in (0.25, 0.5, 1.0)
+            for q in np.quantile(lN, [0.25, 0.5, 0.75])]
+    scores = []
+    for th in grid:
+        g = np.exp(th[1] * (th[0] - lN)) + np.exp(th[2] * (lE0 - lE))
+        scores.append(_iso_sse(np.log(g), y))
+    starts = np.array(grid)[np.argsort(scores)[:n_starts]]
+    theta, sse = _intrinsic_core(lN, lE, y, lE0, starts)
+
+    def to_params(th: np.ndarray) -> dict[str, float]:
+        lnc, aN, aE = (float(v) for v in th)
+        nc, ec = _normalise_intrinsic(math.exp(lnc), math.exp(lE0), aN, aE, kappa)
+        return {"N_c": nc, "E_c": ec, "alpha_N": aN, "alpha_E": aE,
+                "beta": aN * aE / (aN + aE), "k": aE / (aN + aE)}
+
+    params = to_params(theta)
+    ci = _nan_ci(params)
+    extra: dict[str, Any] = {
+        "level": level,
+        "form": "I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E; return = isotonic f(I)",
+        "method": "isotonic SSE profiled inside Nelder-Mead from a grid",
+        "kappa": kappa,
+        "normalisation": "I equals compute C = kappa N E on the efficient frontier",
+    }
+    if n_boot > 0:
+
+        def boot_fn(idx: np.ndarray) -> dict[str, float]:
+            th, _ = _intrinsic_core(lN[idx], lE[idx], y[idx], lE0, theta[None, :])
+            return to_params(th)
+
+        bs = bootstrap(boot_fn, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
+        ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in params}
+        extra["method"] += ", percentile bootstrap over " + bs.unit
+        extra["bootstrap"] = bs.summary()
+    g = intrinsic_g(params, N, E)
+    extra["_map"] = (g, curves.isotonic(y, x=g, increasing=False))
+    return FitResult(law="intrinsic", params=params, ci=ci, n_points=int(N.size), loss=sse,
+                     extra=extra)
+
+
+def intrinsic_performance(params: Mapping[str, float], N: Any, E: Any) -> np.ndarray:
+    """``I = g^(-1/beta)`` for a fitted intrinsic law (in the compute units it was fitted in)."""
+    return intrinsic_g(params, N, E) ** (-1.0 / params["beta"])
+
+
+def frontier_size_law(x: Any, sizes: Any, *, level: float = LEVEL) -> FitResult:
+    """Optimal model size vs compute from an empirical compute-efficient frontier.
+
+    On a grid of compute ``x`` the frontier says which size is best (``sizes``, e.g. from
+    :func:`analysis.curves.efficient_frontier`). Each size that is best somewhere contributes
+    one point: the geometric mean of the compute range where it is best. ``N_opt = c C^k`` is
+    then fitted by log-log OLS (t-intervals). Needs 3 sizes on the frontier.
+    """
+    x = as_array(x, "compute", positive=True)
+    s = as_array(sizes, "size", positive=True)
+    pts_c, pts_n = [], []
+    for size in np.unique(s):
+        m = s == size
+        pts_c.append(math.exp(float(np.log(x[m]).mean())))
+        pts_n.append(float(size))
+    order = np.argsort(pts_c)
+    pc, pn = np.array(pts_c)[order], np.array(pts_n)[order]
+    if pc.size < 3:
+        raise FitError(f"optimal size vs compute: {pc.size} sizes on the efficient frontier, "
+                       "3 needed")
+    fit = fit_loglog(pc, pn, level=level, law="frontier_size")
+    fit.extra["points"] = {"C": pc, "N": pn}
+    fit.extra["form"] = "N_opt = c C^k"
+    return fit
+
+
+# =========================================================================== Rybkin
+
+
+def best_hparams(
+    D_J: Any,
+    sigma: Any,
+    B: Any,
+    lr: Any,
+    *,
+    task: Any = None,
+    n_boot: int = 100,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Best batch size and learning rate per (task, sigma): the configuration with the least
+    data to threshold ``D_J``, with a bootstrap over seeds.
+
+    Input: one row per run (or seed-averaged configuration) with its ``D_J`` (NaN where the
+    threshold was never reached). Point estimate: argmin of the mean ``D_J`` over seeds.
+    Bootstrap: seeds are resampled within each configuration, the argmin recomputed, and
+    ``B*``, ``eta*`` reported as the geometric mean of the drawn optima with percentile
+    intervals (a smoother estimate than a single argmin on a coarse grid, as in Rybkin et al.).
+    Returns one dict per (task, sigma): ``task, sigma, B, lr, D_J, B_low, B_high, lr_low,
+    lr_high``.
+    """
+    D = np.asarray(D_J, float)
+    sig = as_array(sigma, "sigma", positive=True)
+    Bv = as_array(B, "B", positive=True)
+    lv = as_array(lr, "lr", positive=True)
+    tk = np.asarray(["all"] * D.size if task is None else task, dtype=object).astype(str)
+    rng = np.random.default_rng(seed)
+    q = [50 * (1 - level), 50 * (1 + level)]
+    out = []
+    for t in np.unique(tk):
+        for s in np.unique(sig[tk == t]):
+            m = np.flatnonzero((tk == t) & (sig == s))
+            keys = list(zip(Bv[m], lv[m], strict=True))
+            cfgs = sorted(set(keys))
+            rows = {c: m[[k == c for k in keys]] for c in cfgs}
+
+            def argmin(sample: dict) -> tuple[float, float, float] | None:
+                best = None
+                for c, idx in sample.items():
+                    v = D[idx]
+                    if np.isnan(v).any():  # a seed that never reached J: not a candidate
+                        continue
+                    mean = float(v.mean())
+                    if best is None or mean < best[2]:
+                        best = (c[0], c[1], mean)
+                return best
+
+            point = argmin(rows)
+            if point is None:
+                continue
+            draws = []
+            for _ in range(n_boot):
+                sample = {c: idx[rng.integers(0, idx.size, idx.size)] for c, idx in rows.items()}
+                b = argmin(sample)
+                if b is not None:
+                    draws.append((math.log(b[0]), math.log(b[1])))
+            rec = {"task": t, "sigma": float(s), "B": point[0], "lr": point[1],
+                   "D_J": point[2]}
+            if draws:
+                d = np.array(draws)
+                rec.update(
+                    B=float(np.exp(d[:, 0].mean())), lr=float(np.exp(d[:, 1].mean())),
+                    B_low=float(np.exp(np.percentile(d[:, 0], q[0]))),
+                    B_high=float(np.exp(np.percentile(d[:, 0], q[1]))),
+                    lr_low=float(np.exp(np.percentile(d[:, 1], q[0]))),
+                    lr_high=float(np.exp(np.percentile(d[:, 1], q[1]))))
+            out.append(rec)
+    return out
+
+
+def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
+                   level: float = LEVEL) -> FitResult:
+    """``value*(sigma) = c_task sigma^k``: shared slope, per-task intercept
+    (:func:`~analysis.fitting.fit_fixed_effects`, OLS in log-log, t-intervals). With one
+    task this is a plain log-log fit."""
+    sig = as_array(sigma, "sigma", positive=True)
+    tk = np.asarray(["all"] * sig.size if task is None else task, dtype=object).astype(str)
+    fit = fit_fixed_effects(sig, value, tk, level=level, law=f"{name}_star")
+    fit.extra["form"] = f"{name}*(sigma) = c[task] sigma^k"
+    return fit
+
+
+def _utd_params(theta: np.ndarray, xs: float) -> dict[str, float]:
+    """(D_min, beta, alpha) from fit_power_offset's log-space theta = [log c_s, k, offset]."""
+    k = float(theta[1])
+    alpha = -k
+    log_c = float(theta[0]) - k * math.log(xs)
+    return {"D_min": float(theta[2]), "beta": math.exp(log_c / alpha), "alpha": alpha}
+
+
+@single_blas_thread
+def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
+            groups: Any = None, seed: int = 0) -> FitResult:
+    """Data to threshold vs UTD ratio: ``D_J(sigma) = D_min + (beta / sigma)^alpha``.
+
+    A power law plus constant in ``sigma`` (:func:`~analysis.fitting.fit_power_offset`,
+    log-space residuals, bounded multi-start least squares with ``k = -alpha`` in
+    [-5, -0.01] and ``0 <= D_min <= min D``), reparameterised to ``beta = c^(1/alpha)``.
+    Uncertainty: delta-method t-intervals on ``n - 3`` dof (``beta`` through the fit's
+    covariance), or a percentile bootstrap with ``n_boot > 0``. Needs >= 4 points and at
+    least 3 distinct sigma.
+    """
+    sig = as_array(sigma, "sigma", positive=True, min_len=4)
+    Dv = as_array(D, "D", positive=True, min_len=4)
+    if np.unique(sig).size < 3:
+        raise FitError(f"sigma: {np.unique(sig).size} distinct values, 3 needed")
+    f = fit_power_offset(sig, Dv, space="log", k_bounds=(-5.0, -0.01), level=level,
+                         n_boot=n_boot, groups=groups, seed=seed, law="utd")
+    xs = f.extra["x_scale"]
+    theta = f.extra["_theta"]
+    params = _utd_params(theta, xs)
+    if n_boot > 0:
+        draws = f.extra["_draws"]
+        c, k = np.asarray(draws["c"]), np.asarray(draws["k"])
+        ok = (c > 0) & (k < 0)
+        q = [50 * (1 - level), 50 * (1 + level)]
+        beta = np.exp(np.log(c[ok]) / -k[ok])
+        ci = {"D_min": f.ci["offset"], "alpha": (-f.ci["k"][1], -f.ci["k"][0]),
+              "beta": tuple(np.percentile(beta, q)) if beta.size else (math.nan, math.nan)}
+    else:
+        cov = f.extra["_cov_theta"]
+        dof = f.extra["dof"]
+        dm = delta_method(lambda th: math.log(_utd_params(th, xs)["beta"]), theta, cov,
+                          level=level, dof=max(dof, 1))
+        lb = float(dm["value"])
+        t = t_quantile(level, max(dof, 1))
+        ci = {"D_min": f.ci["offset"], "alpha": (-f.ci["k"][1], -f.ci["k"][0]),
+              "beta": (math.exp(lb - t * float(dm["se"])), math.exp(lb + t * float(dm["se"])))}
+    extra = dict(f.extra)
+    extra["form"] = "D_J(sigma) = D_min + (beta / sigma)^alpha"
+    extra["_power_fit"] = f
+    return FitResult(law="utd", params=params, ci=ci, n_points=f.n_points, loss=f.loss,
+                     extra=extra)
+
+
+def predict_utd(params: Mapping[str, float], sigma: Any) -> np.ndarray:
+    """``D_min + (beta / sigma)^alpha``."""
+    sigma = np.asarray(sigma, float)
+    return params["D_min"] + (params["beta"] / sigma) ** params["alpha"]
+
+
+def utd_compute(utd: Mapping[str, float], b_law: Mapping[str, float], sigma: Any,
+                n_params: float, *, task: str = "all", coef: float = 10.0) -> np.ndarray:
+    """``C_J(sigma) = 10 N B*(sigma) sigma D_J(sigma)`` (Rybkin et al.'s SAC convention)."""
+    sigma = np.asarray(sigma, float)
+    b = b_law[f"c[{task}]"] * sigma ** b_law["k"]
+    return coef * n_params * b * sigma * predict_utd(utd, sigma)
+
+
+def pareto_front(x: Any, y: Any) -> np.ndarray:
+    """Indices of the points not dominated in (smaller x, smaller y), sorted by x."""
+    x = np.asarray(x, float)
+    y = np.asarray(y, float)
+    order = np.lexsort((y, x))
+    keep, best = [], np.inf
+    for i in order:
+        if np.isfinite(x[i]) and np.isfinite(y[i]) and y[i] < best:
+            keep.append(i)
+            best = y[i]
+    return np.asarray(keep, dtype=int)
+
+
+def optimal_utd(utd: Mapping[str, float], b_law: Mapping[str, float], n_params: float,
+                delta: float, *, task: str = "all", sigma_range: tuple[float, float] =
+                (1e-2, 1e3)) -> dict[str, float]:
+    """``sigma*`` minimising the budget ``F_J(sigma) = C_J(sigma) + delta D_J(sigma)``.
+
+    Searched on a fine log grid of ``sigma`` then refined (bounded scalar minimisation in
+    log sigma). Returns ``sigma, F, C, D`` at the optimum and ``B`` (``B*(sigma*)``).
+    """
+    grid = np.geomspace(*sigma_range, 400)
+
+    def budget(s: Any) -> np.ndarray:
+        return utd_compute(utd, b_law, s, n_params, task=task) + delta * predict_utd(utd, s)
+
+    vals = budget(grid)
+    i = int(np.nanargmin(vals))
+    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, grid.size - 1)]
+    res = optimize.minimize_scalar(lambda ls: float(budget(math.exp(ls))),
+                                   bounds=(math.log(lo), math.log(hi)), method="bounded")
+    s = math.exp(res.x)
+    d = float(predict_utd(utd, s))
+    c = float(utd_compute(utd, b_law, s, n_params, task=task))
+    return {"sigma": s, "F": c + delta * d, "C": c, "D": d,
+            "B": float(b_law[f"c[{task}]"] * s ** b_law["k"]),
+            "at_edge": bool(i in (0, grid.size - 1))}
+
+
+# ================================================================ imitation, generalization
+
+
+def fit_return_vs_loss(loss: Any, ret: Any, *, level: float = LEVEL) -> FitResult:
+    """Return vs validation loss (Tuyls et al.): ``R = offset + c L^k`` with ``k < 0`` (an
+    inverse power law plus constant).
+
+    :func:`~analysis.fitting.fit_power_offset` on the raw return scale (``space="linear"``,
+    returns may approach a ceiling from below), ``k`` in [-10, -0.01], offset free; delta-
+    method t-intervals. Needs >= 4 points.
+    """
+    f = fit_power_offset(loss, ret, space="linear", k_bounds=(-10.0, -0.01),
+                         offset_bounds=(-np.inf, np.inf), level=level, law="return_vs_loss")
+    f.extra["form"] = "R = offset + c L^k"
+    return f
+
+
+def fit_complexity(
+    complexity: Any, amount: Any, *, level: float = LEVEL, name: str = "D"
+) -> FitResult:
+    """Data (or compute) to reach sufficient generalization vs a problem-complexity
+    parameter: ``amount = c complexity^k`` by log-log OLS (t-intervals). Needs 3 points."""
+    f = fit_loglog(complexity, amount, level=level, law=f"{name}_vs_complexity")
+    f.extra["form"] = f"{name}_J = c complexity^k"
+    return f

@@ -1,0 +1,146 @@
+"""``python -m analysis fit LAW --csv FILE --col ROLE=COLUMN --json`` round-trips every law."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import cli_fit, synthetic
+
+KEYS = {"law", "params", "ci", "n_points", "loss"}
+
+
+def _run(capsys: pytest.CaptureFixture, argv: list[str]) -> tuple[int, dict | None, str]:
+    rc = cli_fit.main(argv)
+    out, err = capsys.readouterr()
+    return rc, (json.loads(out) if rc == 0 and "--json" in argv else None), err
+
+
+def _check_shape(res: dict, law: str) -> None:
+    assert set(res) == KEYS
+    assert res["law"] == law
+    assert list(res["params"]) == list(cli_fit.PARAMS[law])
+    assert set(res["ci"]) == set(cli_fit.PARAMS[law])
+    assert all(len(v) == 2 for v in res["ci"].values())
+
+
+def test_power_with_and_without_offset(tmp_path: Path, capsys):
+    rng = np.random.default_rng(0)
+    x = np.geomspace(1e3, 1e9, 20)
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"compute": x, "val": 0.3 + 2.0 * x**-0.2 * np.exp(
+        0.005 * rng.standard_normal(x.size))}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["power", "--csv", str(csv), "--col", "x=compute",
+                               "--col", "y=val", "--offset", "--json"])
+    assert rc == 0
+    _check_shape(res, "power")
+    assert res["params"]["k"] == pytest.approx(-0.2, abs=0.04)
+    assert res["params"]["offset"] == pytest.approx(0.3, abs=0.05)
+    assert res["n_points"] == 20
+    rc, res, _ = _run(capsys, ["power", "--csv", str(csv), "--col", "x=compute",
+                               "--col", "y=val", "--json"])
+    assert rc == 0 and res["params"]["offset"] == 0.0 and res["ci"]["offset"] == [0.0, 0.0]
+
+
+def test_chinchilla_with_d_derived_from_compute(tmp_path: Path, capsys):
+    rng = np.random.default_rng(1)
+    N = np.repeat(np.geomspace(1e5, 1e8, 6), 6)
+    D = np.tile(np.geomspace(1e6, 1e10, 6), 6)
+    L = synthetic.bc_loss(N, D) * np.exp(0.005 * rng.standard_normal(N.size))
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"params": N, "flops": 6 * N * D, "loss": L}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["chinchilla", "--csv", str(csv), "--col", "N=params",
+                               "--col", "C=flops", "--n-boot", "5", "--json"])
+    assert rc == 0
+    _check_shape(res, "chinchilla")
+    t = synthetic.BC_TRUTH
+    assert res["params"]["alpha"] == pytest.approx(t["alpha"], abs=0.06)
+    assert res["params"]["beta"] == pytest.approx(t["beta"], abs=0.05)
+    assert res["params"]["a"] == pytest.approx(t["beta"] / (t["alpha"] + t["beta"]), abs=0.06)
+
+
+def test_isoflop_and_utd(tmp_path: Path, capsys):
+    rng = np.random.default_rng(2)
+    sizes, budgets = np.geomspace(3e4, 3e8, 9), np.geomspace(1e14, 1e18, 5)
+    N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
+    L = synthetic.bc_loss(N, C / (6 * N)) * np.exp(0.003 * rng.standard_normal(N.size))
+    csv = tmp_path / "i.csv"
+    pd.DataFrame({"N": N, "C": C, "loss": L}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["isoflop", "--csv", str(csv), "--json"])  # default names
+    assert rc == 0
+    _check_shape(res, "isoflop")
+    t = synthetic.BC_TRUTH
+    assert res["params"]["a"] == pytest.approx(t["beta"] / (t["alpha"] + t["beta"]), abs=0.05)
+
+    u = synthetic.UTD_TRUTH
+    sigma = np.repeat([0.5, 1, 2, 4, 8, 16], 2)
+    D = (u["D_min"] + (u["beta_J"] / sigma) ** u["alpha_J"]) * np.exp(
+        0.02 * rng.standard_normal(sigma.size))
+    csv = tmp_path / "u.csv"
+    pd.DataFrame({"utd": sigma, "steps": D}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["utd", "--csv", str(csv), "--col", "sigma=utd",
+                               "--col", "D=steps", "--json"])
+    assert rc == 0
+    _check_shape(res, "utd")
+    assert res["params"]["alpha"] == pytest.approx(u["alpha_J"], abs=0.1)
+    assert math.log(res["params"]["beta"] / u["beta_J"]) == pytest.approx(0, abs=0.5)
+
+
+def test_intrinsic(tmp_path: Path, capsys):
+    rng = np.random.default_rng(3)
+    sizes = synthetic.IMPALA_PARAMS * np.array([0.25, 0.5, 1, 2, 4]) ** 2
+    E = np.geomspace(3e5, 3e7, 24)
+    N, EE = (a.ravel() for a in np.meshgrid(sizes, E))
+    R = synthetic.hilton_return(N, EE) + 0.1 * rng.standard_normal(N.size)
+    csv = tmp_path / "h.csv"
+    pd.DataFrame({"N": N, "E": EE, "ret": R}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["intrinsic", "--csv", str(csv), "--col", "return=ret",
+                               "--n-boot", "0", "--json"])
+    assert rc == 0
+    _check_shape(res, "intrinsic")
+    t = synthetic.HILTON_TRUTH
+    assert res["params"]["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.1)
+    assert res["params"]["alpha_E"] == pytest.approx(t["alpha_E"], abs=0.12)
+    assert res["ci"]["alpha_N"] == [None, None]  # no bootstrap asked for
+
+
+def test_errors_are_one_line_with_status_2(tmp_path: Path, capsys):
+    csv = tmp_path / "e.csv"
+    pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [1.0, -2.0, 3.0, 4.0]}).to_csv(csv,
+                                                                               index=False)
+    cases = [
+        (["power", "--csv", str(csv), "--col", "x=a"], "no column for role 'y'"),
+        (["power", "--csv", str(csv), "--col", "x=a", "--col", "y=zz"], "'zz' (role y)"),
+        (["power", "--csv", str(csv), "--col", "x=a", "--col", "y=b"], "y: 1 non-positive"),
+        (["utd", "--csv", str(csv), "--col", "sigma=a", "--col", "D=a", "--col", "x=a"],
+         "unknown role"),
+        (["chinchilla", "--csv", str(csv), "--col", "N=a", "--col", "loss=a"],
+         "role 'D'"),
+        (["power", "--csv", str(tmp_path / "nope.csv")], "CSV not found"),
+    ]
+    for argv, msg in cases:
+        rc, _, err = _run(capsys, argv)
+        assert rc == 2, argv
+        assert msg in err, (argv, err)
+        assert err.count("\n") == 1 and err.startswith("error: ")
+    pd.DataFrame({"x": [1, 2], "y": [1, 2]}).to_csv(csv, index=False)
+    rc, _, err = _run(capsys, ["power", "--csv", str(csv)])
+    assert rc == 2 and "too few points" in err
+
+
+def test_module_entry_point(tmp_path: Path):
+    csv = tmp_path / "p.csv"
+    x = np.geomspace(1, 1e4, 6)
+    pd.DataFrame({"x": x, "y": 2 * x**0.5}).to_csv(csv, index=False)
+    proc = subprocess.run([sys.executable, "-m", "analysis", "fit", "power", "--csv", str(csv),
+                           "--json"], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    res = json.loads(proc.stdout)
+    assert res["params"]["k"] == pytest.approx(0.5, abs=1e-9)

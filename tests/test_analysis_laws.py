@@ -1,0 +1,190 @@
+"""Each study law recovers the parameters it was generated from (with realistic noise),
+does not depend on the units of compute, and rejects bad input with one clear line.
+
+Tolerances (absolute unless stated) are written next to each assertion; they are a few
+standard errors of the estimator at the stated noise, checked against the fitted CIs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from analysis import laws, synthetic
+from analysis.fitting import FitError
+
+PF_DAY = 1e15 * 86400
+BC = synthetic.BC_TRUTH
+A_TRUE = BC["beta"] / (BC["alpha"] + BC["beta"])  # N_opt ~ C^a
+
+
+def _isoflop_data(rng, noise=0.005, n_sizes=9, n_budgets=6):
+    """Loss at (N, C) on a grid of budgets, D = C / (6 N), from the Chinchilla surface."""
+    sizes = np.geomspace(3e4, 3e8, n_sizes)
+    budgets = np.geomspace(1e14, 1e18, n_budgets)
+    N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
+    D = C / (6 * N)
+    L = synthetic.bc_loss(N, D) * np.exp(noise * rng.standard_normal(N.size))
+    return N, C, D, L
+
+
+def test_isoflop_profiles_recover_allocation_exponent():
+    N, C, D, L = _isoflop_data(np.random.default_rng(0))
+    fit = laws.fit_isoflop(N, C, L, D=D)
+    assert fit.params["a"] == pytest.approx(A_TRUE, abs=0.05)
+    assert fit.params["b"] == pytest.approx(1 - A_TRUE, abs=0.05)
+    assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0, abs=1e-6)
+    assert fit.ci["a"][0] < fit.params["a"] < fit.ci["a"][1]
+    assert fit.params["L_exponent"] < 0
+    fc = laws.forecast_isoflop(fit, 1e19)
+    assert fc["N_opt"]["low"] < fc["N_opt"]["value"] < fc["N_opt"]["high"]
+    n_true = synthetic.bc_loss  # the true optimum at 1e19, by brute force over N
+    grid = np.geomspace(1e5, 1e10, 4000)
+    n_star = grid[np.argmin(n_true(grid, 1e19 / (6 * grid)))]
+    assert fc["N_opt"]["value"] == pytest.approx(n_star, rel=0.5)
+
+
+def test_isoflop_surfaces_and_envelope_agree_with_truth():
+    N, C, D, L = _isoflop_data(np.random.default_rng(1))
+    quad = laws.fit_quadratic_surface(N, D, L)
+    assert quad.params["a"] == pytest.approx(A_TRUE, abs=0.07)
+    assert quad.ci["a"][0] < quad.params["a"] < quad.ci["a"][1]
+    env = laws.fit_envelope(N, C, L)
+    assert env.params["a"] == pytest.approx(A_TRUE, abs=0.15)  # coarse: sizes 3.2x apart
+    cmp_ = laws.compare_isoflop_methods(N, C, L, D, n_starts=4)
+    assert set(cmp_["rmse"]) == {"isoflop_profiles", "envelope", "chinchilla",
+                                 "quadratic_surface"}
+    assert cmp_["best"] in cmp_["rmse"]
+    # the true model family forecasts the held-out budgets to within 5% in loss
+    assert cmp_["rmse"]["chinchilla"] < 0.05
+
+
+def test_isoflop_unit_rescaling_and_errors():
+    N, C, D, L = _isoflop_data(np.random.default_rng(2))
+    a = laws.fit_isoflop(N, C, L, D=D)
+    b = laws.fit_isoflop(N, C / PF_DAY, L, D=D)
+    assert a.params["a"] == pytest.approx(b.params["a"], abs=1e-9)
+    assert a.params["L_exponent"] == pytest.approx(b.params["L_exponent"], abs=1e-9)
+    with pytest.raises(FitError, match="budgets with an interior minimum"):
+        laws.fit_isoflop(N[C < 2e15], C[C < 2e15], L[C < 2e15])
+    with pytest.raises(FitError, match="C: 1 non-positive"):
+        laws.fit_isoflop(N, np.where(np.arange(N.size) == 0, -1.0, C), L)
+
+
+def _hilton_data(rng, noise=0.1, seeds=2):
+    """Returns from Hilton's law over a grid of sizes and interactions (as in synthetic)."""
+    t = synthetic.HILTON_TRUTH
+    sizes = synthetic.IMPALA_PARAMS * np.array([0.25, 0.5, 1, 2, 4, 8]) ** 2
+    E = np.geomspace(2e5, 5e7, 30)
+    N, EE = (a.ravel() for a in np.meshgrid(sizes, E))
+    N, EE = np.tile(N, seeds), np.tile(EE, seeds)
+    ret = synthetic.hilton_return(N, EE) + noise * rng.standard_normal(N.size)
+    kappa = 10 * synthetic.IMPALA_FLOPS / synthetic.IMPALA_PARAMS
+    return N, EE, ret, kappa * N * EE, t
+
+
+def test_intrinsic_performance_joint_fit_recovers_exponents():
+    N, E, ret, C, t = _hilton_data(np.random.default_rng(3))
+    fit = laws.fit_intrinsic(N, E, ret, C=C)
+    p = fit.params
+    assert p["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.08)
+    assert p["alpha_E"] == pytest.approx(t["alpha_E"], abs=0.1)
+    assert p["k"] == pytest.approx(t["k"], abs=0.05)
+    # the scale: I equals compute on the frontier, so N_c/E_c match the truth normalised so
+    nc, ec = laws._normalise_intrinsic(t["N_c"], t["E_c"], t["alpha_N"], t["alpha_E"],
+                                       fit.extra["kappa"])
+    assert math.log(p["N_c"] / nc) == pytest.approx(0, abs=0.5)
+    assert math.log(p["E_c"] / ec) == pytest.approx(0, abs=0.5)
+    # on the frontier I = C: the best N at a budget has I close to that budget
+    budget = 1e16
+    n = np.geomspace(1e4, 1e9, 3000)
+    i_best = laws.intrinsic_performance(p, n, budget / (fit.extra["kappa"] * n)).max()
+    assert i_best == pytest.approx(budget, rel=1e-3)
+
+
+def test_intrinsic_units_do_not_change_exponents_and_bootstrap_intervals():
+    N, E, ret, C, _ = _hilton_data(np.random.default_rng(4), seeds=1)
+    a = laws.fit_intrinsic(N, E, ret, C=C)
+    b = laws.fit_intrinsic(N, E, ret, C=C / PF_DAY)
+    assert a.params["alpha_N"] == pytest.approx(b.params["alpha_N"], abs=1e-9)
+    assert a.params["beta"] == pytest.approx(b.params["beta"], abs=1e-9)
+    assert b.extra["kappa"] == pytest.approx(a.extra["kappa"] / PF_DAY)
+    groups = np.repeat(np.arange(30), 6)  # one "run" per interaction row of the grid
+    bs = laws.fit_intrinsic(N, E, ret, C=C, groups=groups, n_boot=8)
+    lo, hi = bs.ci["alpha_N"]
+    assert lo <= hi and math.isfinite(lo)
+    with pytest.raises(FitError, match="one model size"):
+        laws.fit_intrinsic(np.full(20, 1e6), np.geomspace(1, 1e3, 20), np.arange(20.0))
+
+
+def test_utd_data_to_threshold_law():
+    rng = np.random.default_rng(5)
+    t = synthetic.UTD_TRUTH
+    sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
+    D = (t["D_min"] + (t["beta_J"] / sigma) ** t["alpha_J"]) * np.exp(
+        0.03 * rng.standard_normal(sigma.size))
+    fit = laws.fit_utd(sigma, D)
+    p = fit.params
+    assert p["alpha"] == pytest.approx(t["alpha_J"], abs=0.1)
+    assert math.log(p["beta"] / t["beta_J"]) == pytest.approx(0, abs=0.5)
+    assert p["D_min"] == pytest.approx(t["D_min"], rel=0.5)
+    for k, truth in (("alpha", t["alpha_J"]), ("beta", t["beta_J"])):
+        assert fit.ci[k][0] < truth < fit.ci[k][1], k
+    with pytest.raises(FitError, match="sigma: 2 distinct values"):
+        laws.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
+
+
+def test_best_hparams_and_their_power_laws():
+    rng = np.random.default_rng(6)
+    t = synthetic.UTD_TRUTH
+    sig, bs, lrs = np.meshgrid([1, 2, 4, 8, 16], 2.0 ** np.arange(4, 11),
+                               1e-3 * 2.0 ** np.arange(-4, 3, 0.5))
+    sig, bs, lrs = (np.repeat(a.ravel(), 2) for a in (sig, bs, lrs))
+    D = synthetic.utd_data_to_threshold(sig, bs, lrs) * np.exp(
+        0.02 * rng.standard_normal(sig.size))
+    best = laws.best_hparams(D, sig, bs, lrs, n_boot=20)
+    assert [b["sigma"] for b in best] == [1, 2, 4, 8, 16]
+    s = np.array([b["sigma"] for b in best])
+    fb = laws.fit_hparam_law(s, [b["B"] for b in best], name="B")
+    fl = laws.fit_hparam_law(s, [b["lr"] for b in best], name="lr")
+    assert fb.params["k"] == pytest.approx(t["B_exp"], abs=0.15)  # grid of B is 2x apart
+    assert fl.params["k"] == pytest.approx(t["lr_exp"], abs=0.1)
+    # sigma*(F): the minimiser of C + delta D agrees with a brute-force search
+    utd = {"D_min": t["D_min"], "beta": t["beta_J"], "alpha": t["alpha_J"]}
+    opt = laws.optimal_utd(utd, fb.params, 1.4e5, delta=1e9)
+    grid = np.geomspace(1e-2, 1e3, 200_000)
+    F = laws.utd_compute(utd, fb.params, grid, 1.4e5) + 1e9 * laws.predict_utd(utd, grid)
+    assert opt["sigma"] == pytest.approx(grid[np.argmin(F)], rel=1e-3)
+    assert opt["F"] == pytest.approx(F.min(), rel=1e-6)
+
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    x = np.array([1.0, 2.0, 3.0, 1.5, 4.0])
+    y = np.array([5.0, 3.0, 4.0, 6.0, 1.0])
+    assert list(laws.pareto_front(x, y)) == [0, 1, 4]
+
+
+def test_return_vs_loss_inverse_power_law():
+    rng = np.random.default_rng(7)
+    L = np.geomspace(0.6, 2.0, 30)
+    R = 100 + BC["R0"] * L ** -BC["kappa"] * np.exp(0.02 * rng.standard_normal(L.size))
+    fit = laws.fit_return_vs_loss(L, R)
+    assert fit.params["k"] == pytest.approx(-BC["kappa"], abs=0.3)
+    assert fit.params["c"] == pytest.approx(BC["R0"], rel=0.25)
+
+
+def test_complexity_law_and_frontier_size_law():
+    k = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    D = 1e5 * k**1.5 * np.exp(0.05 * np.random.default_rng(8).standard_normal(k.size))
+    fit = laws.fit_complexity(k, D)
+    assert fit.params["k"] == pytest.approx(1.5, abs=0.15)
+    # frontier: size s is best on a compute range centred at 1e10 s^2 -> N_opt ~ C^0.5
+    sizes = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 10)
+    C = np.concatenate([np.geomspace(0.5, 2, 10) * 1e10 * (s / 1e5) ** 2
+                        for s in (1e5, 4e5, 1.6e6, 6.4e6)])
+    fr = laws.frontier_size_law(C, sizes)
+    assert fr.params["k"] == pytest.approx(0.5, abs=1e-6)
+    with pytest.raises(FitError, match="2 sizes on the efficient frontier"):
+        laws.frontier_size_law(C[:20], sizes[:20])

@@ -1,0 +1,120 @@
+"""``python -m analysis --runs DIR --out DIR`` end to end on small synthetic run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import pipeline, synthetic
+
+
+def _laws(out: Path) -> dict:
+    return json.loads((out / "laws.json").read_text())
+
+
+def test_trainer_like_width_sweep(tmp_path: Path):
+    """The default study's shape: 5 widths x 2 seeds, 8 log points, one run mid-flight."""
+    runs = tmp_path / "runs"
+    synthetic.trainer_like_sweep(runs)
+    # a run that just started (no log point yet) and one that diverged must not break it
+    synthetic.write_run(runs / "mnist_width" / "fresh", {"experiment": "mnist_width",
+                        "seed": 3, "model": {"width": 2.0}}, [], status="running",
+                        params=5_000_000, flops_per_forward=10_000_000)
+    out = tmp_path / "report"
+    assert pipeline.main(["--runs", str(runs / "mnist_width"), "--out", str(out),
+                          "--n-boot", "4"]) == 0
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert len(list((out / "figures").glob("*.pdf"))) == len(names)  # PNG and PDF
+    for fig in ("return_mean_vs_env_steps", "return_mean_vs_flops",
+                "optimal_size_vs_compute"):
+        assert any(fig in n for n in names), (fig, names)
+    report = (out / "report.md").read_text()
+    assert "runs: 11 (9 finished, 2 running)" in report
+    assert "no log point yet" in report
+    assert "compute-efficient frontier" in report
+    study = _laws(out)["studies"]["mnist_width/scaling"]
+    assert "optimal size vs compute (frontier)" in study["fits"]
+    assert study["fits"]["optimal size vs compute (frontier)"]["params"]["k"] > 0
+    assert (out / "table.parquet").exists()
+    # run again: the cached table is reused and the outputs are rewritten
+    assert pipeline.main(["--runs", str(runs / "mnist_width"), "--out", str(out),
+                          "--n-boot", "0", "--formats", "png"]) == 0
+
+
+def test_all_synthetic_studies(tmp_path: Path):
+    runs = tmp_path / "runs"
+    truth = synthetic.synth_all(runs, small=True)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "3",
+                          "--formats", "png",
+                          "--threshold", str(truth["mujoco_utd"]["J"])]) == 0
+    laws = _laws(out)
+    assert laws["schema"] == "rl-scaling/laws/v1"
+    st = laws["studies"]
+    assert set(st) >= {"procgen_width/scaling", "atari_bc_isoflop/isoflop", "mujoco_utd/utd"}
+    hil = st["procgen_width/scaling"]["fits"]["intrinsic performance (Hilton et al.)"]
+    t = truth["procgen_width"]
+    assert hil["params"]["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.15)
+    iso = st["atari_bc_isoflop/isoflop"]
+    bc = truth["atari_bc_isoflop"]
+    a_true = bc["beta"] / (bc["alpha"] + bc["beta"])
+    assert iso["fits"]["Chinchilla Approach 3"]["params"]["a"] == pytest.approx(a_true,
+                                                                                 abs=0.08)
+    assert "isoFLOP profiles" in iso["fits"] or "isoFLOP profiles" in iso["skipped"]
+    assert any(k.startswith("N_opt") for k in iso["forecasts"])
+    utd = st["mujoco_utd/utd"]
+    u = truth["mujoco_utd"]
+    d_j = next(v for k, v in utd["fits"].items() if k.startswith("D_J(sigma)"))
+    assert d_j["params"]["alpha"] == pytest.approx(u["alpha_J"], abs=0.3)
+    assert utd["fits"]["B*(sigma)"]["params"]["k"] < 0
+    report = (out / "report.md").read_text()
+    for title in ("isoFLOP profiles", "UTD-ratio", "intrinsic performance"):
+        assert title in report
+    assert len(list((out / "figures").glob("*.png"))) >= 10
+
+
+def test_unfittable_data_gives_reasons_not_crashes(tmp_path: Path):
+    runs = tmp_path / "runs"
+    # one size only, two log points: no frontier, no law; and a run without a metric
+    synthetic.write_run(runs / "a", {"experiment": "tiny", "seed": 0,
+                                     "model": {"width": 1.0}},
+                        [{"env_steps": 10, "updates": 1, "samples": 10, "flops": 1e6,
+                          "wall_time": 1, "return_mean": 0.1},
+                         {"env_steps": 20, "updates": 2, "samples": 20, "flops": 2e6,
+                          "wall_time": 2, "return_mean": 0.2}],
+                        params=100, flops_per_forward=100)
+    synthetic.write_run(runs / "b", {"experiment": "nometric", "seed": 0},
+                        [{"env_steps": 10, "updates": 1, "samples": 10, "flops": 1e6,
+                          "wall_time": 1}], params=100, flops_per_forward=100)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--formats", "png"]) == 0
+    laws = _laws(out)["studies"]
+    assert laws["nometric/curves"]["skipped"]["curves"].startswith("no return or loss")
+    assert "tiny/curves" in laws
+    report = (out / "report.md").read_text()
+    assert "not fitted: curves: no return or loss metric" in report
+    assert pipeline.main(["--runs", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_generalization_study(tmp_path: Path):
+    """Data to reach the test-score criterion grows as complexity^1.5 (the law is recovered)."""
+    runs = tmp_path / "runs"
+    for k in (1, 2, 4, 8):
+        for seed in (0, 1):
+            steps = np.linspace(1e3, 4e5, 40)
+            tau = 1e4 * k**1.5
+            score = 1 - np.exp(-steps / tau)
+            rows = [{"env_steps": float(e), "updates": 1, "samples": float(e),
+                     "flops": 1e6 * e, "wall_time": 1.0, "return_mean": float(s),
+                     "eval_return": float(s)} for e, s in zip(steps, score, strict=True)]
+            synthetic.write_run(runs / f"k{k}s{seed}", {"experiment": "gen", "seed": seed,
+                                "env": {"complexity": k}}, rows, params=10,
+                                flops_per_forward=10)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--formats", "png"]) == 0
+    st = _laws(out)["studies"]["gen/generalization"]
+    fit = st["fits"]["D to sufficient generalization vs complexity"]
+    assert fit["params"]["k"] == pytest.approx(1.5, abs=0.1)

@@ -1,0 +1,111 @@
+"""Collector: nested run dirs, running/failed runs, truncated lines, Parquet cache refresh."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import collect, synthetic
+
+
+@pytest.fixture()
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    synthetic.hilton_width_sweep(root, widths=(0.5, 1.0, 2.0), seeds=(0, 1), n_points=8)
+    # A run that has just started: run.json and config but no log point yet.
+    synthetic.write_run(root / "deep" / "nested" / "fresh", {"experiment": "x", "seed": 0,
+                        "model": {"width": 3.0}}, [], status="running", params=10,
+                        flops_per_forward=20)
+    return root
+
+
+def test_collects_every_run_with_flags(runs: Path, caplog: pytest.LogCaptureFixture):
+    with caplog.at_level(logging.WARNING):
+        table = collect.collect(runs)
+    per_run = collect.run_summary(table)
+    assert len(per_run) == 7  # 3 widths x 2 seeds + the fresh nested run
+    status = per_run.set_index("run_id")["status"]
+    assert status["model.width=2.0,seed=1"] == "running"
+    assert status["model.width=0.5,seed=1"] == "failed"
+    assert status["fresh"] == "running"
+    # The failed run's last line was cut mid-write: skipped with a warning, flagged.
+    failed = table[table["run_id"] == "model.width=0.5,seed=1"]
+    assert failed["truncated"].all()
+    assert failed["step"].max() == failed["n_points"].iloc[0] - 1
+    assert any("malformed last line" in r.message for r in caplog.records)
+    # Config flattened with dots, counters and metrics as columns.
+    for col in ("model.width", "algo.lr", "env.id", "env_steps", "flops", "return_mean",
+                "params.effective", "finished"):
+        assert col in table.columns, col
+    # A run with no log point yet is listed with one placeholder row.
+    fresh = table[table["run_id"] == "fresh"]
+    assert len(fresh) == 1 and fresh["step"].iloc[0] == -1 and fresh["env_steps"].isna().all()
+    finished = table[table["run_id"] == "model.width=1.0,seed=0"]
+    assert len(finished) == 8 and finished["finished"].all()
+    assert (finished["model.width"] == 1.0).all()
+
+
+def test_malformed_middle_line_and_bad_run_json(tmp_path: Path):
+    run = synthetic.write_run(tmp_path / "r", {"experiment": "e", "seed": 1},
+                              [{"env_steps": i, "flops": i, "return_mean": i} for i in range(3)],
+                              params=1, flops_per_forward=1)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text("{not json")
+    table = collect.collect(tmp_path)
+    assert len(table) == 3 and table["truncated"].all()
+    assert set(table["run_id"]) == {"r"}
+
+
+def test_missing_or_empty_root_names_the_path(tmp_path: Path):
+    with pytest.raises(collect.RunsRootError, match="nope"):
+        collect.collect(tmp_path / "nope")
+    with pytest.raises(collect.RunsRootError, match=str(tmp_path)):
+        collect.collect(tmp_path)
+
+
+def _plain(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells as Python objects with None for every missing value (pandas 2 and 3 differ in
+    how a Parquet round trip stores missing strings)."""
+    df = df.reset_index(drop=True).astype(object)
+    return df.where(df.notna(), None)
+
+
+def test_cache_refreshes_only_changed_runs(runs: Path, tmp_path: Path):
+    cache = tmp_path / "cache" / "table.parquet"
+    first = collect.collect(runs, cache=cache)
+    assert cache.exists() and len(first.attrs["collect"]["read"]) == 7
+    second = collect.collect(runs, cache=cache)
+    assert second.attrs["collect"]["read"] == []
+    assert len(second.attrs["collect"]["cached"]) == 7
+    pd.testing.assert_frame_equal(_plain(first), _plain(second), check_dtype=False)
+
+    # The running run logs one more point; only its mtime/size changes.
+    running = runs / "procgen_width" / "model.width=2.0,seed=1"
+    with open(running / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"env_steps": 2e7, "updates": 1, "samples": 1, "flops": 1e18,
+                            "wall_time": 1.0, "return_mean": 9.0}) + "\n")
+    # Touching a file's mtime alone (same size) also counts as a change.
+    touched = runs / "procgen_width" / "model.width=1.0,seed=0" / "run.json"
+    st = touched.stat()
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = collect.collect(runs, cache=cache)
+    read = {Path(p).name for p in third.attrs["collect"]["read"]}
+    assert read == {"model.width=2.0,seed=1", "model.width=1.0,seed=0"}
+    grown = third[third["run_id"] == "model.width=2.0,seed=1"]
+    assert grown["return_mean"].iloc[-1] == 9.0
+    assert len(third) == len(first) + 1
+
+    # A run that disappears is dropped from the cached table.
+    import shutil
+    shutil.rmtree(runs / "deep")
+    fourth = collect.collect(runs, cache=cache)
+    assert len(fourth.attrs["collect"]["dropped"]) == 1
+    assert "fresh" not in set(fourth["run_id"])
