@@ -136,3 +136,18 @@ def run_baseline(iterations: int, width: float = 1.0, num_envs: int = 64,
     steps = iterations * batch
     return {"steps": steps, "sps": steps / (rollout_s + update_s), "rollout_s": rollout_s,
             "update_s": update_s}
+
+
+if __name__ == "__main__":  # run in its own process so it inherits none of our settings
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description="textbook PPO throughput baseline")
+    p.add_argument("--iterations", type=int, default=2)
+    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(json.dumps(run_baseline(args.iterations, args.width, device=args.device)))

@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from baseline_ppo import run_baseline
 from hydra import compose, initialize_config_dir
 
 from agents.models import build_model
 from envs import make_env
 from rl_scaling.config import register_configs
+from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.run import resolve_device, run
 
 REFERENCE_SPS = 140.0  # single-file Procgen PPO, 2-core dev CPU, 3 x 49,152 steps (124..146)
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
 
 
 def env_only(num_envs: int, steps: int) -> float:
@@ -84,6 +88,16 @@ def ppo_train(width: float, iterations: int, device: str, threads: int) -> dict:
             "rollout_s": rollout, "update_s": update}
 
 
+def baseline(iterations: int, width: float, device: str, threads: int) -> dict:
+    """The textbook loop in a fresh process: it must not inherit our allocator settings."""
+    script = Path(__file__).with_name("baseline_ppo.py")
+    out = subprocess.run([sys.executable, str(script), "--iterations", str(iterations),
+                          "--width", str(width), "--device", device, "--threads", str(threads)],
+                         capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=2, help="PPO iterations of 64x256 steps")
@@ -96,12 +110,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    keep_freed_memory()  # as every training run does (config keep_freed_memory=true)
 
     env_sps = env_only(64, 300)
     fwd_sps = forward_only(args.width, 64, 40 if device.type == "cpu" else 400, device)
     ceiling = fwd_sps / 10.0
     ppo = ppo_train(args.width, args.iterations, args.device, args.threads)
-    base = (run_baseline(args.baseline_iterations, args.width, device=str(device))
+    base = (baseline(args.baseline_iterations, args.width, str(device), args.threads)
             if args.baseline_iterations > 0 else None)
     share = ppo["rollout_s"] / (ppo["rollout_s"] + ppo["update_s"])
     print(f"\nPPO on Procgen CoinRun, 64 envs, IMPALA width {args.width}, device {device}, "

@@ -99,6 +99,7 @@ class Config:
     torch_threads: int = 0  # 0: leave torch's default
     checkpoint_interval: int = 10  # iterations between checkpoints (0: only at the end)
     deterministic: bool = False  # torch deterministic algorithms (slower on GPU)
+    keep_freed_memory: bool = True  # glibc: reuse freed host memory (rl_scaling/hostmem.py)
 
 
 def register_configs() -> None:

@@ -25,6 +25,7 @@ import rl_scaling
 from rl_scaling.checkpoint import LATEST, load_checkpoint
 from rl_scaling.context import RunContext, StopTraining, seed_everything
 from rl_scaling.flops import FlopAccountant, forward_flops
+from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.logger import MetricsLogger, Progress
 from rl_scaling.record import RunRecord
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("algo.total_steps", "logger", "device", "torch_threads", "checkpoint_interval",
-                  "algo.eval_interval", "algo.eval_episodes")
+                  "algo.eval_interval", "algo.eval_episodes", "keep_freed_memory")
 
 
 class ConfigError(ValueError):
@@ -172,6 +173,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
             log.info("%s already %s; nothing to do", record.run_dir, info["status"])
             return info["status"]
 
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
     if cfg.deterministic:

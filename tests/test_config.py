@@ -78,3 +78,16 @@ def test_bad_values_fail_with_one_line_naming_the_key(override, key):
         validate(_compose([override]))
     message = str(err.value)
     assert message.startswith(key) and "\n" not in message
+
+
+def test_launchers_compose_and_run_dirs_ignore_resumable_keys():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    cfg = _compose(["+experiment=procgen_width", "hydra/launcher=slurm"],
+                   return_hydra_config=True)
+    assert "SlurmLauncher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher.max_num_timeout > 0  # timed-out jobs requeue and resume
+    cfg = _compose(["+experiment=mnist_width"], return_hydra_config=True)
+    assert "JoblibLauncher" in cfg.hydra.launcher._target_
+    excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
+    # extending a sweep's budget must land in the same run dirs, so it resumes them
+    assert {"algo.total_steps", "checkpoint_interval", "logger"} <= excluded
