@@ -89,6 +89,22 @@ def save(fig: plt.Figure, out_dir: str | Path, name: str,
     return paths
 
 
+def finish(fig: plt.Figure, ax, out_dir: str | Path, name: str, *, xlabel: str, ylabel: str,
+           title: str, logx: bool = True, logy: bool = False, legend: dict | None = None
+           ) -> list[Path]:
+    """The one way every figure ends: scales, labels, title, legend (None: none), save."""
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(loc="best", **legend)
+    return save(fig, out_dir, name)
+
+
 def _band(ax, x, low, high, color=FIT_COLOR) -> None:
     if low is not None and high is not None:
         ax.fill_between(x, low, high, color=color, alpha=BAND_ALPHA, linewidth=0)
@@ -126,13 +142,8 @@ def plot_curves(
         if frontier is not None and not frontier.empty:
             ax.plot(frontier[x], frontier[y], "--", color=FIT_COLOR, lw=1.2,
                     label="efficient frontier")
-        if logx:
-            ax.set_xscale("log")
-        ax.set_xlabel(xlabel or x)
-        ax.set_ylabel(ylabel or y)
-        ax.set_title(title)
-        ax.legend(loc="best")
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel or x, ylabel=ylabel or y,
+                      title=title, logx=logx, legend={})
 
 
 def plot_power_law(
@@ -176,14 +187,8 @@ def plot_power_law(
             lo, hi = forecast.get("low", fy), forecast.get("high", fy)
             ax.errorbar([fx], [fy], yerr=[[max(fy - lo, 0)], [max(hi - fy, 0)]], fmt="D",
                         color="C1", capsize=3, zorder=4, label=forecast.get("label", "forecast"))
-        ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(loc="best")
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=logy, legend={})
 
 
 def plot_isoflop(
@@ -218,12 +223,8 @@ def plot_isoflop(
                     lmin = -p["b"] / (2 * p["a"])
                     ax.plot([np.exp(lmin)], [p["a"] * lmin**2 + p["b"] * lmin + p["c"]], "*",
                             color=c, ms=10, mec="black", mew=0.5)
-        ax.set_xscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel or y)
-        ax.set_title(title)
-        ax.legend(loc="best", ncol=2)
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel or y, title=title,
+                      legend={"ncol": 2})
 
 
 def plot_pareto(
@@ -255,13 +256,8 @@ def plot_pareto(
         if fit_curve is not None:
             ax.plot(fit_curve[0], fit_curve[1], "-", color=FIT_COLOR, lw=1.2,
                     label="fitted frontier")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(loc="best")
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=True, legend={})
 
 
 def plot_scatter(
@@ -293,12 +289,5 @@ def plot_scatter(
             ax.scatter(x, y, s=14)
         if fit_curve is not None:
             ax.plot(fit_curve[0], fit_curve[1], "-", color=FIT_COLOR, lw=1.2, label=fit_label)
-            ax.legend(loc="best")
-        if logx:
-            ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logx=logx, logy=logy, legend={} if fit_curve is not None else None)

@@ -4,9 +4,10 @@ machine in the same run, not a number remembered from elsewhere.
 
 What makes it the "textbook" loop (and what rl-scaling does differently):
 - observations stored as float32 and converted per batch with ``permute(0, 3, 1, 2) / 255``
-  followed by a contiguous NCHW copy (ours: uint8 storage, channels-last views);
+  (ours: uint8 storage, 4x less rollout memory);
 - out-of-place ReLUs and ``torch.distributions.Categorical`` for sampling, log-probs and
   entropy (ours: in-place ReLUs where autograd allows, Gumbel-max sampling);
+- glibc's default allocator settings (ours: freed memory kept for reuse, rl_scaling/hostmem.py);
 - the same hyperparameters: 64 envs x 256 steps, 3 epochs, 8 minibatches, clip 0.2,
   GAE(0.999, 0.95), Adam 5e-4, grad clip 0.5, IMPALA CNN 16/32/32 + 256.
 
@@ -60,7 +61,7 @@ class TextbookAgent(nn.Module):
         self.critic = nn.Linear(hidden, 1)
 
     def hidden(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.body((obs.permute(0, 3, 1, 2) / 255.0).contiguous())
+        return self.body(obs.permute(0, 3, 1, 2) / 255.0)
 
     def act(self, obs: torch.Tensor, action: torch.Tensor | None = None):
         h = self.hidden(obs)
