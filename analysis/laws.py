@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from analysis.fitting import (
     LEVEL,
     FitError,
     FitResult,
+    _power_offset_core,
     as_array,
     bootstrap,
     chinchilla_allocation,
@@ -58,9 +60,13 @@ __all__ = [
     "intrinsic_g",
     "fit_intrinsic",
     "intrinsic_performance",
+    "intrinsic_n_opt",
+    "forecast_intrinsic",
     "frontier_size_law",
     "best_hparams",
     "fit_hparam_law",
+    "fit_utd_workflow",
+    "UTDWorkflow",
     "fit_utd",
     "predict_utd",
     "utd_compute",
@@ -68,6 +74,7 @@ __all__ = [
     "optimal_utd",
     "fit_return_vs_loss",
     "fit_complexity",
+    "generalization_score",
     "forecast_power",
 ]
 
@@ -562,10 +569,46 @@ def fit_intrinsic(
         ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in params}
         extra["method"] += ", percentile bootstrap over " + bs.unit
         extra["bootstrap"] = bs.summary()
+        extra["_draws"] = bs.draws
     g = intrinsic_g(params, N, E)
     extra["_map"] = (g, curves.isotonic(y, x=g, increasing=False))
     return FitResult(law="intrinsic", params=params, ci=ci, n_points=int(N.size), loss=sse,
                      extra=extra)
+
+
+def intrinsic_n_opt(params: Mapping[str, float], C: Any, kappa: float) -> np.ndarray:
+    """Compute-optimal model size of the intrinsic law at compute ``C = kappa N E``:
+    minimising ``I^-beta`` on ``E = C / (kappa N)`` gives
+    ``N_opt = [alpha_N N_c^alpha_N / (alpha_E E_c^alpha_E)]^(1/(alpha_N+alpha_E))
+    (C / kappa)^k`` with ``k = alpha_E / (alpha_N + alpha_E)``."""
+    aN, aE = params["alpha_N"], params["alpha_E"]
+    s = aN + aE
+    r = (math.log(aN) + aN * math.log(params["N_c"]) - math.log(aE)
+         - aE * math.log(params["E_c"])) / s
+    return np.exp(r + aE / s * np.log(np.asarray(C, float) / kappa))
+
+
+def forecast_intrinsic(fit: FitResult, C: float, *, level: float | None = None
+                       ) -> dict[str, Any]:
+    """``N_opt`` at compute ``C`` from a :func:`fit_intrinsic` result, with a percentile
+    interval from the fit's bootstrap draws (:func:`~analysis.fitting.bootstrap` over runs;
+    each draw's parameters give one ``N_opt``). Without draws (``n_boot=0``) the interval
+    is NaN."""
+    level = fit.extra.get("level", LEVEL) if level is None else level
+    kappa = fit.extra["kappa"]
+    value = float(intrinsic_n_opt(fit.params, C, kappa))
+    draws = fit.extra.get("_draws") or {}
+    lo = hi = math.nan
+    method = "point estimate only (no bootstrap draws)"
+    if draws and all(k in draws for k in ("alpha_N", "alpha_E", "N_c", "E_c")):
+        n = np.array([float(intrinsic_n_opt({k: draws[k][i] for k in draws}, C, kappa))
+                      for i in range(len(draws["alpha_N"]))])
+        n = n[np.isfinite(n) & (n > 0)]
+        if n.size >= 2:
+            q = [50 * (1 - level), 50 * (1 + level)]
+            lo, hi = (float(np.exp(v)) for v in np.percentile(np.log(n), q))
+            method = f"percentile bootstrap over runs ({n.size} draws)"
+    return {"value": value, "low": lo, "high": hi, "method": method}
 
 
 def intrinsic_performance(params: Mapping[str, float], N: Any, E: Any) -> np.ndarray:
@@ -602,6 +645,64 @@ def frontier_size_law(x: Any, sizes: Any, *, level: float = LEVEL) -> FitResult:
 # =========================================================================== Rybkin
 
 
+class _UTDGrid:
+    """Rows (runs = seeds) of a (task, sigma, B, eta) grid, indexed for fast argmins.
+
+    ``cell`` numbers the distinct (task, sigma, B, eta) configurations, ``group`` the distinct
+    (task, sigma) pairs; ``argmin(D, idx)`` gives, per group, the cell with the least mean
+    ``D`` over the rows ``idx`` (repeats allowed: a bootstrap draw). A cell with a seed that
+    never reached the threshold (NaN) is not a candidate.
+    """
+
+    def __init__(self, sigma: Any, B: Any, lr: Any, task: Any = None) -> None:
+        self.sigma = as_array(sigma, "sigma", positive=True)
+        self.B = as_array(B, "B", positive=True)
+        self.lr = as_array(lr, "lr", positive=True)
+        n = self.sigma.size
+        self.task = np.asarray(["all"] * n if task is None else task, dtype=object).astype(str)
+        if not (self.B.size == self.lr.size == self.task.size == n):
+            raise FitError("sigma, B, lr and task must have one entry per run")
+        keys = list(zip(self.task.tolist(), self.sigma.tolist(), self.B.tolist(),
+                        self.lr.tolist(), strict=True))
+        self.cells = sorted(set(keys))
+        index = {c: i for i, c in enumerate(self.cells)}
+        self.cell = np.array([index[k] for k in keys], dtype=int)
+        self.groups = sorted({(c[0], c[1]) for c in self.cells})
+        gindex = {g: i for i, g in enumerate(self.groups)}
+        self.cell_group = np.array([gindex[(c[0], c[1])] for c in self.cells], dtype=int)
+
+    def argmin(self, D: np.ndarray, idx: np.ndarray) -> dict[int, tuple[int, float]]:
+        """``{group: (cell, mean D)}`` for the groups with at least one candidate cell."""
+        nc = len(self.cells)
+        d = D[idx]
+        bad = ~np.isfinite(d)
+        cnt = np.bincount(self.cell[idx], minlength=nc)
+        nbad = np.bincount(self.cell[idx], weights=bad, minlength=nc)
+        tot = np.bincount(self.cell[idx], weights=np.where(bad, 0.0, d), minlength=nc)
+        mean = np.full(nc, np.inf)
+        ok = (cnt > 0) & (nbad == 0)
+        mean[ok] = tot[ok] / cnt[ok]
+        out: dict[int, tuple[int, float]] = {}
+        for g in range(len(self.groups)):
+            cs = np.flatnonzero(self.cell_group == g)
+            i = cs[int(np.argmin(mean[cs]))]
+            if np.isfinite(mean[i]):
+                out[g] = (int(i), float(mean[i]))
+        return out
+
+
+def _shared_slope(task: Sequence[str], x: np.ndarray, y: np.ndarray) -> float:
+    """Within-task OLS slope of y on x (the fixed-effects slope); NaN if x never varies."""
+    tk = np.asarray(task)
+    num = den = 0.0
+    for t in np.unique(tk):
+        m = tk == t
+        dx = x[m] - x[m].mean()
+        num += float(dx @ (y[m] - y[m].mean()))
+        den += float(dx @ dx)
+    return num / den if den > 0 else math.nan
+
+
 def best_hparams(
     D_J: Any,
     sigma: Any,
@@ -616,61 +717,202 @@ def best_hparams(
     """Best batch size and learning rate per (task, sigma): the configuration with the least
     data to threshold ``D_J``, with a bootstrap over seeds.
 
-    Input: one row per run (or seed-averaged configuration) with its ``D_J`` (NaN where the
-    threshold was never reached). Point estimate: argmin of the mean ``D_J`` over seeds.
-    Bootstrap: seeds are resampled within each configuration, the argmin recomputed, and
-    ``B*``, ``eta*`` reported as the geometric mean of the drawn optima with percentile
-    intervals (a smoother estimate than a single argmin on a coarse grid, as in Rybkin et al.).
-    Returns one dict per (task, sigma): ``task, sigma, B, lr, D_J, B_low, B_high, lr_low,
-    lr_high``.
+    Input: one row per run (seed) with its ``D_J`` (NaN where the threshold was never
+    reached). Point estimate: argmin of the mean ``D_J`` over seeds (``B_grid``,
+    ``lr_grid``). Bootstrap (:func:`~analysis.fitting.bootstrap`): seeds are resampled within
+    each (task, sigma, B, eta) cell, the argmin recomputed, and ``B*``, ``eta*`` reported as
+    the geometric mean of the drawn optima with percentile intervals (a smoother estimate
+    than a single argmin on a coarse grid, as in Rybkin et al.); with ``n_boot=0`` the grid
+    argmin. Returns one dict per (task, sigma): ``task, sigma, B, lr, D_J, B_grid, lr_grid,
+    B_low, B_high, lr_low, lr_high``.
     """
-    D = np.asarray(D_J, float)
-    sig = as_array(sigma, "sigma", positive=True)
-    Bv = as_array(B, "B", positive=True)
-    lv = as_array(lr, "lr", positive=True)
-    tk = np.asarray(["all"] * D.size if task is None else task, dtype=object).astype(str)
-    rng = np.random.default_rng(seed)
-    q = [50 * (1 - level), 50 * (1 + level)]
+    grid = _UTDGrid(sigma, B, lr, task)
+    D = np.asarray(D_J, float).reshape(-1)
+    if D.size != grid.sigma.size:
+        raise FitError("D_J must have one entry per run")
+    rows = _best_rows(grid, D, n_boot=n_boot, level=level, seed=seed)
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
+def _best_rows(grid: _UTDGrid, D: np.ndarray, *, n_boot: int, level: float,
+               seed: int) -> list[dict[str, Any]]:
+    point = grid.argmin(D, np.arange(D.size))
     out = []
-    for t in np.unique(tk):
-        for s in np.unique(sig[tk == t]):
-            m = np.flatnonzero((tk == t) & (sig == s))
-            keys = list(zip(Bv[m], lv[m], strict=True))
-            cfgs = sorted(set(keys))
-            rows = {c: m[[k == c for k in keys]] for c in cfgs}
+    for g, (i, mean) in sorted(point.items()):
+        t, s, b, lr = grid.cells[i]
+        out.append({"task": t, "sigma": float(s), "B": float(b), "lr": float(lr),
+                    "D_J": mean, "B_grid": float(b), "lr_grid": float(lr),
+                    "B_low": math.nan, "B_high": math.nan, "lr_low": math.nan,
+                    "lr_high": math.nan, "_group": g, "_cell": i})
+    if n_boot <= 0 or not out:
+        return out
+    gs = [r["_group"] for r in out]
 
-            def argmin(sample: dict) -> tuple[float, float, float] | None:
-                best = None
-                for c, idx in sample.items():
-                    v = D[idx]
-                    if np.isnan(v).any():  # a seed that never reached J: not a candidate
-                        continue
-                    mean = float(v.mean())
-                    if best is None or mean < best[2]:
-                        best = (c[0], c[1], mean)
-                return best
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        best = grid.argmin(D, idx)
+        res = {}
+        for g in gs:
+            _, _, b, lr = grid.cells[best[g][0]]
+            res[f"logB|{g}"] = math.log(b)
+            res[f"loglr|{g}"] = math.log(lr)
+        return res
 
-            point = argmin(rows)
-            if point is None:
-                continue
-            draws = []
-            for _ in range(n_boot):
-                sample = {c: idx[rng.integers(0, idx.size, idx.size)] for c, idx in rows.items()}
-                b = argmin(sample)
-                if b is not None:
-                    draws.append((math.log(b[0]), math.log(b[1])))
-            rec = {"task": t, "sigma": float(s), "B": point[0], "lr": point[1],
-                   "D_J": point[2]}
-            if draws:
-                d = np.array(draws)
-                rec.update(
-                    B=float(np.exp(d[:, 0].mean())), lr=float(np.exp(d[:, 1].mean())),
-                    B_low=float(np.exp(np.percentile(d[:, 0], q[0]))),
-                    B_high=float(np.exp(np.percentile(d[:, 0], q[1]))),
-                    lr_low=float(np.exp(np.percentile(d[:, 1], q[0]))),
-                    lr_high=float(np.exp(np.percentile(d[:, 1], q[1]))))
-            out.append(rec)
+    bs = bootstrap(stat, D.size, strata=grid.cell, n_boot=n_boot, level=level, seed=seed)
+    for r in out:
+        g = r["_group"]
+        if f"logB|{g}" not in bs.draws:
+            continue
+        for name in ("B", "lr"):
+            v = bs.draws[f"log{name}|{g}"]
+            lo, hi = bs.ci[f"log{name}|{g}"]
+            r.update({name: float(np.exp(v.mean())), f"{name}_low": float(np.exp(lo)),
+                      f"{name}_high": float(np.exp(hi))})
     return out
+
+
+@dataclass
+class UTDWorkflow:
+    """Rybkin et al.'s workflow on one grid: best (B, eta) per (task, sigma), the
+    hyperparameter laws and ``D_J(sigma)`` per threshold and task.
+
+    ``best``: :func:`best_hparams` rows at the main threshold; ``hparam_fits``:
+    ``{"B": FitResult, "lr": FitResult}`` (shared slope, per-task intercepts); ``utd_fits``:
+    ``{(J, task): FitResult}``; ``points``: ``{(J, task): (sigma, D_J)}`` (the runs of the
+    best cell per sigma); ``errors``: ``{name: one-line reason}`` for laws not fitted.
+    """
+
+    best: list[dict[str, Any]]
+    hparam_fits: dict[str, FitResult] = field(default_factory=dict)
+    utd_fits: dict[tuple[float, str], FitResult] = field(default_factory=dict)
+    points: dict[tuple[float, str], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+@single_blas_thread
+def fit_utd_workflow(
+    D_by_J: Mapping[float, Any],
+    sigma: Any,
+    B: Any,
+    lr: Any,
+    *,
+    task: Any = None,
+    main_j: float | None = None,
+    n_boot: int = 50,
+    level: float = LEVEL,
+    seed: int = 0,
+) -> UTDWorkflow:
+    """The UTD workflow with a bootstrap over seeds for every law.
+
+    ``D_by_J[J]`` holds each run's data to threshold ``J`` (one entry per run, aligned with
+    ``sigma``, ``B``, ``lr``, ``task``). Steps:
+
+    1. best (B, eta) per (task, sigma) at ``main_j`` (default: the middle threshold) by
+       :func:`best_hparams`;
+    2. ``B*(sigma)``, ``eta*(sigma)`` by :func:`fit_hparam_law`: one slope shared by all
+       tasks, one intercept per task (fixed effects, t-intervals); the bootstrap interval of
+       the shared slope is added as ``extra["ci_bootstrap"]["k"]``;
+    3. ``D_J(sigma) = D_min + (beta_J / sigma)^alpha_J`` for every threshold and every task
+       separately (:func:`fit_utd`) on the runs of the best cell per sigma.
+
+    Uncertainty (``n_boot > 0``): :func:`~analysis.fitting.bootstrap` resamples seeds within
+    each (task, sigma, B, eta) cell; each draw recomputes the best cells and refits (warm
+    started). All calls use the same ``seed`` and strata, hence the same resamples. The
+    percentile intervals of ``D_min``, ``beta``, ``alpha`` replace the delta-method ones
+    (kept as ``extra["ci_delta"]``). With ``n_boot=0`` intervals are the delta-method ones.
+    """
+    grid = _UTDGrid(sigma, B, lr, task)
+    Ds = {float(j): np.asarray(v, float).reshape(-1) for j, v in D_by_J.items()}
+    if not Ds:
+        raise FitError("no threshold given")
+    js = sorted(Ds)
+    mj = js[len(js) // 2] if main_j is None else float(main_j)
+    if mj not in Ds:
+        raise FitError(f"main threshold {mj:.4g} is not among the thresholds")
+    D0 = Ds[mj]
+    rows = _best_rows(grid, D0, n_boot=n_boot, level=level, seed=seed)
+    wf = UTDWorkflow(best=[{k: v for k, v in r.items() if not k.startswith("_")}
+                           for r in rows])
+    if not rows:
+        raise FitError(f"no configuration reached the threshold J={mj:.4g}")
+    bt = np.array([r["task"] for r in rows])
+    bs_ = np.array([r["sigma"] for r in rows])
+    for name in ("B", "lr"):
+        vals = np.array([r[name] for r in rows])
+        try:
+            wf.hparam_fits[name] = fit_hparam_law(bs_, vals, bt, name=name, level=level)
+        except (FitError, ValueError, np.linalg.LinAlgError) as err:
+            wf.errors[f"{name}*(sigma)"] = str(err)
+    if n_boot > 0 and wf.hparam_fits:
+        gs = [r["_group"] for r in rows]
+        ls = np.log(bs_)
+
+        def slopes(idx: np.ndarray) -> dict[str, float]:
+            best = grid.argmin(D0, idx)
+            out = {}
+            for name, col in (("B", 2), ("lr", 3)):
+                y = np.log([grid.cells[best[g][0]][col] for g in gs])
+                out[name] = _shared_slope(bt, ls, y)
+            return out
+
+        bs = bootstrap(slopes, D0.size, strata=grid.cell, n_boot=n_boot, level=level,
+                       seed=seed)
+        for name, fit in wf.hparam_fits.items():
+            if name in bs.ci:
+                fit.extra["ci_bootstrap"] = {"k": bs.ci[name]}
+                fit.extra["bootstrap"] = {"n_boot": n_boot, "n_failed": bs.n_failed,
+                                          "unit": "seeds within (task, sigma, B, eta) cells"}
+    point = {r["_group"]: r["_cell"] for r in rows}
+    for j in js:
+        Dj = Ds[j]
+        for t in sorted(set(bt.tolist())):
+            cells_t = [c for g, c in point.items() if grid.groups[g][0] == t]
+            m = np.isin(grid.cell, cells_t) & np.isfinite(Dj)
+            key = (j, t)
+            wf.points[key] = (grid.sigma[m], Dj[m])
+            try:
+                fit = fit_utd(grid.sigma[m], Dj[m], level=level)
+            except (FitError, ValueError, np.linalg.LinAlgError) as err:
+                wf.errors[f"D_J(sigma) J={j:.4g} [{t}]"] = str(err)
+                continue
+            fit.extra["task"] = t
+            fit.extra["J"] = j
+            if n_boot > 0:
+                _bootstrap_utd(fit, grid, D0, Dj, t, n_boot=n_boot, level=level, seed=seed)
+            wf.utd_fits[key] = fit
+    return wf
+
+
+def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarray, task: str,
+                   *, n_boot: int, level: float, seed: int) -> None:
+    """Percentile intervals of D_J(sigma)'s parameters for one task: resample seeds within
+    cells, re-pick the best cell per sigma (on ``D0``), refit warm-started (in place)."""
+    xs = fit.extra["x_scale"]
+    theta = fit.extra["_theta"]
+    in_task = np.array([grid.groups[g][0] == task for g in range(len(grid.groups))])
+
+    def stat(idx: np.ndarray) -> dict[str, float]:
+        best = grid.argmin(D0, idx)
+        cells = [c for g, (c, _) in best.items() if in_task[g]]
+        sel = idx[np.isin(grid.cell[idx], cells)]
+        sel = sel[np.isfinite(Dj[sel])]
+        sig, d = grid.sigma[sel], Dj[sel]
+        if sel.size < 4 or np.unique(sig).size < 3:
+            raise FitError("too few points in this draw")
+        th, _ = _power_offset_core(sig / xs, d, "log", UTD_K_BOUNDS, (0.0, float(d.min())),
+                                   theta)
+        p = _utd_params(th, xs)
+        return {"D_min": p["D_min"], "log_beta": math.log(p["beta"]), "alpha": p["alpha"]}
+
+    bs = bootstrap(stat, Dj.size, strata=grid.cell, n_boot=n_boot, level=level, seed=seed)
+    fit.extra["ci_delta"] = dict(fit.ci)
+    fit.extra["bootstrap"] = {"n_boot": n_boot, "n_failed": bs.n_failed,
+                              "unit": "seeds within (task, sigma, B, eta) cells"}
+    if len(bs.draws.get("alpha", ())) >= max(2, n_boot // 2):
+        lb = bs.ci["log_beta"]
+        fit.ci = {"D_min": bs.ci["D_min"], "beta": (math.exp(lb[0]), math.exp(lb[1])),
+                  "alpha": bs.ci["alpha"]}
+        fit.extra["method"] = ("least squares; percentile bootstrap over seeds within "
+                               "(task, sigma, B, eta) cells, best cell re-picked per draw")
 
 
 def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
@@ -683,6 +925,9 @@ def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
     fit = fit_fixed_effects(sig, value, tk, level=level, law=f"{name}_star")
     fit.extra["form"] = f"{name}*(sigma) = c[task] sigma^k"
     return fit
+
+
+UTD_K_BOUNDS = (-5.0, -0.01)
 
 
 def _utd_params(theta: np.ndarray, xs: float) -> dict[str, float]:
@@ -709,7 +954,7 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
     Dv = as_array(D, "D", positive=True, min_len=4)
     if np.unique(sig).size < 3:
         raise FitError(f"sigma: {np.unique(sig).size} distinct values, 3 needed")
-    f = fit_power_offset(sig, Dv, space="log", k_bounds=(-5.0, -0.01), level=level,
+    f = fit_power_offset(sig, Dv, space="log", k_bounds=UTD_K_BOUNDS, level=level,
                          n_boot=n_boot, groups=groups, seed=seed, law="utd")
     xs = f.extra["x_scale"]
     theta = f.extra["_theta"]
@@ -806,6 +1051,50 @@ def fit_return_vs_loss(loss: Any, ret: Any, *, level: float = LEVEL) -> FitResul
                          offset_bounds=(-np.inf, np.inf), level=level, law="return_vs_loss")
     f.extra["form"] = "R = offset + c L^k"
     return f
+
+
+GENERALIZATION_CRITERIA = ("fraction", "lowest")
+
+
+def generalization_score(
+    scores: Any,
+    *,
+    criterion: str = "fraction",
+    fraction: float = 0.95,
+    percentile: float = 10.0,
+) -> np.ndarray:
+    """One "sufficient generalization" score per row of a (points x test tasks) array of
+    normalised test-task scores (NaN = task not evaluated at that point; ignored).
+
+    - ``criterion="fraction"`` (Meulemans et al.: above the threshold on nearly all test
+      tasks): the score reached by at least a ``fraction`` of the test tasks, i.e. the
+      ``ceil(fraction * n)``-th largest task score. ``score >= J`` exactly when at least
+      ``ceil(fraction * n)`` of the ``n`` tasks score ``>= J``.
+    - ``criterion="lowest"``: the mean of the lowest ``percentile`` % of the task scores
+      (at least one task).
+
+    The criterion "reached" is then ``score >= J`` for a threshold ``J`` (first crossing).
+    """
+    if criterion not in GENERALIZATION_CRITERIA:
+        raise FitError(f"criterion must be one of {GENERALIZATION_CRITERIA}, not {criterion!r}")
+    if not 0 < fraction <= 1:
+        raise FitError(f"fraction must be in (0, 1], not {fraction}")
+    if not 0 < percentile <= 100:
+        raise FitError(f"percentile must be in (0, 100], not {percentile}")
+    a = np.asarray(scores, float)
+    a = a.reshape(-1, 1) if a.ndim == 1 else a
+    out = np.full(a.shape[0], np.nan)
+    for i, row in enumerate(a):
+        v = np.sort(row[np.isfinite(row)])  # ascending
+        n = v.size
+        if n == 0:
+            continue
+        if criterion == "fraction":
+            out[i] = v[n - math.ceil(fraction * n - 1e-9)]
+        else:
+            m = max(1, math.floor(percentile / 100 * n + 1e-9))
+            out[i] = v[:m].mean()
+    return out
 
 
 def fit_complexity(

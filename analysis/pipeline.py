@@ -303,13 +303,8 @@ def _intrinsic(st: StudyResult, df: pd.DataFrame, metric: str, n_col: str, xdata
                     logy=True)
                 break
     if budget:
-        kappa = fit.extra["kappa"]
-        p = fit.params
-        s = p["alpha_N"] + p["alpha_E"]
-        r = (math.log(p["alpha_N"]) + p["alpha_N"] * math.log(p["N_c"]) -
-             math.log(p["alpha_E"]) - p["alpha_E"] * math.log(p["E_c"])) / s
-        n_opt = math.exp(r + p["k"] * math.log(budget / kappa))
-        st.forecasts["N_opt (intrinsic law)"] = {"value": n_opt, "at": f"C={budget:.3g}"}
+        f = laws.forecast_intrinsic(fit, budget)
+        st.forecasts["N_opt (intrinsic law)"] = {**f, "at": f"C={budget:.3g}"}
 
 
 def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
@@ -447,162 +442,245 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         tj["lr"] = pd.to_numeric(per_run[lcol], errors="coerce") if lcol else 1.0
         tj["task"] = task
         res[j] = tj.reset_index()
-    tj = res[main_j]
-    best = laws.best_hparams(tj["D_J"], tj["sigma"], tj["B"], tj["lr"], task=tj["task"],
-                             n_boot=n_boot)
-    if not best:
-        raise FitError(f"no configuration reached the threshold J={main_j:.4g}")
-    best_df = pd.DataFrame(best)
+    base = res[main_j]
+    D_by_J = {j: res[j].set_index("run_dir").reindex(base["run_dir"])["D_J"].to_numpy(float)
+              for j in thresholds}
+    wf = laws.fit_utd_workflow(D_by_J, base["sigma"], base["B"], base["lr"],
+                               task=base["task"], main_j=main_j, n_boot=n_boot)
+    best_df = pd.DataFrame(wf.best)
     st.tables[f"best hyperparameters per UTD ratio (J={main_j:.4g}, bootstrap over seeds)"] = \
         best_df
+    tasks = sorted(best_df["task"].astype(str).unique())
+    multi = len(tasks) > 1
+    st.context["tasks"] = ", ".join(tasks)
+
+    def tag(t: str) -> str:
+        return f" [{t}]" if multi else ""
+
     b_law = None
+    xg = np.geomspace(best_df["sigma"].min() / 1.5, best_df["sigma"].max() * 1.5, 50)
     for name, col, lab in (("B", bcol, "batch size B*"), ("lr", lcol, "learning rate eta*")):
+        law_name = f"{name}*(sigma)"
         if col is None:
-            st.skipped[f"{name}*(sigma)"] = f"no {name} column in the config"
+            st.skipped[law_name] = f"no {name} column in the config"
             continue
-        fit = attempt(st, f"{name}*(sigma)", lambda name=name: laws.fit_hparam_law(
-            best_df["sigma"], best_df[name], best_df["task"], name=name))
+        fit = wf.hparam_fits.get(name)
         if fit is None:
+            st.skipped[law_name] = wf.errors.get(law_name, "not fitted")
             continue
-        st.fits[f"{name}*(sigma)"] = fit
+        st.fits[law_name] = fit
         if name == "B":
             b_law = fit
-        xg = np.geomspace(best_df["sigma"].min() / 1.5, best_df["sigma"].max() * 1.5, 50)
-        t0 = str(best_df["task"].iloc[0])
-        st.figures += figures.plot_power_law(
-            best_df["sigma"].to_numpy(float), best_df[name].to_numpy(float), out,
-            f"{_slug(st.key)}_{name}_star_vs_utd", fit_x=xg,
-            fit_y=fit.params[f"c[{t0}]"] * xg ** fit.params["k"],
-            title=f"{st.experiment}: {lab} vs UTD ratio", xlabel="UTD ratio sigma",
-            ylabel=lab, fit_label=f"∝ sigma^{fit.params['k']:.3g}")
-    # D_J(sigma) at the best (B, eta) per sigma, one law per threshold (and per task)
-    utd_fits: dict[float, FitResult] = {}
-    for j in thresholds:
-        r = res[j]
-        pts = []
-        for b in best:
-            m = (r["task"] == b["task"]) & (r["sigma"] == b["sigma"])
-            cfg = r[m]
-            # runs of the best grid point (nearest to the bootstrap estimate in log space)
-            dist = (np.log(cfg["B"] / b["B"]) ** 2 + np.log(cfg["lr"] / b["lr"]) ** 2)
-            pick = cfg[np.isclose(dist, dist.min())]
-            pts.append(pick.assign(D_J=pick["D_J"].to_numpy()))
-        pts_df = pd.concat(pts).dropna(subset=["D_J"])
-        if pts_df["task"].nunique() > 1:
-            st.notes.append("several tasks: D_J(sigma) is fitted per task only for the first")
-            pts_df = pts_df[pts_df["task"] == pts_df["task"].iloc[0]]
-        fit = attempt(st, f"D_J(sigma) J={j:.4g}", lambda p=pts_df: laws.fit_utd(
-            p["sigma"], p["D_J"]))
-        if fit is not None:
-            st.fits[f"D_J(sigma) J={j:.4g}"] = fit
-            utd_fits[j] = fit
-            if j == main_j:
-                def hold(p=pts_df) -> None:
-                    sig, dj = p["sigma"].to_numpy(float), p["D_J"].to_numpy(float)
-                    cv = holdout_largest(sig, dj, lambda tr, te: laws.predict_utd(
-                        laws.fit_utd(sig[tr], dj[tr]).params, sig[te]))
-                    if not math.isfinite(cv.rmse):
-                        raise FitError(str(cv.folds[0].get("error", "fold failed")))
-                    st.context["D_J hold-out-largest-sigma RMSE (log)"] = cv.rmse
-                attempt(st, "hold-out-the-largest sigma", hold)
+        st.figures += _per_task_plot(
+            best_df, name, {t: fit.params[f"c[{t}]"] * xg ** fit.params["k"] for t in tasks},
+            xg, out, f"{_slug(st.key)}_{name}_star_vs_utd", ylabel=lab,
+            title=f"{st.experiment}: {lab} vs UTD ratio (shared slope "
+                  f"{fit.params['k']:.3g})")
+    # D_J(sigma) at the best (B, eta) per sigma: one law per threshold and per task
+    utd_fits: dict[tuple[float, str], FitResult] = {}
+    for (j, t), fit in wf.utd_fits.items():
+        st.fits[f"D_J(sigma) J={j:.4g}{tag(t)}"] = fit
+        utd_fits[(j, t)] = fit
+    for name, why in wf.errors.items():
+        if name.startswith("D_J"):
+            st.skipped[name if multi else name.rsplit(" [", 1)[0]] = why
+    for t in tasks:
+        if (main_j, t) not in utd_fits:
+            continue
+
+        def hold(t: str = t) -> None:
+            sig, dj = wf.points[(main_j, t)]
+            cv = holdout_largest(sig, dj, lambda tr, te: laws.predict_utd(
+                laws.fit_utd(sig[tr], dj[tr]).params, sig[te]))
+            if not math.isfinite(cv.rmse):
+                raise FitError(str(cv.folds[0].get("error", "fold failed")))
+            st.context[f"D_J hold-out-largest-sigma RMSE (log){tag(t)}"] = cv.rmse
+        attempt(st, f"hold-out-the-largest sigma{tag(t)}", hold)
     if utd_fits:
-        sig_all = tj["sigma"].to_numpy(float)
-        xg = np.geomspace(sig_all.min() / 1.5, sig_all.max() * 1.5, 60)
+        sig_all = base["sigma"].to_numpy(float)
+        xs = np.geomspace(sig_all.min() / 1.5, sig_all.max() * 1.5, 60)
         import matplotlib.pyplot as plt
         with figures.figure_style():
             fig, ax = plt.subplots()
-            for i, (j, fit) in enumerate(sorted(utd_fits.items())):
-                ax.plot(xg, laws.predict_utd(fit.params, xg), "-", color=f"C{i}",
-                        label=f"J={j:.4g}: alpha={fit.params['alpha']:.2g}")
-                b = pd.DataFrame(best)
-                r = res[j].merge(b[["task", "sigma", "B", "lr"]], on=["task", "sigma", "B",
-                                                                      "lr"])
-                ax.plot(r["sigma"], r["D_J"], "o", color=f"C{i}")
+            for i, j in enumerate(thresholds):
+                for ti, t in enumerate(tasks):
+                    if (j, t) not in utd_fits:
+                        continue
+                    fit = utd_fits[(j, t)]
+                    ax.plot(xs, laws.predict_utd(fit.params, xs), ["-", "--", ":", "-."][ti % 4],
+                            color=f"C{i}", label=f"J={j:.4g}{tag(t)}: "
+                                                 f"alpha={fit.params['alpha']:.2g}")
+                    sig, dj = wf.points[(j, t)]
+                    ax.plot(sig, dj, "osd^v"[ti % 5], color=f"C{i}", alpha=0.7)
             ax.set_xscale("log")
             ax.set_yscale("log")
             ax.set_xlabel("UTD ratio sigma")
             ax.set_ylabel("data to threshold D_J (env steps)")
             ax.set_title(f"{st.experiment}: D_J(sigma) = D_min + (beta/sigma)^alpha")
-            ax.legend(loc="best")
+            ax.legend(loc="best", fontsize="small")
             st.figures += figures.save(fig, out, f"{_slug(st.key)}_data_to_threshold")
-    # compute to threshold, Pareto frontier, sigma*(F)
+    # compute to threshold, Pareto frontier, sigma*(F), per task
     if b_law is None or not utd_fits or not math.isfinite(n_params):
         st.skipped["compute to threshold / Pareto / sigma*"] = (
             "needs B*(sigma), D_J(sigma) and a parameter count")
         return
-    t0 = str(best_df["task"].iloc[0])
-    reached = tj.dropna(subset=["D_J"])
-    if main_j in utd_fits:
-        fit = utd_fits[main_j]
-        sg = np.geomspace(reached["sigma"].min() / 2, reached["sigma"].max() * 2, 80)
-        cj = laws.utd_compute(fit.params, b_law.params, sg, n_params, task=t0)
-        dj = laws.predict_utd(fit.params, sg)
-        front = reached.iloc[laws.pareto_front(reached["D_J"], reached["C_J"])]
-        st.figures += figures.plot_pareto(
-            reached, "D_J", "C_J", "sigma", out, f"{_slug(st.key)}_pareto",
-            frontier=front, fit_curve=(dj, cj),
-            title=f"{st.experiment}: data vs compute to J={main_j:.4g}",
-            xlabel="data D_J (env steps)", ylabel="compute C_J (FLOPs)", group_label="sigma")
+    reached_all = base.dropna(subset=["D_J"])
     if delta is None:
-        ok = reached[(reached["C_J"] > 0) & (reached["D_J"] > 0)]
+        ok = reached_all[(reached_all["C_J"] > 0) & (reached_all["D_J"] > 0)]
         delta = float(np.median(ok["C_J"] / ok["D_J"])) if len(ok) else 1.0
     st.context["delta (FLOPs per env step in F = C + delta D)"] = delta
     rows = []
-    for j, fit in sorted(utd_fits.items()):
-        o = laws.optimal_utd(fit.params, b_law.params, n_params, delta, task=t0)
-        rows.append({"J": j, **o})
+    for t in tasks:
+        reached = reached_all[reached_all["task"].astype(str) == t]
+        if (main_j, t) in utd_fits and len(reached):
+            fit = utd_fits[(main_j, t)]
+            sg = np.geomspace(reached["sigma"].min() / 2, reached["sigma"].max() * 2, 80)
+            cj = laws.utd_compute(fit.params, b_law.params, sg, n_params, task=t)
+            dj = laws.predict_utd(fit.params, sg)
+            front = reached.iloc[laws.pareto_front(reached["D_J"], reached["C_J"])]
+            st.figures += figures.plot_pareto(
+                reached, "D_J", "C_J", "sigma", out, f"{_slug(st.key)}_pareto{_slug(tag(t))}",
+                frontier=front, fit_curve=(dj, cj),
+                title=f"{st.experiment}{tag(t)}: data vs compute to J={main_j:.4g}",
+                xlabel="data D_J (env steps)", ylabel="compute C_J (FLOPs)",
+                group_label="sigma")
+        for j in thresholds:
+            if (j, t) in utd_fits:
+                o = laws.optimal_utd(utd_fits[(j, t)].params, b_law.params, n_params, delta,
+                                     task=t)
+                rows.append({"task": t, "J": j, **o})
+    if not rows:
+        return
     opt = pd.DataFrame(rows)
-    st.tables["best UTD ratio sigma* for budget F = C + delta D"] = opt
-    top = opt.iloc[len(opt) // 2]
-    st.forecasts["sigma* at main J"] = {"value": float(top["sigma"]), "at": f"J={main_j:.4g}"}
-    st.forecasts["B*(sigma*) at main J"] = {"value": float(top["B"]), "at": f"J={main_j:.4g}"}
-    if len(opt) >= 3 and opt["sigma"].nunique() >= 2 and not opt["at_edge"].any():
-        fit = attempt(st, "sigma*(F)", lambda: laws.fit_complexity(opt["F"], opt["sigma"],
-                                                                    name="sigma_star"))
-        if fit is not None:
-            fit.law = "sigma_star_vs_F"
-            fit.extra["form"] = "sigma* = c F^k"
-            st.fits["sigma*(F)"] = fit
-    else:
-        st.skipped["sigma*(F)"] = "fewer than 3 thresholds with an interior optimum"
+    st.tables["best UTD ratio sigma* for budget F = C + delta D"] = (
+        opt if multi else opt.drop(columns="task"))
+    for t, o in opt.groupby("task", sort=True):
+        o = o.reset_index(drop=True)
+        top = o[o["J"] == main_j]
+        if len(top):
+            top = top.iloc[0]
+            st.forecasts[f"sigma* at main J{tag(t)}"] = {"value": float(top["sigma"]),
+                                                         "at": f"J={main_j:.4g}"}
+            st.forecasts[f"B*(sigma*) at main J{tag(t)}"] = {"value": float(top["B"]),
+                                                             "at": f"J={main_j:.4g}"}
+        name = f"sigma*(F){tag(t)}"
+        if len(o) >= 3 and o["sigma"].nunique() >= 2 and not o["at_edge"].any():
+            fit = attempt(st, name, lambda o=o: laws.fit_complexity(o["F"], o["sigma"],
+                                                                     name="sigma_star"))
+            if fit is not None:
+                fit.law = "sigma_star_vs_F"
+                fit.extra["form"] = "sigma* = c F^k"
+                st.fits[name] = fit
+        else:
+            st.skipped[name] = "fewer than 3 thresholds with an interior optimum"
+
+
+def _per_task_plot(best: pd.DataFrame, col: str, lines: dict[str, np.ndarray], xg: np.ndarray,
+                   out: Path, name: str, *, ylabel: str, title: str) -> list[Path]:
+    """Best hyperparameter per sigma with bootstrap bars and the fitted law, one colour per
+    task."""
+    import matplotlib.pyplot as plt
+    with figures.figure_style():
+        fig, ax = plt.subplots()
+        for i, (t, g) in enumerate(best.groupby("task", sort=True)):
+            y = g[col].to_numpy(float)
+            lo = g.get(f"{col}_low", pd.Series(np.nan, index=g.index)).to_numpy(float)
+            hi = g.get(f"{col}_high", pd.Series(np.nan, index=g.index)).to_numpy(float)
+            err = np.vstack([np.where(np.isfinite(lo), y - lo, 0),
+                             np.where(np.isfinite(hi), hi - y, 0)])
+            ax.errorbar(g["sigma"], y, yerr=np.clip(err, 0, None), fmt="o", color=f"C{i}",
+                        capsize=2, label=str(t))
+            if str(t) in lines:
+                ax.plot(xg, lines[str(t)], "-", color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("UTD ratio sigma")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize="small")
+        return figures.save(fig, out, name)
+
+
+TEST_TASK_PATTERN = r"^(test|heldout|test_task)[/_.:]"
+
+
+def test_task_columns(df: pd.DataFrame) -> list[str]:
+    """Metrics holding one held-out test task's score each (``test/<task>``,
+    ``heldout/<task>``, ``test_task_<i>``...), with at least one value."""
+    return [c for c in df.columns if re.match(TEST_TASK_PATTERN, str(c))
+            and pd.to_numeric(df[c], errors="coerce").notna().any()]
 
 
 def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
-                         level: float = 0.8) -> None:
-    """Data and compute to reach a sufficient normalised test score vs problem complexity."""
+                         level: float = 0.8, criterion: str = "fraction",
+                         fraction: float = 0.95, percentile: float = 10.0) -> None:
+    """Data and compute to reach "sufficient generalization" vs problem complexity.
+
+    With per-test-task metrics (:func:`test_task_columns`) each task's score is normalised
+    by the best value seen for that task, and :func:`~analysis.laws.generalization_score`
+    turns them into one score per run and log point (``criterion`` "fraction": the score
+    reached on at least ``fraction`` of the test tasks; "lowest": the mean of the lowest
+    ``percentile`` %); seeds are then averaged per complexity and the first crossing of
+    ``level`` gives D and C. Without them, one test metric (``eval_return``...) normalised
+    by the best seen plays that role.
+    """
     ccol = complexity_column(df)
-    test = next((c for c in ("eval_return", "eval_success") if c in df
-                 and df[c].notna().any()), metric)
     xdata = curves.data_column(df)
-    d = _finite(df, [ccol, xdata, test])
-    avg = curves.average_seeds(d, xdata, test, by=ccol)
+    cols = test_task_columns(df)
+    if cols:
+        d = _finite(df, [ccol, xdata]).copy()
+        sc = d[cols].apply(pd.to_numeric, errors="coerce")
+        best = sc.max()
+        if not (best > 0).all():
+            bad = ", ".join(str(c) for c in best.index[~(best > 0)][:3])
+            raise FitError(f"test task(s) with no positive score to normalise by: {bad}")
+        d["score"] = laws.generalization_score((sc / best).to_numpy(float),
+                                               criterion=criterion, fraction=fraction,
+                                               percentile=percentile)
+        d = d.dropna(subset=["score"])
+        what = (f"at least {fraction:.0%} of the {len(cols)} test tasks"
+                if criterion == "fraction" else
+                f"mean of the lowest {percentile:g}% of the {len(cols)} test tasks")
+        st.context["criterion"] = (f"{what} >= {level} (each task's score ÷ its best seen; "
+                                   "per run, then averaged over seeds)")
+        test = "test-task score"
+    else:
+        test = next((c for c in ("eval_return", "eval_success") if c in df
+                     and df[c].notna().any()), metric)
+        d = _finite(df, [ccol, xdata, test])
+        score_max = float(d[test].max())
+        if not score_max > 0:
+            raise FitError(f"{test}: no positive score to normalise by")
+        d["score"] = d[test] / score_max
+        st.context["criterion"] = (f"normalised {test} (÷ best seen, {score_max:.4g}) >= "
+                                   f"{level} (no per-test-task metrics test/<task>)")
+    st.context["criterion kind"] = criterion if cols else "single test metric"
+    avg = curves.average_seeds(d, xdata, "score", by=ccol)
     if "flops" in d:
         # compute at each data point of the averaged curve (seeds share their counters)
         fl = d.groupby([ccol, xdata])["flops"].mean().reset_index()
         avg = avg.merge(fl, on=[ccol, xdata], how="left")
-    score_max = float(avg[test].max())
-    if not score_max > 0:
-        raise FitError(f"{test}: no positive score to normalise by")
-    avg["score"] = avg[test] / score_max
-    st.context["criterion"] = f"normalised {test} (÷ best seen, {score_max:.4g}) >= {level}"
     thr = curves.to_threshold(avg, level, "score", x=xdata, compute="flops", by=ccol)
     st.tables["data and compute to sufficient generalization"] = thr
     st.figures += figures.plot_curves(
         avg.assign(**{ccol: pd.to_numeric(avg[ccol])}), xdata, "score", ccol, out,
         f"{_slug(st.key)}_generalization_curves", title=f"{st.experiment}: normalised {test}",
-        ylabel=f"normalised {test}", size_label=ccol.split(".")[-1])
+        ylabel=f"criterion score ({st.context['criterion kind']})",
+        size_label=ccol.split(".")[-1])
     reached = thr[thr["reached"]]
     for col, name in (("D_J", "D"), ("C_J", "C")):
         r = reached.dropna(subset=[col])
 
         def fitc(r=r, col=col, name=name) -> None:
             fit = laws.fit_complexity(pd.to_numeric(r[ccol]), r[col], name=name)
+            fit.extra["criterion"] = st.context["criterion"]
             st.fits[f"{name} to sufficient generalization vs complexity"] = fit
             x = pd.to_numeric(r[ccol]).to_numpy(float)
             xg = np.geomspace(x.min(), x.max(), 50)
+            iv = loglog_intervals(fit, xg)
             st.figures.extend(figures.plot_power_law(
                 x, r[col].to_numpy(float), out, f"{_slug(st.key)}_{name}_vs_complexity",
-                fit_x=xg, fit_y=fit.params["c"] * xg ** fit.params["k"],
+                fit_x=xg, fit_y=iv["y"], band=(iv["conf_low"], iv["conf_high"]),
                 title=f"{st.experiment}: {name} to reach the criterion",
                 xlabel=ccol, ylabel=name, fit_label=f"∝ complexity^{fit.params['k']:.3g}"))
         attempt(st, f"{name} vs complexity", fitc)
@@ -634,8 +712,12 @@ def run_pipeline(
     budget: float | None = None,
     n_boot: int = 50,
     thresholds: Sequence[float] | None = None,
+    generalization: dict[str, Any] | None = None,
 ) -> list[StudyResult]:
-    """Run every study the table supports, write figures, ``report.md`` and ``laws.json``."""
+    """Run every study the table supports, write figures, ``report.md`` and ``laws.json``.
+
+    ``generalization``: keyword arguments of :func:`study_generalization` (``level``,
+    ``criterion``, ``fraction``, ``percentile``)."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     summary = collect.run_summary(table)
@@ -687,7 +769,7 @@ def run_pipeline(
                 elif kind == "utd":
                     study_utd(st, df, m, fig_dir, n_boot=n_boot, thresholds=thresholds)
                 elif kind == "generalization":
-                    study_generalization(st, df, m, fig_dir)
+                    study_generalization(st, df, m, fig_dir, **(generalization or {}))
             except Exception as err:  # noqa: BLE001 - one study failing must not stop the rest
                 st.skipped[kind] = one_line(err)
                 log.warning("study %s stopped: %s", st.key, st.skipped[kind])
@@ -715,6 +797,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, action="append", default=None,
                    help="return threshold J for the UTD workflow (repeatable)")
     p.add_argument("--n-boot", type=int, default=50, help="bootstrap resamples (50)")
+    p.add_argument("--gen-criterion", choices=laws.GENERALIZATION_CRITERIA, default="fraction",
+                   help="sufficient generalization: 'fraction' (normalised score >= "
+                        "--gen-level on at least --gen-fraction of the test tasks) or "
+                        "'lowest' (mean of the lowest --gen-percentile %% >= --gen-level)")
+    p.add_argument("--gen-level", type=float, default=0.8,
+                   help="normalised test-score threshold (0.8)")
+    p.add_argument("--gen-fraction", type=float, default=0.95,
+                   help="fraction of test tasks that must reach it (0.95)")
+    p.add_argument("--gen-percentile", type=float, default=10.0,
+                   help="lowest percentile of test tasks averaged by 'lowest' (10)")
     p.add_argument("--formats", default="png,pdf",
                    help="figure file types, comma separated (default png,pdf)")
     p.add_argument("--no-cache", action="store_true",
@@ -742,7 +834,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with one_blas_thread():  # many tiny fits: BLAS threads only add waiting
             studies = run_pipeline(table, out, roots=args.runs, metric=args.metric,
                                    budget=args.budget, n_boot=args.n_boot,
-                                   thresholds=args.threshold)
+                                   thresholds=args.threshold,
+                                   generalization={"level": args.gen_level,
+                                                   "criterion": args.gen_criterion,
+                                                   "fraction": args.gen_fraction,
+                                                   "percentile": args.gen_percentile})
     finally:
         figures.FORMATS = saved
     n_fits = sum(len(s.fits) for s in studies)

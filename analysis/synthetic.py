@@ -9,16 +9,21 @@ module writes run directories in exactly the format the trainer writes (see DESI
   ``I^-beta = (Nc/N)^aN + (Ec/E)^aE``.
 - ``bc_isoflop_sweep``: behavioural cloning over model sizes; ``val_loss`` follows
   ``L(N, D) = E + A/N^alpha + B/D^beta`` and ``eval_return`` follows a power law in loss.
-- ``utd_sweep``: SAC-like runs over the UTD ratio sigma, batch size B and learning rate eta;
+- ``utd_sweep``: SAC-like runs on two tasks over the UTD ratio sigma, batch size B and
+  learning rate eta (shared slopes, per-task intercepts);
   the data to reach a return threshold is ``D_J(sigma) = D_min + (beta_J/sigma)^alpha_J`` at
   the best (B, eta), which themselves follow ``B*(sigma)``, ``eta*(sigma)`` power laws.
 
-``python -m analysis synth --out DIR`` writes all three plus ``truth.json``.
+- ``generalization_sweep``: runs over a problem-complexity parameter with 20 held-out test
+  tasks (``test/task_<i>``); the data to reach any criterion grows as ``complexity^1.5``.
+
+``python -m analysis synth --out DIR`` writes all four plus ``truth.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -66,6 +71,21 @@ UTD_TRUTH: dict[str, float] = {
     "J": 5000.0,
     "shape": 1.2,
 }
+
+# Tasks of the UTD sweep: the slopes (B_exp, lr_exp, alpha_J) and D_min are shared, the
+# intercepts differ per task (multipliers on B0, lr0 and beta_J).
+UTD_TASKS: dict[str, dict[str, float]] = {
+    "HalfCheetah-v4": {"B_scale": 1.0, "lr_scale": 1.0, "beta_scale": 1.0},
+    "Walker2d-v4": {"B_scale": 0.5, "lr_scale": 2.0, "beta_scale": 3.0},
+}
+
+
+def utd_task_truth(task: str, t: dict[str, float] = UTD_TRUTH,
+                   tasks: dict[str, dict[str, float]] = UTD_TASKS) -> dict[str, float]:
+    """The UTD constants of one task: shared slopes, the task's own intercepts."""
+    sc = tasks[task]
+    return {**t, "B0": t["B0"] * sc["B_scale"], "lr0": t["lr0"] * sc["lr_scale"],
+            "beta_J": t["beta_J"] * sc["beta_scale"]}
 
 # IMPALA CNN at width 1 (DESIGN.md): 626k parameters, 61.2 MFLOP per forward; both ~width^2.
 IMPALA_PARAMS = 626_000
@@ -278,51 +298,105 @@ def utd_sweep(
     n_points: int = 40,
     noise: float = 0.03,
     experiment: str = "mujoco_utd",
+    tasks: Sequence[str] = tuple(UTD_TASKS),
     rng: int | np.random.Generator = 2,
-) -> dict[str, float]:
-    """Write SAC-like runs over (sigma, B, eta) following Rybkin et al.'s laws; return truth.
+) -> dict[str, Any]:
+    """Write SAC-like runs over (task, sigma, B, eta) following Rybkin et al.'s laws; return
+    the truth (``UTD_TRUTH`` plus ``tasks``: each task's ``B0``, ``lr0``, ``beta_J``).
 
-    Returns rise as ``R_max (1 - exp(-(D/tau)^p))`` with tau set so that the curve crosses
-    ``J`` exactly at ``utd_data_to_threshold``; ``flops = 10 N B sigma D`` (SAC convention).
+    Every task (``env.id``) shares the slopes and ``D_min`` and has its own intercepts
+    (``UTD_TASKS``). Returns rise as ``R_max (1 - exp(-(D/tau)^p))`` with tau set so that
+    the curve crosses ``J`` exactly at ``utd_data_to_threshold``; ``flops = 10 N B sigma D``
+    (SAC convention).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
     t = UTD_TRUTH
     n_params = 140_000
-    for sigma in sigmas:
-        for batch in batches:
-            for lr in lrs:
-                d_j = float(utd_data_to_threshold(sigma, batch, lr))
-                tau = d_j / (-math.log(1 - t["J"] / t["return_max"])) ** (1 / t["shape"])
-                total = int(4 * d_j)
-                for s in seeds:
-                    D = _log_grid(total, n_points)
-                    ret = t["return_max"] * (1 - np.exp(-((D / tau) ** t["shape"])))
-                    ret = ret * (1 + noise * rng.standard_normal(D.size))
-                    metrics = [
-                        {
-                            "env_steps": int(d),
-                            "updates": int(d * sigma),
-                            "samples": int(d * sigma * batch),
-                            "flops": float(10 * n_params * batch * sigma * d),
-                            "wall_time": float(d * sigma / 300.0),
-                            "return_mean": float(r),
-                        }
-                        for d, r in zip(D, ret, strict=True)
-                    ]
-                    config = {
-                        "experiment": experiment,
-                        "seed": int(s),
-                        "algo": {"name": "sac", "utd": float(sigma), "batch_size": int(batch),
-                                 "lr": float(lr), "total_steps": total},
-                        "env": {"family": "mujoco", "id": "HalfCheetah-v4"},
-                        "model": {"family": "mlp", "width": 1.0, "depth": 2},
-                        "logger": {"wandb": False},
-                    }
-                    name = f"algo.utd={sigma},algo.batch_size={batch},algo.lr={lr},seed={s}"
-                    write_run(out / name, config, metrics, params=n_params,
-                              flops_per_forward=2 * n_params)
-    return dict(UTD_TRUTH)
+    truth: dict[str, Any] = dict(UTD_TRUTH)
+    truth["tasks"] = {}
+    for task, sigma, batch, lr in itertools.product(tasks, sigmas, batches, lrs):
+        tt = utd_task_truth(task)
+        truth["tasks"][task] = {k: tt[k] for k in ("B0", "lr0", "beta_J")}
+        d_j = float(utd_data_to_threshold(sigma, batch, lr, tt))
+        tau = d_j / (-math.log(1 - t["J"] / t["return_max"])) ** (1 / t["shape"])
+        total = int(4 * d_j)
+        for s in seeds:
+            D = _log_grid(total, n_points)
+            ret = t["return_max"] * (1 - np.exp(-((D / tau) ** t["shape"])))
+            ret = ret * (1 + noise * rng.standard_normal(D.size))
+            metrics = [
+                {
+                    "env_steps": int(d),
+                    "updates": int(d * sigma),
+                    "samples": int(d * sigma * batch),
+                    "flops": float(10 * n_params * batch * sigma * d),
+                    "wall_time": float(d * sigma / 300.0),
+                    "return_mean": float(r),
+                }
+                for d, r in zip(D, ret, strict=True)
+            ]
+            config = {
+                "experiment": experiment,
+                "seed": int(s),
+                "algo": {"name": "sac", "utd": float(sigma), "batch_size": int(batch),
+                         "lr": float(lr), "total_steps": total},
+                "env": {"family": "mujoco", "id": task},
+                "model": {"family": "mlp", "width": 1.0, "depth": 2},
+                "logger": {"wandb": False},
+            }
+            name = (f"env.id={task},algo.utd={sigma},algo.batch_size={batch},"
+                    f"algo.lr={lr},seed={s}")
+            write_run(out / name, config, metrics, params=n_params,
+                      flops_per_forward=2 * n_params)
+    return truth
+
+
+GEN_TRUTH: dict[str, float] = {"tau0": 1.0e4, "gamma": 1.5, "n_test_tasks": 20}
+
+
+def generalization_sweep(
+    out: str | Path,
+    *,
+    complexities: Sequence[float] = (1, 2, 4, 8),
+    seeds: Sequence[int] = (0, 1),
+    n_test_tasks: int = 20,
+    n_points: int = 60,
+    noise: float = 0.01,
+    experiment: str = "pointmass_gen",
+    rng: int | np.random.Generator = 4,
+) -> dict[str, float]:
+    """Write runs over a problem-complexity parameter with per-test-task scores.
+
+    Held-out test task ``i`` (metric ``test/task_<i>``) has a difficulty ``d_i`` (log-normal,
+    the same at every complexity); its score is ``1 - exp(-E / (tau0 k^gamma d_i))``, so the
+    data to reach any criterion built from the task scores (e.g. >= J on 95% of the tasks)
+    is ``D ∝ k^gamma`` exactly. Runs last ``8 tau0 k^gamma max(d)`` steps so that every
+    task saturates (its best seen score is ~1). Returns ``GEN_TRUTH`` plus the difficulties.
+    """
+    rng = np.random.default_rng(rng)
+    out = Path(out) / experiment
+    t = GEN_TRUTH
+    diff = np.exp(0.4 * rng.standard_normal(n_test_tasks))
+    for k in complexities:
+        tau = t["tau0"] * k ** t["gamma"] * diff
+        E = np.geomspace(0.02, 8.0, n_points) * tau.max()
+        for s in seeds:
+            score = 1 - np.exp(-E[:, None] / tau[None, :])
+            score = np.clip(score + noise * rng.standard_normal(score.shape), 0, None)
+            metrics = []
+            for e, row in zip(E, score, strict=True):
+                m = {"env_steps": float(e), "updates": float(e / 8), "samples": float(e),
+                     "flops": float(1e6 * k * e), "wall_time": float(e / 1e4),
+                     "return_mean": float(row.mean()), "eval_return": float(row.mean())}
+                m.update({f"test/task_{i}": float(v) for i, v in enumerate(row)})
+                metrics.append(m)
+            config = {"experiment": experiment, "seed": int(s),
+                      "algo": {"name": "ppo"}, "env": {"family": "pointmass", "complexity": k},
+                      "model": {"family": "mlp", "width": 1.0}}
+            write_run(out / f"env.complexity={k},seed={s}", config, metrics, params=10_000,
+                      flops_per_forward=20_000)
+    return {**t, "n_test_tasks": n_test_tasks, "difficulties": diff.tolist()}
 
 
 def trainer_like_sweep(
@@ -391,8 +465,8 @@ def trainer_like_sweep(
     return {"tau0": tau0, "tau_exp": -0.3, "ceiling": ceiling}
 
 
-def synth_all(out: str | Path, *, small: bool = False) -> dict[str, dict[str, float]]:
-    """Write all three synthetic studies under ``out`` plus ``truth.json``; return the truth.
+def synth_all(out: str | Path, *, small: bool = False) -> dict[str, dict[str, Any]]:
+    """Write all four synthetic studies under ``out`` plus ``truth.json``; return the truth.
 
     ``small`` writes fewer seeds, widths and log points (fast tests).
     """
@@ -401,13 +475,16 @@ def synth_all(out: str | Path, *, small: bool = False) -> dict[str, dict[str, fl
         truth = {
             "procgen_width": hilton_width_sweep(out, seeds=(0, 1), n_points=32),
             "atari_bc_isoflop": bc_isoflop_sweep(out, n_points=32),
-            "mujoco_utd": utd_sweep(out, sigmas=(1, 2, 4, 8), seeds=(0,), n_points=24),
+            "mujoco_utd": utd_sweep(out, sigmas=(1, 2, 4, 8), batches=(32, 64, 128, 256),
+                                    lrs=(5e-4, 1e-3, 2e-3), seeds=(0,), n_points=24),
+            "pointmass_gen": generalization_sweep(out, seeds=(0,), n_points=40),
         }
     else:
         truth = {
             "procgen_width": hilton_width_sweep(out),
             "atari_bc_isoflop": bc_isoflop_sweep(out),
             "mujoco_utd": utd_sweep(out),
+            "pointmass_gen": generalization_sweep(out),
         }
     with open(out / "truth.json", "w") as f:
         json.dump(truth, f, indent=2)

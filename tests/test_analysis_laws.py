@@ -102,6 +102,15 @@ def test_intrinsic_performance_joint_fit_recovers_exponents():
     n = np.geomspace(1e4, 1e9, 3000)
     i_best = laws.intrinsic_performance(p, n, budget / (fit.extra["kappa"] * n)).max()
     assert i_best == pytest.approx(budget, rel=1e-3)
+    # N_opt forecast: the closed form is the argmax of I along the budget line, and it is
+    # close to the truth's (which depends only on the exponents and N_c^aN / E_c^aE)
+    kappa = fit.extra["kappa"]
+    n_best = n[np.argmax(laws.intrinsic_performance(p, n, budget / (kappa * n)))]
+    f = laws.forecast_intrinsic(fit, budget)
+    assert f["value"] == pytest.approx(n_best, rel=0.01)
+    assert math.isnan(f["low"])  # no bootstrap draws: no interval
+    n_true = float(laws.intrinsic_n_opt(t, budget, kappa))
+    assert math.log(f["value"] / n_true) == pytest.approx(0, abs=0.7)
 
 
 def test_intrinsic_units_do_not_change_exponents_and_bootstrap_intervals():
@@ -115,6 +124,12 @@ def test_intrinsic_units_do_not_change_exponents_and_bootstrap_intervals():
     bs = laws.fit_intrinsic(N, E, ret, C=C, groups=groups, n_boot=8)
     lo, hi = bs.ci["alpha_N"]
     assert lo <= hi and math.isfinite(lo)
+    f = laws.forecast_intrinsic(bs, 1e16)  # interval from the same bootstrap draws
+    assert f["low"] < f["high"] and "bootstrap" in f["method"]
+    d = bs.extra["_draws"]
+    per_draw = [float(laws.intrinsic_n_opt({k: d[k][i] for k in d}, 1e16, bs.extra["kappa"]))
+                for i in range(len(d["k"]))]
+    assert min(per_draw) <= f["low"] < f["high"] <= max(per_draw)
     with pytest.raises(FitError, match="one model size"):
         laws.fit_intrinsic(np.full(20, 1e6), np.geomspace(1, 1e3, 20), np.arange(20.0))
 
@@ -160,6 +175,60 @@ def test_best_hparams_and_their_power_laws():
     assert opt["F"] == pytest.approx(F.min(), rel=1e-6)
 
 
+def test_utd_workflow_several_tasks_shared_slope_and_bootstrap():
+    """Two tasks with different intercepts: the shared slopes, each task's intercepts and
+    each task's D_J(sigma) law are recovered; bootstrap intervals over seeds contain the
+    truth."""
+    rng = np.random.default_rng(11)
+    t = synthetic.UTD_TRUTH
+    grid = np.meshgrid([1, 2, 4, 8, 16], 2.0 ** np.arange(3, 11),
+                       1e-3 * 2.0 ** np.arange(-4, 3, 0.5))
+    sig, bs, lrs = (np.repeat(a.ravel(), 2) for a in grid)  # 2 seeds per cell
+    cols: dict[str, list] = {"sigma": [], "B": [], "lr": [], "task": [], "D": []}
+    for task in synthetic.UTD_TASKS:
+        tt = synthetic.utd_task_truth(task)
+        D = synthetic.utd_data_to_threshold(sig, bs, lrs, tt) * np.exp(
+            0.02 * rng.standard_normal(sig.size))
+        for k, v in (("sigma", sig), ("B", bs), ("lr", lrs), ("D", D)):
+            cols[k].extend(v)
+        cols["task"].extend([task] * sig.size)
+    wf = laws.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
+                               task=cols["task"], n_boot=20)
+    fb, fl = wf.hparam_fits["B"], wf.hparam_fits["lr"]
+    assert fb.params["k"] == pytest.approx(t["B_exp"], abs=0.15)  # B grid is 2x apart
+    assert fl.params["k"] == pytest.approx(t["lr_exp"], abs=0.1)
+    for fit, k_true in ((fb, t["B_exp"]), (fl, t["lr_exp"])):
+        lo, hi = fit.extra["ci_bootstrap"]["k"]  # over seeds; the grid adds +-0.1 of bias
+        assert lo <= hi and lo - 0.1 < k_true < hi + 0.1
+    h, w = synthetic.UTD_TASKS
+    truth = {task: synthetic.utd_task_truth(task) for task in (h, w)}
+    for task in (h, w):
+        assert fb.params[f"c[{task}]"] == pytest.approx(truth[task]["B0"], rel=0.3)
+        assert fl.params[f"c[{task}]"] == pytest.approx(truth[task]["lr0"], rel=0.3)
+        fit = wf.utd_fits[(t["J"], task)]
+        p = fit.params
+        assert p["alpha"] == pytest.approx(t["alpha_J"], abs=0.1), task
+        assert math.log(p["beta"] / truth[task]["beta_J"]) == pytest.approx(0, abs=0.5), task
+        assert "bootstrap" in fit.extra["method"]
+        assert fit.extra["bootstrap"]["n_failed"] <= 2
+        for k in ("alpha", "beta"):
+            lo, hi = fit.ci[k]
+            assert lo < truth[task][f"{k}_J"] < hi, (task, k, fit.ci[k])
+    # the intercept ratio between tasks (the per-task effect) is recovered
+    ratio = fb.params[f"c[{w}]"] / fb.params[f"c[{h}]"]
+    assert ratio == pytest.approx(synthetic.UTD_TASKS[w]["B_scale"], rel=0.25)
+    ratio = fl.params[f"c[{w}]"] / fl.params[f"c[{h}]"]
+    assert ratio == pytest.approx(synthetic.UTD_TASKS[w]["lr_scale"], rel=0.25)
+    for r in wf.best:
+        for k in ("B", "lr"):
+            assert r[f"{k}_low"] * (1 - 1e-9) <= r[k] <= r[f"{k}_high"] * (1 + 1e-9)
+    # with n_boot=0 the intervals are the delta-method ones and the point fits are identical
+    wf0 = laws.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
+                                task=cols["task"], n_boot=0)
+    assert wf0.utd_fits[(t["J"], h)].params == pytest.approx(wf.utd_fits[(t["J"], h)].params)
+    assert "delta" in wf0.utd_fits[(t["J"], h)].extra["method"]
+
+
 def test_pareto_front_keeps_only_non_dominated_points():
     x = np.array([1.0, 2.0, 3.0, 1.5, 4.0])
     y = np.array([5.0, 3.0, 4.0, 6.0, 1.0])
@@ -188,3 +257,23 @@ def test_complexity_law_and_frontier_size_law():
     assert fr.params["k"] == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(FitError, match="2 sizes on the efficient frontier"):
         laws.frontier_size_law(C[:20], sizes[:20])
+
+
+def test_generalization_score_criteria():
+    s = np.arange(1, 21) / 20.0  # 20 test tasks scoring 0.05 ... 1.0
+    rows = np.vstack([s, s[::-1]])
+    # >= J on 95% of 20 tasks = 19 tasks: the 19th largest score (the 2nd smallest)
+    assert laws.generalization_score(rows, fraction=0.95) == pytest.approx([0.1, 0.1])
+    assert laws.generalization_score(rows, fraction=0.9) == pytest.approx([0.15, 0.15])
+    assert laws.generalization_score(rows, fraction=1.0) == pytest.approx([0.05, 0.05])
+    # mean of the lowest 10% (2 tasks)
+    lo = laws.generalization_score(rows, criterion="lowest", percentile=10)
+    assert lo == pytest.approx([0.075, 0.075])
+    # NaN tasks (not evaluated at that point) are ignored
+    r = s.copy()
+    r[0] = np.nan
+    assert laws.generalization_score(r[None], fraction=1.0) == pytest.approx([0.1])
+    with pytest.raises(FitError, match="criterion must be"):
+        laws.generalization_score(rows, criterion="median")
+    with pytest.raises(FitError, match="fraction"):
+        laws.generalization_score(rows, fraction=1.5)

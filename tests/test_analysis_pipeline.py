@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from analysis import laws as laws_mod
 from analysis import pipeline, synthetic
 
 
@@ -54,7 +55,11 @@ def test_all_synthetic_studies(tmp_path: Path):
     laws = _laws(out)
     assert laws["schema"] == "rl-scaling/laws/v1"
     st = laws["studies"]
-    assert set(st) >= {"procgen_width/scaling", "atari_bc_isoflop/isoflop", "mujoco_utd/utd"}
+    assert set(st) >= {"procgen_width/scaling", "atari_bc_isoflop/isoflop", "mujoco_utd/utd",
+                       "pointmass_gen/generalization"}
+    gen = st["pointmass_gen/generalization"]["fits"]
+    assert gen["D to sufficient generalization vs complexity"]["params"]["k"] == pytest.approx(
+        truth["pointmass_gen"]["gamma"], abs=0.1)
     hil = st["procgen_width/scaling"]["fits"]["intrinsic performance (Hilton et al.)"]
     t = truth["procgen_width"]
     assert hil["params"]["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.15)
@@ -67,9 +72,18 @@ def test_all_synthetic_studies(tmp_path: Path):
     assert any(k.startswith("N_opt") for k in iso["forecasts"])
     utd = st["mujoco_utd/utd"]
     u = truth["mujoco_utd"]
-    d_j = next(v for k, v in utd["fits"].items() if k.startswith("D_J(sigma)"))
-    assert d_j["params"]["alpha"] == pytest.approx(u["alpha_J"], abs=0.3)
-    assert utd["fits"]["B*(sigma)"]["params"]["k"] < 0
+    for task, tt in u["tasks"].items():  # D_J(sigma) per task, with its own beta_J
+        d_j = utd["fits"][f"D_J(sigma) J={u['J']:.4g} [{task}]"]
+        assert d_j["params"]["alpha"] == pytest.approx(u["alpha_J"], abs=0.3)
+        sig = np.array([1.0, 2.0, 4.0, 8.0])  # beta and alpha trade off: check the curve
+        true_d = u["D_min"] + (tt["beta_J"] / sig) ** u["alpha_J"]
+        fit_d = laws_mod.predict_utd(d_j["params"], sig)
+        assert np.abs(np.log(fit_d / true_d)).max() < 0.25
+        assert "bootstrap" in d_j["extra"]["method"]
+    b_law = utd["fits"]["B*(sigma)"]["params"]  # one slope, one intercept per task
+    assert b_law["k"] == pytest.approx(u["B_exp"], abs=0.25)
+    (h, th), (w, tw) = u["tasks"].items()
+    assert b_law[f"c[{w}]"] / b_law[f"c[{h}]"] == pytest.approx(tw["B0"] / th["B0"], rel=0.4)
     report = (out / "report.md").read_text()
     for title in ("isoFLOP profiles", "UTD-ratio", "intrinsic performance"):
         assert title in report
@@ -118,3 +132,31 @@ def test_generalization_study(tmp_path: Path):
     st = _laws(out)["studies"]["gen/generalization"]
     fit = st["fits"]["D to sufficient generalization vs complexity"]
     assert fit["params"]["k"] == pytest.approx(1.5, abs=0.1)
+
+
+@pytest.mark.parametrize("criterion", ["fraction", "lowest"])
+def test_generalization_criteria_on_test_tasks(tmp_path: Path, criterion: str):
+    """20 held-out test tasks of fixed difficulties: the data to reach either criterion grows
+    as complexity^1.5 and the intercept is set by the hardest tasks, as the criterion says."""
+    runs = tmp_path / "runs"
+    truth = synthetic.generalization_sweep(runs)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--formats", "png",
+                          "--no-cache", "--gen-criterion", criterion, "--gen-level", "0.8",
+                          "--gen-fraction", "0.95", "--gen-percentile", "10"]) == 0
+    st = _laws(out)["studies"]["pointmass_gen/generalization"]
+    fit = st["fits"]["D to sufficient generalization vs complexity"]
+    g = truth["gamma"]
+    assert fit["params"]["k"] == pytest.approx(g, abs=0.05)
+    lo, hi = fit["ci"]["k"]
+    assert lo - 0.02 < g < hi + 0.02  # t-interval (the 1% noise is all it sees)
+    # score_i = 1 - exp(-E / (tau0 d_i)) >= 0.8  <=>  E >= tau0 d_i ln 5 (complexity 1)
+    d = np.sort(truth["difficulties"])[::-1]
+    if criterion == "fraction":  # 19 of 20 tasks: the 2nd hardest task sets the pace
+        c_true = truth["tau0"] * d[1] * np.log(5)
+        assert fit["params"]["c"] == pytest.approx(c_true, rel=0.1)
+    else:  # mean of the 2 hardest tasks >= 0.8: between the two tasks' own crossings
+        lo_c, hi_c = (truth["tau0"] * d[i] * np.log(5) for i in (1, 0))
+        assert 0.9 * lo_c < fit["params"]["c"] < 1.1 * hi_c
+    assert criterion in st["context"]["criterion kind"]
+    assert "C to sufficient generalization vs complexity" in st["fits"]
