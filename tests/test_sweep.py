@@ -92,7 +92,7 @@ def test_sigkill_then_resume_continues_counters(tmp_path):
     """Kill -9 mid-run, start the same command again: it resumes from its last checkpoint,
     and the curve has every point exactly once."""
     run_dir = tmp_path / "run"
-    iterations = 40
+    iterations = 16
     args = [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
             f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
             "checkpoint_interval=3", "logger.progress=none", "torch_threads=1"]
@@ -212,3 +212,54 @@ def test_cuda_run_keeps_rollout_on_device(tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["device"].startswith("cuda") and info["status"] == "finished"
     _check_curve(_metrics(run_dir), 4)
+
+
+def _smoke_curve(run_dir: Path, seed: int) -> list[dict]:
+    from hydra import compose, initialize_config_dir
+
+    from rl_scaling.config import register_configs
+    from rl_scaling.run import run
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["+experiment=smoke", f"seed={seed}",
+                                           "logger.progress=none", "torch_threads=1"])
+    assert run(cfg, run_dir) == "finished"
+    timing = {"wall_time", "rollout_time", "update_time"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in _metrics(run_dir)]
+
+
+def test_a_seed_fixes_the_curve(tmp_path):
+    """Same seed: weights, digits and sampled actions repeat, so every logged number does."""
+    first = _smoke_curve(tmp_path / "a", seed=3)
+    assert _smoke_curve(tmp_path / "b", seed=3) == first
+    assert _smoke_curve(tmp_path / "c", seed=4) != first
+
+
+def test_sigterm_checkpoints_at_once_and_the_rerun_finishes(tmp_path):
+    """Slurm's preemption signal: the run checkpoints at the end of the iteration it is in,
+    exits with status running, and the requeued command finishes the curve."""
+    run_dir = tmp_path / "run"
+    iterations = 16
+    args = [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
+            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
+            "checkpoint_interval=0", "logger.progress=none", "torch_threads=1"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(_metrics(run_dir)) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
+    logged = _metrics(run_dir)
+    # checkpoint_interval=0 means "only at the end", so this checkpoint is the signal's
+    assert 3 <= counters["iterations"] < iterations
+    assert logged[-1]["env_steps"] == counters["env_steps"]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+
+    proc2 = subprocess.run(args, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    _check_curve(_metrics(run_dir), iterations)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
