@@ -538,8 +538,9 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
             cj = laws.utd_compute(fit.params, b_law.params, sg, n_params, task=t)
             dj = laws.predict_utd(fit.params, sg)
             front = reached.iloc[laws.pareto_front(reached["D_J"], reached["C_J"])]
+            fig_name = f"{_slug(st.key)}_pareto" + (f"_{_slug(t)}" if multi else "")
             st.figures += figures.plot_pareto(
-                reached, "D_J", "C_J", "sigma", out, f"{_slug(st.key)}_pareto{_slug(tag(t))}",
+                reached, "D_J", "C_J", "sigma", out, fig_name,
                 frontier=front, fit_curve=(dj, cj),
                 title=f"{st.experiment}{tag(t)}: data vs compute to J={main_j:.4g}",
                 xlabel="data D_J (env steps)", ylabel="compute C_J (FLOPs)",
