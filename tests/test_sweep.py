@@ -41,6 +41,14 @@ def _metrics(run_dir: Path) -> list[dict]:
     return RunRecord(run_dir).read_metrics()
 
 
+def _long_smoke(run_dir: Path, iterations: int, checkpoint_interval: int) -> list[str]:
+    """The command line of a smoke run at width 1, long enough to be interrupted."""
+    return [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
+            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
+            f"checkpoint_interval={checkpoint_interval}", "logger.progress=none",
+            "torch_threads=1"]
+
+
 def _check_curve(rows: list[dict], iterations: int) -> None:
     """Counters of a smoke run: one line per iteration, nothing duplicated or missing."""
     assert [r["env_steps"] for r in rows] == [ITER_STEPS * (i + 1) for i in range(iterations)]
@@ -93,9 +101,7 @@ def test_sigkill_then_resume_continues_counters(tmp_path):
     and the curve has every point exactly once."""
     run_dir = tmp_path / "run"
     iterations = 16
-    args = [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
-            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
-            "checkpoint_interval=3", "logger.progress=none", "torch_threads=1"]
+    args = _long_smoke(run_dir, iterations, checkpoint_interval=3)
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = run_dir / "checkpoints" / "latest.pt"
@@ -241,9 +247,7 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_finishes(tmp_path):
     exits with status running, and the requeued command finishes the curve."""
     run_dir = tmp_path / "run"
     iterations = 16
-    args = [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
-            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
-            "checkpoint_interval=0", "logger.progress=none", "torch_threads=1"]
+    args = _long_smoke(run_dir, iterations, checkpoint_interval=0)
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
