@@ -12,14 +12,14 @@ install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
 	$(PYTHON) -m pip install -q -e ".[all]"
 
-# The embedded default study: MNIST bandit width sweep (about 15 min on 2 CPU cores), then figures.
+# The embedded default study: MNIST bandit width sweep (about 10 min on 2 CPU cores), then figures.
 demo: install
 	$(PYTHON) -m rl_scaling.sweep -m +experiment=mnist_width
 	$(PYTHON) -m analysis --runs $(RUNS)/mnist_width --out reports/mnist_width
 
-# Fast tests plus a real short end-to-end sweep; slow and GPU tests are opt-in (test-all).
+# Fast tests plus a real short end-to-end sweep; slow, GPU and Slurm tests are opt-in (test-all).
 test: install
-	$(PYTHON) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow and not gpu and not slurm" $(PYTEST_ARGS)
 
 test-all: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
