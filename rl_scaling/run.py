@@ -219,14 +219,18 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     }
     record.write_run_json(info)
 
-    preempt = {"flag": False}
+    # Slurm signals a job before it kills it: SIGTERM on preemption or scancel, and
+    # submitit asks for SIGUSR2 shortly before the time limit. Each one makes the loop
+    # checkpoint at the end of the iteration it is in; then the handler that was there
+    # before ours (submitit's, which requeues the job) gets the signal after all.
+    preempt: dict[str, Any] = {"flag": False, "signal": None}
 
-    def on_signal(signum, _frame):  # Slurm sends SIGTERM/SIGUSR before killing a job
+    def on_signal(signum, _frame):
         log.warning("signal %d: checkpointing at the end of this iteration", signum)
-        preempt["flag"] = True
+        preempt["flag"], preempt["signal"] = True, signum
 
     old_handlers = {}
-    for sig in (signal.SIGTERM, signal.SIGUSR1):
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         try:
             old_handlers[sig] = signal.signal(sig, on_signal)
         except ValueError:  # not the main thread (e.g. a joblib worker thread)
@@ -251,6 +255,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     except StopTraining as stop:
         status, error = stop.status, stop.reason
         log.warning("%s: %s", record.run_dir, stop.reason)
+    except (KeyboardInterrupt, SystemExit) as err:
+        # interrupted, not broken: it resumes from its last checkpoint when started again
+        status, error = "running", f"interrupted ({type(err).__name__}: {err})"
+        raise
     except BaseException as err:
         error = f"{type(err).__name__}: {err}"
         raise
@@ -267,4 +275,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
             eval_envs.close()
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+    chained = old_handlers.get(preempt["signal"])
+    if status == "running" and callable(chained):
+        chained(preempt["signal"], None)  # e.g. submitit: requeue this job, then exit
     return status

@@ -267,3 +267,37 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_finishes(tmp_path):
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     _check_curve(_metrics(run_dir), iterations)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+REQUEUER = """
+import runpy, signal, sys
+marker = sys.argv[1]
+def requeue(signum, frame):  # stands in for submitit's handler: requeue, then exit
+    open(marker, "w").write(str(signum))
+    sys.exit(-1)
+signal.signal(signal.SIGUSR2, requeue)
+sys.argv = ["rl_scaling.sweep", *sys.argv[2:]]
+runpy.run_module("rl_scaling.sweep", run_name="__main__")
+"""
+
+
+def test_time_limit_signal_checkpoints_then_hands_over_to_the_launcher(tmp_path):
+    """submitit asks Slurm for SIGUSR2 before the time limit and requeues in its handler:
+    the run checkpoints first, records status running (not failed), then calls it."""
+    run_dir, marker = tmp_path / "run", tmp_path / "requeued"
+    iterations = 16
+    args = [sys.executable, "-c", REQUEUER, str(marker),
+            *_long_smoke(run_dir, iterations, checkpoint_interval=0)[3:]]
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(_metrics(run_dir)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR2)
+    assert proc.wait(timeout=120) == 255  # the stand-in's sys.exit(-1)
+    assert marker.read_text() == str(int(signal.SIGUSR2))
+    counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
+    assert 2 <= counters["iterations"] < iterations
+    assert _metrics(run_dir)[-1]["env_steps"] == counters["env_steps"]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "running", info
