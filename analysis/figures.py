@@ -105,6 +105,32 @@ def finish(fig: plt.Figure, ax, out_dir: str | Path, name: str, *, xlabel: str, 
     return save(fig, out_dir, name)
 
 
+def plot_extrapolation(
+    budgets: np.ndarray,
+    targets: np.ndarray,
+    forecasts: Mapping[str, Sequence[tuple[float, float]]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    title: str,
+    xlabel: str = "compute C (FLOPs)",
+    ylabel: str = "best loss at C",
+) -> list[Path]:
+    """Extrapolation check: the measured value per budget, and each method's forecast of the
+    budgets it was not fitted on (``forecasts[method] = [(budget, predicted), ...]``)."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        ax.plot(budgets, targets, "o", color=FIT_COLOR, label="measured", zorder=3)
+        markers = "sD^vP"
+        for i, (method, pts) in enumerate(forecasts.items()):
+            if len(pts):
+                x, y = zip(*pts, strict=True)
+                ax.plot(x, y, markers[i % len(markers)], mfc="none", ms=8, color=f"C{i}",
+                        label=f"{method} (forecast)")
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=True, legend={"fontsize": "small"})
+
+
 def _band(ax, x, low, high, color=FIT_COLOR) -> None:
     if low is not None and high is not None:
         ax.fill_between(x, low, high, color=color, alpha=BAND_ALPHA, linewidth=0)

@@ -1006,6 +1006,10 @@ def rolling_cv(
                 "test": ub[i : i + horizon].tolist(),
                 "n_test": int(test.size),
                 "rmse": float(np.sqrt(np.mean(e[ok] ** 2))) if ok.any() else float("nan"),
+                # what was forecast and what was measured, for extrapolation-check figures
+                "budget": b[test].tolist(),
+                "pred": pred.tolist(),
+                "actual": yy[test].tolist(),
             }
         )
     allerr = np.concatenate(errs) if errs else np.array([])

@@ -351,7 +351,8 @@ def compare_isoflop_methods(
     method predicts ``L_opt`` there from fits on the smaller budgets only: isoFLOP profiles
     (``L_opt`` power law), envelope, Chinchilla Approach 3, quadratic surface. Score: RMSE of
     log loss (:func:`~analysis.fitting.rolling_cv`). Returns
-    ``{"rmse": {method: value}, "folds": {...}, "best": method}``.
+    ``{"rmse": {method: value}, "folds": {...}, "best": method, "budgets": ..., "targets": ...}``
+    (the envelope point per budget that the folds forecast).
     """
     N = as_array(N, "N", positive=True)
     C = as_array(C, "C", positive=True)
@@ -398,7 +399,7 @@ def compare_isoflop_methods(
         folds[name] = cv.folds
     finite = {k: v for k, v in rmse.items() if math.isfinite(v)}
     best = min(finite, key=finite.get) if finite else None
-    return {"rmse": rmse, "folds": folds, "best": best}
+    return {"rmse": rmse, "folds": folds, "best": best, "budgets": ub, "targets": tgt}
 
 
 def forecast_isoflop(

@@ -392,6 +392,13 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         st.tables["held-out RMSE of log L_opt on larger budgets (rolling CV)"] = pd.DataFrame(
             {"method": list(cmp_["rmse"]), "rmse": list(cmp_["rmse"].values())})
         st.context["method chosen by held-out RMSE"] = str(cmp_["best"])
+        forecasts = {m: [(c, p) for fold in folds if "pred" in fold
+                         for c, p in zip(fold["budget"], fold["pred"], strict=True)]
+                     for m, folds in cmp_["folds"].items()}
+        st.figures += figures.plot_extrapolation(
+            cmp_["budgets"], cmp_["targets"], forecasts, out,
+            f"{_slug(st.key)}_extrapolation_check",
+            title=f"{st.experiment}: L_opt forecast one budget ahead vs measured")
     # return vs loss
     rcol = next((c for c in ("eval_return", "return_mean") if c in d), None)
     if rcol is not None:

@@ -182,3 +182,18 @@ def test_errors_are_one_line_and_name_the_input():
         assert "\n" not in str(err)
     else:  # pragma: no cover
         raise AssertionError("expected FitError")
+
+
+def test_rolling_cv_folds_keep_forecasts_for_extrapolation_figures():
+    from analysis.fitting import fit_loglog, predict_power, rolling_cv
+
+    budgets = np.logspace(10, 15, 6)
+    y = 3.0 * budgets**-0.1
+
+    def fit_predict(train, test):
+        return predict_power(fit_loglog(budgets[train], y[train]).params, budgets[test])
+
+    cv = rolling_cv(budgets, y, fit_predict, min_train=3)
+    assert [f["budget"] for f in cv.folds] == [[budgets[3]], [budgets[4]], [budgets[5]]]
+    for fold in cv.folds:  # an exact power law is forecast exactly
+        assert fold["pred"] == pytest.approx(fold["actual"], rel=1e-9)

@@ -88,6 +88,7 @@ def test_all_synthetic_studies(tmp_path: Path):
     for title in ("isoFLOP profiles", "UTD-ratio", "intrinsic performance"):
         assert title in report
     assert len(list((out / "figures").glob("*.png"))) >= 10
+    assert (out / "figures" / "atari_bc_isoflop_isoflop_extrapolation_check.png").exists()
 
 
 def test_unfittable_data_gives_reasons_not_crashes(tmp_path: Path):
