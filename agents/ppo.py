@@ -184,14 +184,16 @@ def train(cfg: PPOConfig, envs: VecEnv, model: nn.Module, ctx: RunContext,
             if succ.size:
                 metrics["success_rate"] = float(succ.mean())
         last = c.iterations == num_iterations
-        if eval_envs is not None and cfg.eval_interval > 0 and (
-                c.iterations % cfg.eval_interval == 0 or last):
+        evaluated = eval_envs is not None and cfg.eval_interval > 0 and (
+            c.iterations % cfg.eval_interval == 0 or last)
+        if evaluated:
             model.eval()
             metrics.update(evaluate(model, eval_envs, cfg.eval_episodes, device))
         if not finite:
             ctx.log(metrics, final=True)
             raise StopTraining("diverged", f"non-finite loss at update {c.updates}")
-        ctx.log(metrics, final=last)
+        if last or evaluated or ctx.log_due():
+            ctx.log(metrics, final=last)
         if last or ctx.checkpoint_due():
             ctx.save(state())
         if ctx.preempted() and not last:

@@ -46,6 +46,7 @@ class RunContext:
     device: torch.device
     checkpoint_path: Path
     checkpoint_interval: int  # iterations; 0: only at the end
+    log_interval: int = 1  # iterations between metric lines (the last one is always logged)
     width: float = 1.0
     resume_state: dict[str, Any] | None = None
     counters: Counters = field(default_factory=Counters)
@@ -71,6 +72,9 @@ class RunContext:
                "iteration": c.iterations, **metrics}
         self.logger.log(row, final=final)
         return row
+
+    def log_due(self) -> bool:
+        return self.counters.iterations % self.log_interval == 0
 
     def checkpoint_due(self) -> bool:
         every = self.checkpoint_interval

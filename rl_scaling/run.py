@@ -48,6 +48,7 @@ def validate(cfg: DictConfig) -> None:
         ("model.width", cfg.model.width > 0, "must be > 0"),
         ("model.depth", cfg.model.depth is None or cfg.model.depth >= 1, "must be >= 1"),
         ("checkpoint_interval", cfg.checkpoint_interval >= 0, "must be >= 0"),
+        ("logger.log_interval", cfg.logger.log_interval >= 1, "must be >= 1"),
     ]
     if cfg.algo.name == "ppo":
         checks += [
@@ -246,6 +247,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     )
     ctx = RunContext(logger=logger, accountant=accountant, device=device,
                      checkpoint_path=ckpt_path, checkpoint_interval=cfg.checkpoint_interval,
+                     log_interval=cfg.logger.log_interval,
                      width=cfg.model.width, resume_state=resume_state,
                      preempted=lambda: preempt["flag"])
     status, error = "failed", None

@@ -72,6 +72,7 @@ def test_wrong_type_is_rejected():
     ("algo.num_minibatches=7", "algo.num_minibatches"),
     ("algo.gamma=1.5", "algo.gamma"),
     ("device=tpu", "device"),
+    ("logger.log_interval=0", "logger.log_interval"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:

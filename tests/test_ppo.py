@@ -66,6 +66,18 @@ def test_counters_and_flops_follow_the_schedule(tmp_path):
     assert all(r["wall_time"] >= 0 for r in rows)
 
 
+def test_log_interval_thins_the_curve_but_keeps_the_last_point(tmp_path):
+    envs = make_env("probe", num_envs=4, seed=0, name="constant_value")
+    model = build_model("mlp", (1,), 1, width=0.5)
+    ctx = _context(tmp_path, model, (1,))
+    ctx.log_interval = 2
+    train(replace(PROBE_CFG, total_steps=4 * 16 * 5, num_epochs=1, num_minibatches=1),
+          envs, model, ctx)
+    rows = RunRecord(tmp_path).read_metrics()
+    assert [r["env_steps"] for r in rows] == [128, 256, 320]  # iterations 2, 4 and the last
+    assert [r["updates"] for r in rows] == [2, 4, 5]
+
+
 def test_learning_rate_width_rule():
     cfg = PPOConfig(lr=5e-4)
     assert learning_rate(cfg, 1.0) == 5e-4

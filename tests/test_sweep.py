@@ -49,6 +49,19 @@ def _long_smoke(run_dir: Path, iterations: int, checkpoint_interval: int) -> lis
             "torch_threads=1"]
 
 
+def _start_and_wait_for_lines(args: list[str], run_dir: Path, lines: int) -> subprocess.Popen:
+    """Start a run and return once it has logged ``lines`` metric lines (still running)."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(_metrics(run_dir)) < lines:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"run did not log {lines} lines while running")
+        time.sleep(0.02)
+    return proc
+
+
 def _check_curve(rows: list[dict], iterations: int) -> None:
     """Counters of a smoke run: one line per iteration, nothing duplicated or missing."""
     assert [r["env_steps"] for r in rows] == [ITER_STEPS * (i + 1) for i in range(iterations)]
@@ -248,11 +261,7 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_finishes(tmp_path):
     run_dir = tmp_path / "run"
     iterations = 16
     args = _long_smoke(run_dir, iterations, checkpoint_interval=0)
-    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(_metrics(run_dir)) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = _start_and_wait_for_lines(args, run_dir, lines=3)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
     counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
@@ -288,11 +297,7 @@ def test_time_limit_signal_checkpoints_then_hands_over_to_the_launcher(tmp_path)
     iterations = 16
     args = [sys.executable, "-c", REQUEUER, str(marker),
             *_long_smoke(run_dir, iterations, checkpoint_interval=0)[3:]]
-    proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while len(_metrics(run_dir)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.02)
+    proc = _start_and_wait_for_lines(args, run_dir, lines=2)
     proc.send_signal(signal.SIGUSR2)
     assert proc.wait(timeout=120) == 255  # the stand-in's sys.exit(-1)
     assert marker.read_text() == str(int(signal.SIGUSR2))
