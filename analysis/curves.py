@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import optimize
 
 try:  # scipy >= 1.12
     from scipy.optimize import isotonic_regression as _scipy_isotonic
@@ -199,6 +200,36 @@ def isotonic(
     result = np.empty_like(fitted)
     result[order] = fitted
     return result
+
+
+def monotone_piecewise_linear(
+    y: Sequence[float],
+    x: Sequence[float],
+    *,
+    n_knots: int = 12,
+    increasing: bool = True,
+) -> np.ndarray:
+    """Least-squares monotone fit restricted to piecewise-linear functions of ``x``.
+
+    The isotonic regression of :func:`isotonic` on a knot grid: ``f(x) = c0 + sum_j w_j
+    r_j(x)`` with ramps ``r_j`` rising from 0 to 1 between ``n_knots + 1`` equally spaced
+    knots over the range of ``x`` and ``w_j >= 0`` (``<= 0`` when decreasing), solved by
+    non-negative least squares. Unlike PAVA, whose fitted values depend only on the *order*
+    of ``x``, this fit moves continuously with ``x``; so a loss profiled over it is continuous
+    in whatever parameters produce ``x`` and an optimiser can follow it. Returns the fitted
+    values aligned with the input (all finite inputs required).
+    """
+    yv = np.asarray(y, dtype=float)
+    xv = np.asarray(x, dtype=float)
+    lo, hi = float(xv.min()), float(xv.max())
+    if not hi > lo:
+        return np.full_like(yv, yv.mean())
+    width = (hi - lo) / n_knots
+    ramps = np.clip((xv[:, None] - (lo + width * np.arange(n_knots))[None, :]) / width, 0, 1)
+    centred = ramps - ramps.mean(axis=0)  # c0 is profiled out by centring
+    sign = 1.0 if increasing else -1.0
+    w, _ = optimize.nnls(sign * centred, yv - yv.mean())
+    return yv.mean() + sign * centred @ w
 
 
 def _crossing(x: np.ndarray, y: np.ndarray, threshold: float, above: bool):

@@ -457,15 +457,20 @@ def _normalise_intrinsic(N_c: float, E_c: float, aN: float, aE: float, kappa: fl
     return N_c * lam ** (1 / aN), E_c * lam ** (1 / aE)
 
 
-def _iso_sse(g: np.ndarray, y: np.ndarray) -> float:
-    fitted = curves.isotonic(y, x=g, increasing=False)
-    r = y - fitted
+# Knots of the monotone return map inside the intrinsic-performance search.
+INTRINSIC_MAP_KNOTS = 12
+
+
+def _map_sse(z: np.ndarray, y: np.ndarray) -> float:
+    """SSE of the best non-increasing piecewise-linear map from ``z = log g`` to return."""
+    r = y - curves.monotone_piecewise_linear(y, z, n_knots=INTRINSIC_MAP_KNOTS,
+                                             increasing=False)
     return float(r @ r)
 
 
 def _intrinsic_core(lN: np.ndarray, lE: np.ndarray, y: np.ndarray, lE0: float,
                     starts: np.ndarray) -> tuple[np.ndarray, float]:
-    """Minimise the isotonic SSE over ``theta = (log N_c, alpha_N, alpha_E)`` (E_c fixed)."""
+    """Minimise the profiled map SSE over ``theta = (log N_c, alpha_N, alpha_E)`` (E_c fixed)."""
 
     def obj(th: np.ndarray) -> float:
         lnc, aN, aE = th
@@ -474,12 +479,12 @@ def _intrinsic_core(lN: np.ndarray, lE: np.ndarray, y: np.ndarray, lE0: float,
         g = np.exp(aN * (lnc - lN)) + np.exp(aE * (lE0 - lE))
         if not np.all(np.isfinite(g)):
             return 1e300
-        return _iso_sse(np.log(g), y)
+        return _map_sse(np.log(g), y)
 
     best, best_v = None, np.inf
     for s in starts:
         res = optimize.minimize(obj, s, method="Nelder-Mead",
-                                options={"xatol": 1e-4, "fatol": 1e-10, "maxiter": 1500})
+                                options={"xatol": 1e-4, "fatol": 1e-12, "maxiter": 3000})
         if res.fun < best_v:
             best, best_v = res.x, float(res.fun)
     if best is None or not math.isfinite(best_v):
@@ -504,8 +509,13 @@ def fit_intrinsic(
 
     Form: ``I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E`` and ``return = f(I)`` with ``f``
     any non-decreasing function. Loss: sum of squared residuals of the return after an
-    isotonic (pool-adjacent-violators) regression of return on ``g = I^-beta``, computed
-    inside the objective, so ``f`` is profiled out. Since ``f`` absorbs any rescaling of
+    isotonic regression of return on ``log g`` (``g = I^-beta``) computed inside the
+    objective, so ``f`` is profiled out. The isotonic regression is restricted to
+    piecewise-linear functions (:func:`~analysis.curves.monotone_piecewise_linear`, 12
+    equally spaced knots): plain PAVA depends only on the order of ``g``, which makes the
+    loss piecewise constant in the parameters, and the search then stalls wherever it
+    starts (on noiseless data it stopped at alpha_N 0.62 for a true 0.45, and its bootstrap
+    intervals covered the truth 1 time in 10). Since ``f`` absorbs any rescaling of
     ``g``, ``E_c`` is fixed at the geometric mean of ``E`` during the search and the scale is
     set afterwards as Hilton et al. do: ``beta = alpha_N alpha_E / (alpha_N + alpha_E)`` and
     ``(N_c, E_c)`` rescaled so that ``I`` equals compute on the efficient frontier, with
@@ -541,7 +551,7 @@ def fit_intrinsic(
     scores = []
     for th in grid:
         g = np.exp(th[1] * (th[0] - lN)) + np.exp(th[2] * (lE0 - lE))
-        scores.append(_iso_sse(np.log(g), y))
+        scores.append(_map_sse(np.log(g), y))
     starts = np.array(grid)[np.argsort(scores)[:n_starts]]
     theta, sse = _intrinsic_core(lN, lE, y, lE0, starts)
 
@@ -555,8 +565,9 @@ def fit_intrinsic(
     ci = _nan_ci(params)
     extra: dict[str, Any] = {
         "level": level,
-        "form": "I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E; return = isotonic f(I)",
-        "method": "isotonic SSE profiled inside Nelder-Mead from a grid",
+        "form": "I^-beta = (N_c/N)^alpha_N + (E_c/E)^alpha_E; return = monotone f(I)",
+        "method": "SSE after a monotone piecewise-linear map (12 knots), profiled inside "
+                  "Nelder-Mead from a grid",
         "kappa": kappa,
         "normalisation": "I equals compute C = kappa N E on the efficient frontier",
     }
@@ -572,7 +583,8 @@ def fit_intrinsic(
         extra["bootstrap"] = bs.summary()
         extra["_draws"] = bs.draws
     g = intrinsic_g(params, N, E)
-    extra["_map"] = (g, curves.isotonic(y, x=g, increasing=False))
+    extra["_map"] = (g, curves.monotone_piecewise_linear(
+        y, np.log(g), n_knots=INTRINSIC_MAP_KNOTS, increasing=False))
     return FitResult(law="intrinsic", params=params, ci=ci, n_points=int(N.size), loss=sse,
                      extra=extra)
 

@@ -52,6 +52,31 @@ def test_isotonic_is_monotone_and_least_squares():
     assert list(curves.isotonic([1.0, 3.0, 2.0])) == [1.0, 2.5, 2.5]
 
 
+def test_monotone_piecewise_linear_fit():
+    x = np.linspace(0.0, 4.0, 81)
+    truth = np.minimum(x, 2.0) + 0.25 * np.maximum(x - 3.0, 0.0)  # monotone, kinks at knots
+    fit = curves.monotone_piecewise_linear(truth, x, n_knots=4)
+    np.testing.assert_allclose(fit, truth, atol=1e-9)  # exact when the kinks sit on knots
+    rng = np.random.default_rng(0)
+    noisy = truth + 0.3 * rng.standard_normal(x.size)
+    fit = curves.monotone_piecewise_linear(noisy, x, n_knots=8)
+    assert np.all(np.diff(fit) >= -1e-12)
+    assert abs(np.mean(fit - truth)) < 0.05
+    down = curves.monotone_piecewise_linear(-noisy, x, n_knots=8, increasing=False)
+    np.testing.assert_allclose(down, -fit, atol=1e-9)
+    # the fit moves continuously with x, unlike PAVA, which only sees the order of x
+    sse = [float(((noisy - curves.monotone_piecewise_linear(noisy, x * s, n_knots=8)) ** 2)
+                 .sum()) for s in (1.0, 1.0 + 1e-6)]
+    assert sse[1] == pytest.approx(sse[0], rel=1e-4)
+    x_bent = x + 0.05 * np.sin(7 * x)  # same order, different spacing
+    assert np.all(np.diff(x_bent) > 0)
+    pava = [curves.isotonic(noisy, x=xx) for xx in (x, x_bent)]
+    np.testing.assert_array_equal(pava[0], pava[1])
+    assert not np.allclose(curves.monotone_piecewise_linear(noisy, x_bent, n_knots=8), fit)
+    # constant x: the mean
+    np.testing.assert_allclose(curves.monotone_piecewise_linear([1.0, 3.0], [2.0, 2.0]), 2.0)
+
+
 def test_isotonic_respects_x_order_and_nans():
     fit = curves.isotonic([3.0, np.nan, 1.0, 2.0], x=[3, 4, 1, 2])
     assert np.isnan(fit[1])
