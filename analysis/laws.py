@@ -921,6 +921,9 @@ def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarra
     fit.extra["bootstrap"] = {"n_boot": n_boot, "n_failed": bs.n_failed,
                               "unit": "seeds within (task, sigma, B, eta) cells"}
     if len(bs.draws.get("alpha", ())) >= max(2, n_boot // 2):
+        fit.extra["_utd_draws"] = {"D_min": np.asarray(bs.draws["D_min"]),
+                                   "beta": np.exp(bs.draws["log_beta"]),
+                                   "alpha": np.asarray(bs.draws["alpha"])}
         lb = bs.ci["log_beta"]
         fit.ci = {"D_min": bs.ci["D_min"], "beta": (math.exp(lb[0]), math.exp(lb[1])),
                   "alpha": bs.ci["alpha"]}
@@ -978,6 +981,8 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
         ok = (c > 0) & (k < 0)
         q = [50 * (1 - level), 50 * (1 + level)]
         beta = np.exp(np.log(c[ok]) / -k[ok])
+        f.extra["_utd_draws"] = {"D_min": np.asarray(draws["offset"])[ok], "beta": beta,
+                                 "alpha": -k[ok]}
         ci = {"D_min": f.ci["offset"], "alpha": (-f.ci["k"][1], -f.ci["k"][0]),
               "beta": tuple(np.percentile(beta, q)) if beta.size else (math.nan, math.nan)}
     else:
@@ -1047,6 +1052,104 @@ def optimal_utd(utd: Mapping[str, float], b_law: Mapping[str, float], n_params: 
     return {"sigma": s, "F": c + delta * d, "C": c, "D": d,
             "B": float(b_law[f"c[{task}]"] * s ** b_law["k"]),
             "at_edge": bool(i in (0, grid.size - 1))}
+
+
+def _t_draws(mean: np.ndarray, cov: np.ndarray, dof: float, n: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """Multivariate t draws: the sampling distribution of least-squares coefficients when the
+    noise variance is estimated on ``dof`` degrees of freedom (a normal would be too narrow
+    with the few points a law usually has)."""
+    z = rng.multivariate_normal(np.zeros(mean.size), cov, size=n, check_valid="ignore")
+    return mean + z / np.sqrt(rng.chisquare(max(dof, 1), size=(n, 1)) / max(dof, 1))
+
+
+# Fewer bootstrap draws than this give no usable 95% percentiles: use the parametric draws.
+MIN_BOOT_DRAWS = 50
+
+
+def _utd_param_draws(fit: FitResult, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    """Parameter draws of a :func:`fit_utd` law: its bootstrap draws when it has at least
+    :data:`MIN_BOOT_DRAWS`, else ``n`` draws from the multivariate t of the least-squares
+    parameters (the covariance and dof its delta-method intervals come from)."""
+    d = fit.extra.get("_utd_draws")
+    if d is not None and len(d["alpha"]) >= MIN_BOOT_DRAWS:
+        return [{k: float(d[k][i]) for k in ("D_min", "beta", "alpha")}
+                for i in range(len(d["alpha"]))]
+    theta, cov = fit.extra["_theta"], fit.extra["_cov_theta"]
+    xs = fit.extra["x_scale"]
+    draws = _t_draws(np.asarray(theta, float), cov, fit.extra["dof"], n, rng)
+    out = []
+    for th in draws:
+        th[1] = min(th[1], UTD_K_BOUNDS[1])  # keep alpha > 0, D_min >= 0 as in the fit
+        th[2] = max(th[2], 0.0)
+        try:
+            out.append(_utd_params(th, xs))
+        except (OverflowError, ValueError):  # a far-tail draw: counted as failed below
+            out.append({"D_min": math.nan, "beta": math.nan, "alpha": math.nan})
+    return out
+
+
+def _hparam_law_draws(fit: FitResult, n: int, rng: np.random.Generator) -> list[dict[str, float]]:
+    """Draws of a :func:`fit_hparam_law` (``log value = log c[task] + k log sigma``) from the
+    multivariate t of its OLS coefficients."""
+    groups = fit.extra["groups"]
+    mean = np.array([math.log(fit.params[f"c[{g}]"]) for g in groups] + [fit.params["k"]])
+    draws = _t_draws(mean, fit.extra["cov"], fit.extra["dof"], n, rng)
+    return [{"k": float(d[-1]), **{f"c[{g}]": float(np.exp(d[j])) for j, g in enumerate(groups)}}
+            for d in draws]
+
+
+def forecast_utd(utd_fit: FitResult, b_law: FitResult, n_params: float, delta: float, *,
+                 task: str = "all", lr_law: FitResult | None = None, n_draws: int = 200,
+                 level: float = LEVEL, seed: int = 0) -> dict[str, dict[str, float]]:
+    """The compute-optimal UTD setting at one threshold, with intervals.
+
+    Point values: :func:`optimal_utd` on the fitted laws (``sigma*``, the budget ``F`` and its
+    parts ``C`` and ``D`` at ``sigma*``), ``B*(sigma*)`` and, with ``lr_law``,
+    ``eta*(sigma*)``. Intervals: percentiles of the same quantities recomputed for joint
+    draws of the laws' parameters: the ``D_J(sigma)`` law's bootstrap draws when it was
+    bootstrapped with >= 50 draws (else ``n_draws`` draws from the multivariate t of its
+    least-squares parameters), each paired with a draw of the ``B*`` and ``eta*`` laws from
+    the multivariate t of their OLS coefficients. Returns ``{name: {"value", "low", "high",
+    "method"}}`` for ``sigma, B, lr, F, C, D``.
+    """
+    rng = np.random.default_rng(seed)
+    point = optimal_utd(utd_fit.params, b_law.params, n_params, delta, task=task)
+    if lr_law is not None:
+        point["lr"] = float(lr_law.params[f"c[{task}]"] * point["sigma"] ** lr_law.params["k"])
+    utd_draws = _utd_param_draws(utd_fit, n_draws, rng)
+    boot = len(utd_fit.extra.get("_utd_draws", {}).get("alpha", ())) >= MIN_BOOT_DRAWS
+    method = (f"{level:.0%} percentiles over {len(utd_draws)} joint draws: D_J(sigma) "
+              + ("bootstrap" if boot else "multivariate t") + ", B*/eta* laws multivariate t")
+    b_draws = _hparam_law_draws(b_law, len(utd_draws), rng)
+    lr_draws = _hparam_law_draws(lr_law, len(utd_draws), rng) if lr_law is not None else None
+    names = ["sigma", "B", "F", "C", "D"] + (["lr"] if lr_law is not None else [])
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for i, (u, b) in enumerate(zip(utd_draws, b_draws, strict=True)):
+        try:
+            with np.errstate(all="ignore"):
+                o = optimal_utd(u, b, n_params, delta, task=task)
+                if lr_draws is not None:
+                    o["lr"] = lr_draws[i][f"c[{task}]"] * o["sigma"] ** lr_draws[i]["k"]
+        except (OverflowError, ValueError):  # a far-tail draw with no finite optimum
+            continue
+        if all(math.isfinite(o[k]) for k in names):
+            for k in names:
+                samples[k].append(o[k])
+    n_ok = len(samples["sigma"])
+    method += f"; {len(utd_draws) - n_ok} of {len(utd_draws)} draws had no finite optimum"
+    # failed draws are far-tail ones (e.g. alpha near 0 with few dof): beyond 5% of them
+    # the percentiles would mislead, and the law is too uncertain for an interval
+    usable = n_ok >= max(10, 0.95 * len(utd_draws))
+    if not usable:
+        method += " (too many for an interval: more points per law are needed)"
+    q = [50 * (1 - level), 50 * (1 + level)]
+    out = {}
+    for k in names:
+        lo, hi = np.percentile(samples[k], q) if usable else (math.nan, math.nan)
+        out[k] = {"value": float(point[k]), "low": float(lo), "high": float(hi),
+                  "method": method}
+    return out
 
 
 # ================================================================ imitation, generalization

@@ -421,8 +421,9 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
 
 def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
               n_boot: int = 50, thresholds: Sequence[float] | None = None,
-              delta: float | None = None) -> None:
-    """Rybkin et al.'s UTD workflow on a (sigma, B, eta) grid."""
+              delta: float | None = None, budget: float | None = None) -> None:
+    """Rybkin et al.'s UTD workflow on a (sigma, B, eta) grid. ``budget``: the F = C + delta D
+    to forecast sigma* at (default 10x the largest F of the thresholds' optima)."""
     scol = utd_column(df)
     bcol = next((c for c in ("algo.batch_size", "algo.batch") if c in df), None)
     lcol = next((c for c in ("algo.lr", "algo.learning_rate") if c in df), None)
@@ -557,6 +558,14 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                 o = laws.optimal_utd(utd_fits[(j, t)].params, b_law.params, n_params, delta,
                                      task=t)
                 rows.append({"task": t, "J": j, **o})
+                if j == main_j:
+                    fc = laws.forecast_utd(utd_fits[(j, t)], b_law, n_params, delta, task=t,
+                                           lr_law=wf.hparam_fits.get("lr"))
+                    names = {"sigma": "sigma*", "B": "B*(sigma*)", "lr": "eta*(sigma*)",
+                             "D": "D_J(sigma*)", "C": "C_J(sigma*)", "F": "F(sigma*)"}
+                    for k, v in fc.items():
+                        st.forecasts[f"{names[k]} at main J{tag(t)}"] = {
+                            **v, "at": f"J={j:.4g}, delta={delta:.3g}"}
     if not rows:
         return
     opt = pd.DataFrame(rows)
@@ -564,13 +573,6 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         opt if multi else opt.drop(columns="task"))
     for t, o in opt.groupby("task", sort=True):
         o = o.reset_index(drop=True)
-        top = o[o["J"] == main_j]
-        if len(top):
-            top = top.iloc[0]
-            st.forecasts[f"sigma* at main J{tag(t)}"] = {"value": float(top["sigma"]),
-                                                         "at": f"J={main_j:.4g}"}
-            st.forecasts[f"B*(sigma*) at main J{tag(t)}"] = {"value": float(top["B"]),
-                                                             "at": f"J={main_j:.4g}"}
         name = f"sigma*(F){tag(t)}"
         if len(o) >= 3 and o["sigma"].nunique() >= 2 and not o["at_edge"].any():
             fit = attempt(st, name, lambda o=o: laws.fit_complexity(o["F"], o["sigma"],
@@ -579,6 +581,16 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                 fit.law = "sigma_star_vs_F"
                 fit.extra["form"] = "sigma* = c F^k"
                 st.fits[name] = fit
+                target = budget or float(o["F"].max() * 10)
+                f = laws.forecast_power(fit, target)
+                st.forecasts[f"sigma* at F={target:.3g}{tag(t)}"] = {
+                    **f, "at": f"F={target:.3g} (sigma*(F) law)"}
+                if b_law is not None:  # B*(sigma) is monotone: map the interval's ends
+                    bp = b_law.params
+                    vals = [bp[f"c[{t}]"] * f[k] ** bp["k"] for k in ("value", "low", "high")]
+                    st.forecasts[f"B*(sigma*) at F={target:.3g}{tag(t)}"] = {
+                        "value": vals[0], "low": min(vals[1:]), "high": max(vals[1:]),
+                        "at": f"F={target:.3g}; interval from sigma*'s only"}
         else:
             st.skipped[name] = "fewer than 3 thresholds with an interior optimum"
 
@@ -775,7 +787,8 @@ def run_pipeline(
                 elif kind == "isoflop":
                     study_isoflop(st, df, m, fig_dir, n_boot=n_boot, budget=budget)
                 elif kind == "utd":
-                    study_utd(st, df, m, fig_dir, n_boot=n_boot, thresholds=thresholds)
+                    study_utd(st, df, m, fig_dir, n_boot=n_boot, thresholds=thresholds,
+                              budget=budget)
                 elif kind == "generalization":
                     study_generalization(st, df, m, fig_dir, **(generalization or {}))
             except Exception as err:  # noqa: BLE001 - one study failing must not stop the rest

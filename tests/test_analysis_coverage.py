@@ -96,6 +96,23 @@ def _utd(rng: np.random.Generator, n_boot: int = 0) -> dict[str, bool]:
             "D_min": covers(f.ci["D_min"], UTD["D_min"])}
 
 
+UTD_OPT = laws.optimal_utd({"D_min": UTD["D_min"], "beta": UTD["beta_J"],
+                            "alpha": UTD["alpha_J"]}, {"c[all]": 256.0, "k": -0.6}, 1.4e5, 1e9)
+
+
+def _utd_forecast(rng: np.random.Generator) -> dict[str, bool]:
+    """sigma*, B*(sigma*) and the budget F at the optimum, from a D_J(sigma) law and a B*(sigma)
+    law each fitted on noisy data (5 and 10% noise)."""
+    sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
+    D = (UTD["D_min"] + (UTD["beta_J"] / sigma) ** UTD["alpha_J"]) * np.exp(
+        0.05 * rng.standard_normal(sigma.size))
+    grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    best_b = 256.0 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(grid.size))
+    fc = laws.forecast_utd(laws.fit_utd(sigma, D), laws.fit_hparam_law(grid, best_b), 1.4e5,
+                           1e9, seed=int(rng.integers(1 << 30)))
+    return {k: covers((fc[k]["low"], fc[k]["high"]), UTD_OPT[k]) for k in ("sigma", "B", "F")}
+
+
 def _return_vs_loss(rng: np.random.Generator) -> dict[str, bool]:
     loss = np.geomspace(0.6, 3, 12)
     ret = 10.0 - 4.0 * loss**-1.5 + 0.05 * rng.standard_normal(loss.size)
@@ -111,9 +128,10 @@ def _return_vs_loss(rng: np.random.Generator) -> dict[str, bool]:
         (_isoflop_profiles, 400, 0.92, 0.99),
         (_utd, 200, 0.90, 0.99),
         (_return_vs_loss, 200, 0.90, 0.99),
+        (_utd_forecast, 150, 0.90, 0.99),
     ],
     ids=["fixed_effects", "quadratic_surface", "isoflop_profiles", "utd_delta",
-         "return_vs_loss"],
+         "return_vs_loss", "utd_sigma_star_forecast"],
 )
 def test_asymptotic_intervals_cover_at_nominal_rate(draw: Draw, n_draws: int, low: float,
                                                     high: float):

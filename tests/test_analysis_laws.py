@@ -184,6 +184,33 @@ def test_best_hparams_and_their_power_laws():
     assert opt["F"] == pytest.approx(F.min(), rel=1e-6)
 
 
+def test_utd_forecast_point_is_the_optimum_and_draws_follow_the_fit():
+    rng = np.random.default_rng(8)
+    t = synthetic.UTD_TRUTH
+    sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
+    D = (t["D_min"] + (t["beta_J"] / sigma) ** t["alpha_J"]) * np.exp(
+        0.05 * rng.standard_normal(sigma.size))
+    grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    fb = laws.fit_hparam_law(grid, 256 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(5)))
+    fl = laws.fit_hparam_law(grid, 1e-3 * grid**-0.5 * np.exp(0.1 * rng.standard_normal(5)),
+                             name="lr")
+    for n_boot, source in ((0, "multivariate t"), (60, "bootstrap")):
+        fit = laws.fit_utd(sigma, D, n_boot=n_boot)
+        fc = laws.forecast_utd(fit, fb, 1.4e5, 1e9, lr_law=fl)
+        opt = laws.optimal_utd(fit.params, fb.params, 1.4e5, 1e9)
+        for k in ("sigma", "B", "F", "C", "D"):
+            assert fc[k]["value"] == pytest.approx(opt[k]), k
+            assert fc[k]["low"] < fc[k]["value"] < fc[k]["high"], (k, fc[k])
+        assert fc["lr"]["value"] == pytest.approx(fl.params["c[all]"] * opt["sigma"] ** -0.5,
+                                                  rel=0.1)
+        assert f"D_J(sigma) {source}" in fc["sigma"]["method"]
+    # more noise in the B* law: a wider interval on B*(sigma*)
+    fb_noisy = laws.fit_hparam_law(grid, fb.params["c[all]"] * grid ** fb.params["k"]
+                                   * np.exp(0.4 * rng.standard_normal(5)))
+    wide = laws.forecast_utd(fit, fb_noisy, 1.4e5, 1e9)["B"]
+    assert np.log(wide["high"] / wide["low"]) > np.log(fc["B"]["high"] / fc["B"]["low"])
+
+
 def test_utd_workflow_several_tasks_shared_slope_and_bootstrap():
     """Two tasks with different intercepts: the shared slopes, each task's intercepts and
     each task's D_J(sigma) law are recovered; bootstrap intervals over seeds contain the

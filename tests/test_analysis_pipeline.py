@@ -84,6 +84,16 @@ def test_all_synthetic_studies(tmp_path: Path):
     assert b_law["k"] == pytest.approx(u["B_exp"], abs=0.25)
     (h, th), (w, tw) = u["tasks"].items()
     assert b_law[f"c[{w}]"] / b_law[f"c[{h}]"] == pytest.approx(tw["B0"] / th["B0"], rel=0.4)
+    # sigma*, B*, eta* at the main threshold, with an interval, or the reason there is none
+    # (here one seed and 4 sigma per task: D_J(sigma) has 1 dof, so draws can fail)
+    for task in u["tasks"]:
+        for name in ("sigma*", "B*(sigma*)", "eta*(sigma*)", "F(sigma*)"):
+            f = utd["forecasts"][f"{name} at main J [{task}]"]
+            assert f["value"] > 0 and "joint draws" in f["method"], (name, task, f)
+            if f["low"] is None:
+                assert "too many for an interval" in f["method"]
+            else:
+                assert f["low"] <= f["value"] <= f["high"], (name, task, f)
     report = (out / "report.md").read_text()
     for title in ("isoFLOP profiles", "UTD-ratio", "intrinsic performance"):
         assert title in report
