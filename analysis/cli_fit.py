@@ -7,7 +7,7 @@ fits one law to the rows of a CSV and prints the fitted parameters with their in
 LAW         roles                   parameters
 ==========  ======================  ==========================================
 chinchilla  N, D (or C), loss       E, A, B, alpha, beta, a, b
-isoflop     N, C, loss              a, b, L_exponent
+isoflop     N, C, loss              a, b, L_exponent, L_inf  (``--offset`` fits L_inf)
 power       x, y                    c, k, offset  (``--offset`` fits a constant)
 utd         sigma, D                D_min, beta, alpha
 intrinsic   N, E, return (C, run)   N_c, E_c, alpha_N, alpha_E, beta
@@ -17,13 +17,15 @@ A role defaults to the column of the same name. For ``chinchilla`` a missing ``D
 derived from ``C`` as ``C / (k N)`` with ``--flops-per-param-sample k`` (default 6). With
 ``--json`` one object is printed: ``{"law", "params", "ci", "n_points", "loss"}`` (``ci``
 maps a parameter to ``[low, high]``; NaN is ``null``). Errors (missing column, too few
-points, non-positive values) print one line on stderr and exit with status 2.
+points, non-positive values, bad options, a fit that overflows or is singular) print one
+line on stderr and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,12 +36,14 @@ import pandas as pd
 
 from analysis import laws
 from analysis.fitting import (
+    FIT_FAILURES,
     FitError,
     FitResult,
     fit_chinchilla,
     fit_loglog,
     fit_power_offset,
     one_blas_thread,
+    one_line,
 )
 
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -52,7 +56,7 @@ ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 PARAMS: dict[str, tuple[str, ...]] = {
     "chinchilla": ("E", "A", "B", "alpha", "beta", "a", "b"),
-    "isoflop": ("a", "b", "L_exponent"),
+    "isoflop": ("a", "b", "L_exponent", "L_inf"),
     "power": ("c", "k", "offset"),
     "utd": ("D_min", "beta", "alpha"),
     "intrinsic": ("N_c", "E_c", "alpha_N", "alpha_E", "beta"),
@@ -114,8 +118,13 @@ def _fit_chinchilla(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitRe
 
 
 def _fit_isoflop(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
-    return laws.fit_isoflop(v["N"], v["C"], v["loss"], D=v.get("D"), level=args.level,
-                            flops_per_param_sample=args.flops_per_param_sample)
+    f = laws.fit_isoflop(v["N"], v["C"], v["loss"], D=v.get("D"), level=args.level,
+                         flops_per_param_sample=args.flops_per_param_sample,
+                         loss_offset=args.offset)
+    if not args.offset:  # a pure power law is the plus-constant one with L_inf fixed at 0
+        f.params["L_inf"] = 0.0
+        f.ci["L_inf"] = (0.0, 0.0)
+    return f
 
 
 def _fit_power(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
@@ -164,6 +173,7 @@ def fit_table(law: str, df: pd.DataFrame, cols: dict[str, str] | None = None,
         setattr(args, k, val)
     if args.n_boot is None:
         args.n_boot = DEFAULT_BOOT[law]
+    check_options(args)
     values = resolve_columns(law, df, cols or {})
     fit = FITTERS[law](values, args)
     js = fit.to_json()
@@ -175,6 +185,17 @@ def fit_table(law: str, df: pd.DataFrame, cols: dict[str, str] | None = None,
         "n_points": js["n_points"],
         "loss": js["loss"],
     }
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raise FitError (one line) for option values no fit can use."""
+    k = args.flops_per_param_sample
+    if not (math.isfinite(k) and k > 0):
+        raise FitError(f"--flops-per-param-sample must be > 0, got {k:g}")
+    if not 0 < args.level < 1:  # also false for NaN
+        raise FitError(f"--level must be in (0, 1), got {args.level:g}")
+    if args.n_boot < 0:
+        raise FitError(f"--n-boot must be >= 0, got {args.n_boot}")
 
 
 # bootstrap resamples where the law's intervals come from a bootstrap
@@ -191,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--col", action="append", default=[], metavar="ROLE=COLUMN",
                    help="which column plays a role (repeatable); default: same name")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--offset", action="store_true", help="power: fit y = offset + c x^k")
+    p.add_argument("--offset", action="store_true",
+                   help="power: fit y = offset + c x^k; isoflop: L_opt = L_inf + c C^k "
+                        "(needs 4 budgets)")
     p.add_argument("--space", choices=("log", "linear"), default="log",
                    help="power --offset: residuals in log y (default) or y")
     p.add_argument("--flops-per-param-sample", type=float, default=6.0,
@@ -228,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res = fit_table(args.law, df, cols, offset=args.offset, space=args.space,
                             flops_per_param_sample=args.flops_per_param_sample,
                             n_boot=args.n_boot, level=args.level, seed=args.seed)
-    except FitError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except FIT_FAILURES as err:  # FitError, and numeric failures such as an overflow
+        print(f"error: {one_line(err, max_len=None)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res, allow_nan=False))

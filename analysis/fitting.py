@@ -30,6 +30,7 @@ import contextlib
 import functools
 import itertools
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -65,6 +66,9 @@ __all__ = [
     "rolling_cv",
     "holdout_largest",
     "t_quantile",
+    "FIT_FAILURES",
+    "one_line",
+    "safe_exp",
 ]
 
 LEVEL = 0.95
@@ -161,6 +165,32 @@ def _json_safe(obj: Any) -> Any:
 
 class FitError(ValueError):
     """A user-facing problem with the data given to a fit; the message is one line."""
+
+
+# Exceptions that mean "these data do not support this fit" (FitError is a ValueError;
+# ArithmeticError covers OverflowError, ZeroDivisionError and FloatingPointError from
+# math.exp/pow on far-off parameters): callers record them as a reason and go on.
+FIT_FAILURES: tuple[type[BaseException], ...] = (
+    ValueError, ArithmeticError, np.linalg.LinAlgError)
+
+
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+
+
+def safe_exp(v: float) -> float:
+    """``math.exp`` that saturates to inf instead of raising OverflowError: for interval
+    ends, where an unbounded end is an answer (JSON ``null``), not a crash."""
+    return math.inf if v > _LOG_FLOAT_MAX else math.exp(v)
+
+
+def one_line(err: BaseException, max_len: int | None = 300) -> str:
+    """An exception as one line (cut at ``max_len``, None: whole) for a report or the CLI;
+    other than FitError it is named by its type (``OverflowError: math range error`` says
+    more than the message)."""
+    msg = " ".join(str(err).split()) or type(err).__name__
+    if not isinstance(err, FitError):
+        msg = f"{type(err).__name__}: {msg}"
+    return msg[:max_len]
 
 
 # --------------------------------------------------------------------------- validation
@@ -373,7 +403,9 @@ def fit_power_offset(
     if space == "log":
         g = np.array([1.0, -math.log(xs), 0.0])
         se_logc = math.sqrt(max(g @ cov @ g, 0.0))
-        ci_c = (math.exp(math.log(c) - t * se_logc), math.exp(math.log(c) + t * se_logc))
+        # from log c itself: c may underflow to 0 (log(0)) and its interval ends overflow
+        log_c = float(theta[0]) - k * math.log(xs)
+        ci_c = (safe_exp(log_c - t * se_logc), safe_exp(log_c + t * se_logc))
     else:
         g = np.array([xs ** (-k), -c * math.log(xs), 0.0])
         se_c = math.sqrt(max(g @ cov @ g, 0.0))
@@ -877,7 +909,7 @@ def bootstrap(
         idx = np.concatenate(parts)
         try:
             out = fit_fn(idx)
-        except (FitError, ValueError, FloatingPointError, np.linalg.LinAlgError):
+        except FIT_FAILURES:
             n_failed += 1
             continue
         vals = {k: float(v) for k, v in out.items()}
@@ -993,7 +1025,7 @@ def rolling_cv(
         test = np.flatnonzero(np.isin(b, ub[i : i + horizon]))
         try:
             pred = np.asarray(fit_predict(train, test), dtype=float).reshape(-1)
-        except (FitError, ValueError, np.linalg.LinAlgError) as exc:
+        except FIT_FAILURES as exc:
             folds.append({"train_max": float(ub[i - 1]), "test": ub[i : i + horizon].tolist(),
                           "error": str(exc)})
             continue

@@ -14,12 +14,14 @@ uncertainty in its docstring; ``docs/analysis.md`` collects them.
   :func:`fit_utd`, :func:`utd_compute`, :func:`pareto_front`, :func:`optimal_utd`.
 - Imitation return vs loss: :func:`fit_return_vs_loss`.
 - Generalization vs problem complexity: :func:`fit_complexity`.
-- Forecasts: :func:`forecast_power`, :func:`forecast_isoflop`.
+- Forecasts: :func:`forecast_power`, :func:`forecast_isoflop`,
+  :func:`forecast_intrinsic_allocation` (N_opt and D_opt), :func:`forecast_utd`.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +31,7 @@ from scipy import optimize
 
 from analysis import curves
 from analysis.fitting import (
+    FIT_FAILURES,
     LEVEL,
     FitError,
     FitResult,
@@ -45,6 +48,7 @@ from analysis.fitting import (
     power_offset_intervals,
     predict_power,
     rolling_cv,
+    safe_exp,
     single_blas_thread,
     t_quantile,
 )
@@ -62,6 +66,8 @@ __all__ = [
     "intrinsic_performance",
     "intrinsic_n_opt",
     "forecast_intrinsic",
+    "intrinsic_d_opt",
+    "forecast_intrinsic_allocation",
     "frontier_size_law",
     "best_hparams",
     "fit_hparam_law",
@@ -342,6 +348,7 @@ def compare_isoflop_methods(
     D: Any,
     *,
     flops_per_param_sample: float = 6.0,
+    loss_offset: bool = False,
     min_train: int = 3,
     n_starts: int = 16,
 ) -> dict[str, Any]:
@@ -349,7 +356,9 @@ def compare_isoflop_methods(
 
     Target: at each held-out budget, the lowest measured loss (the envelope point). Each
     method predicts ``L_opt`` there from fits on the smaller budgets only: isoFLOP profiles
-    (``L_opt`` power law), envelope, Chinchilla Approach 3, quadratic surface. Score: RMSE of
+    (``L_opt`` power law, plus a constant with ``loss_offset``: its folds with fewer than 4
+    training budgets fail and are skipped), envelope, Chinchilla Approach 3, quadratic
+    surface. Score: RMSE of
     log loss (:func:`~analysis.fitting.rolling_cv`). Returns
     ``{"rmse": {method: value}, "folds": {...}, "best": method, "budgets": ..., "targets": ...}``
     (the envelope point per budget that the folds forecast).
@@ -369,7 +378,7 @@ def compare_isoflop_methods(
 
     def isoflop_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         m = pick(ub[tr])
-        f = fit_isoflop(N[m], C[m], L[m], D=D[m])
+        f = fit_isoflop(N[m], C[m], L[m], D=D[m], loss_offset=loss_offset)
         return predict_power(f.extra["_fits"]["L_opt"].params, ub[te])
 
     def envelope_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
@@ -601,27 +610,48 @@ def intrinsic_n_opt(params: Mapping[str, float], C: Any, kappa: float) -> np.nda
     return np.exp(r + aE / s * np.log(np.asarray(C, float) / kappa))
 
 
-def forecast_intrinsic(fit: FitResult, C: float, *, level: float | None = None
-                       ) -> dict[str, Any]:
-    """``N_opt`` at compute ``C`` from a :func:`fit_intrinsic` result, with a percentile
-    interval from the fit's bootstrap draws (:func:`~analysis.fitting.bootstrap` over runs;
-    each draw's parameters give one ``N_opt``). Without draws (``n_boot=0``) the interval
-    is NaN."""
+def intrinsic_d_opt(params: Mapping[str, float], C: Any, kappa: float) -> np.ndarray:
+    """Compute-optimal data (interactions) of the intrinsic law at compute ``C = kappa N E``:
+    ``D_opt = C / (kappa N_opt)``, so ``D_opt ~ C^(1 - k)``."""
+    C = np.asarray(C, float)
+    return C / (kappa * intrinsic_n_opt(params, C, kappa))
+
+
+def forecast_intrinsic_allocation(fit: FitResult, C: float, *, level: float | None = None
+                                  ) -> dict[str, dict[str, Any]]:
+    """``N_opt`` and ``D_opt`` at compute ``C`` from a :func:`fit_intrinsic` result
+    (:func:`intrinsic_n_opt`, :func:`intrinsic_d_opt`), each ``{"value", "low", "high",
+    "method"}``. Intervals: percentiles over the fit's bootstrap draws
+    (:func:`~analysis.fitting.bootstrap` over runs), each draw's parameters giving one
+    ``N_opt`` and one ``D_opt``; the two intervals thus come from the same draws. Without
+    draws (``n_boot=0``) they are NaN."""
     level = fit.extra.get("level", LEVEL) if level is None else level
     kappa = fit.extra["kappa"]
-    value = float(intrinsic_n_opt(fit.params, C, kappa))
+    funcs = {"N_opt": intrinsic_n_opt, "D_opt": intrinsic_d_opt}
+    out = {name: {"value": float(fn(fit.params, C, kappa)), "low": math.nan,
+                  "high": math.nan, "method": "point estimate only (no bootstrap draws)"}
+           for name, fn in funcs.items()}
     draws = fit.extra.get("_draws") or {}
-    lo = hi = math.nan
-    method = "point estimate only (no bootstrap draws)"
-    if draws and all(k in draws for k in ("alpha_N", "alpha_E", "N_c", "E_c")):
-        n = np.array([float(intrinsic_n_opt({k: draws[k][i] for k in draws}, C, kappa))
-                      for i in range(len(draws["alpha_N"]))])
-        n = n[np.isfinite(n) & (n > 0)]
-        if n.size >= 2:
-            q = [50 * (1 - level), 50 * (1 + level)]
-            lo, hi = (float(np.exp(v)) for v in np.percentile(np.log(n), q))
-            method = f"percentile bootstrap over runs ({n.size} draws)"
-    return {"value": value, "low": lo, "high": hi, "method": method}
+    if not (draws and all(k in draws for k in ("alpha_N", "alpha_E", "N_c", "E_c"))):
+        return out
+    per_draw = [{k: draws[k][i] for k in draws} for i in range(len(draws["alpha_N"]))]
+    q = [50 * (1 - level), 50 * (1 + level)]
+    for name, fn in funcs.items():
+        with np.errstate(all="ignore"):  # a far-off draw may overflow: dropped below
+            v = np.array([float(fn(p, C, kappa)) for p in per_draw])
+        v = v[np.isfinite(v) & (v > 0)]
+        if v.size >= 2:
+            lo, hi = (float(np.exp(x)) for x in np.percentile(np.log(v), q))
+            out[name].update(low=lo, high=hi,
+                             method=f"percentile bootstrap over runs ({v.size} draws)")
+    return out
+
+
+def forecast_intrinsic(fit: FitResult, C: float, *, level: float | None = None
+                       ) -> dict[str, Any]:
+    """``N_opt`` at compute ``C`` with its bootstrap interval: the ``N_opt`` entry of
+    :func:`forecast_intrinsic_allocation`."""
+    return forecast_intrinsic_allocation(fit, C, level=level)["N_opt"]
 
 
 def intrinsic_performance(params: Mapping[str, float], N: Any, E: Any) -> np.ndarray:
@@ -853,7 +883,7 @@ def fit_utd_workflow(
         vals = np.array([r[name] for r in rows])
         try:
             wf.hparam_fits[name] = fit_hparam_law(bs_, vals, bt, name=name, level=level)
-        except (FitError, ValueError, np.linalg.LinAlgError) as err:
+        except FIT_FAILURES as err:
             wf.errors[f"{name}*(sigma)"] = str(err)
     if n_boot > 0 and wf.hparam_fits:
         gs = [r["_group"] for r in rows]
@@ -884,7 +914,7 @@ def fit_utd_workflow(
             wf.points[key] = (grid.sigma[m], Dj[m])
             try:
                 fit = fit_utd(grid.sigma[m], Dj[m], level=level)
-            except (FitError, ValueError, np.linalg.LinAlgError) as err:
+            except FIT_FAILURES as err:
                 wf.errors[f"D_J(sigma) J={j:.4g} [{t}]"] = str(err)
                 continue
             fit.extra["task"] = t
@@ -913,7 +943,7 @@ def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarra
             raise FitError("too few points in this draw")
         th, _ = _power_offset_core(sig / xs, d, "log", UTD_K_BOUNDS, (0.0, float(d.min())),
                                    theta)
-        p = _utd_params(th, xs)
+        p = _utd_params(th, xs)  # FitError when beta leaves the float range: a failed draw
         return {"D_min": p["D_min"], "log_beta": math.log(p["beta"]), "alpha": p["alpha"]}
 
     bs = bootstrap(stat, Dj.size, strata=grid.cell, n_boot=n_boot, level=level, seed=seed)
@@ -925,7 +955,7 @@ def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarra
                                    "beta": np.exp(bs.draws["log_beta"]),
                                    "alpha": np.asarray(bs.draws["alpha"])}
         lb = bs.ci["log_beta"]
-        fit.ci = {"D_min": bs.ci["D_min"], "beta": (math.exp(lb[0]), math.exp(lb[1])),
+        fit.ci = {"D_min": bs.ci["D_min"], "beta": (safe_exp(lb[0]), safe_exp(lb[1])),
                   "alpha": bs.ci["alpha"]}
         fit.extra["method"] = ("least squares; percentile bootstrap over seeds within "
                                "(task, sigma, B, eta) cells, best cell re-picked per draw")
@@ -946,12 +976,32 @@ def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
 UTD_K_BOUNDS = (-5.0, -0.01)
 
 
-def _utd_params(theta: np.ndarray, xs: float) -> dict[str, float]:
-    """(D_min, beta, alpha) from fit_power_offset's log-space theta = [log c_s, k, offset]."""
+# log of the largest and of the smallest normal positive float: beta = exp(log beta) must
+# lie in between to be a usable parameter (and its log to be taken again downstream)
+_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+_LOG_FLOAT_MIN = math.log(sys.float_info.min)
+
+
+def _utd_log_beta(theta: np.ndarray, xs: float) -> float:
+    """``log beta = log c / alpha`` from fit_power_offset's log-space ``theta = [log c_s, k,
+    offset]``; kept in logs since beta itself leaves the float range when alpha is small."""
     k = float(theta[1])
-    alpha = -k
-    log_c = float(theta[0]) - k * math.log(xs)
-    return {"D_min": float(theta[2]), "beta": math.exp(log_c / alpha), "alpha": alpha}
+    return (float(theta[0]) - k * math.log(xs)) / -k
+
+
+def _utd_params(theta: np.ndarray, xs: float) -> dict[str, float]:
+    """(D_min, beta, alpha) from fit_power_offset's log-space theta = [log c_s, k, offset].
+
+    Raises FitError when beta is out of the float range: with alpha near its bound 0.01,
+    beta = c^(1/alpha) is c to the 100th power (D_J does not fall with sigma, e.g. flat or
+    rising D), and such a beta would overflow, or underflow to 0, in every later use."""
+    alpha = -float(theta[1])
+    log_beta = _utd_log_beta(theta, xs)
+    if not _LOG_FLOAT_MIN < log_beta < _LOG_FLOAT_MAX:
+        raise FitError(f"utd: beta = 10^{log_beta / math.log(10):.4g} is out of floating-point "
+                       f"range (alpha = {alpha:.3g}, lower bound {-UTD_K_BOUNDS[1]:g}): D_J "
+                       "does not fall with sigma as D_min + (beta/sigma)^alpha needs")
+    return {"D_min": float(theta[2]), "beta": math.exp(log_beta), "alpha": alpha}
 
 
 @single_blas_thread
@@ -962,14 +1012,19 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
     A power law plus constant in ``sigma`` (:func:`~analysis.fitting.fit_power_offset`,
     log-space residuals, bounded multi-start least squares with ``k = -alpha`` in
     [-5, -0.01] and ``0 <= D_min <= min D``), reparameterised to ``beta = c^(1/alpha)``.
-    Uncertainty: delta-method t-intervals on ``n - 3`` dof (``beta`` through the fit's
-    covariance), or a percentile bootstrap with ``n_boot > 0``. Needs >= 4 points and at
-    least 3 distinct sigma.
+    Uncertainty: delta-method t-intervals on ``n - 3`` dof (``log beta`` through the fit's
+    covariance), or a percentile bootstrap with ``n_boot > 0``; interval ends beyond the
+    float range are 0 or inf. Needs >= 4 points, at least 3 distinct sigma and D not all
+    equal. FitError when beta itself is out of the float range (alpha near 0.01: D_J does
+    not fall with sigma) rather than an overflow or a ``math domain error``.
     """
     sig = as_array(sigma, "sigma", positive=True, min_len=4)
     Dv = as_array(D, "D", positive=True, min_len=4)
     if np.unique(sig).size < 3:
         raise FitError(f"sigma: {np.unique(sig).size} distinct values, 3 needed")
+    if np.unique(Dv).size == 1:  # else alpha sits on its bound and beta leaves the float range
+        raise FitError(f"D: all {Dv.size} values equal ({Dv[0]:.4g}); D_J does not vary with "
+                       "sigma, there is no law to fit")
     f = fit_power_offset(sig, Dv, space="log", k_bounds=UTD_K_BOUNDS, level=level,
                          n_boot=n_boot, groups=groups, seed=seed, law="utd")
     xs = f.extra["x_scale"]
@@ -980,20 +1035,25 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
         c, k = np.asarray(draws["c"]), np.asarray(draws["k"])
         ok = (c > 0) & (k < 0)
         q = [50 * (1 - level), 50 * (1 + level)]
-        beta = np.exp(np.log(c[ok]) / -k[ok])
-        f.extra["_utd_draws"] = {"D_min": np.asarray(draws["offset"])[ok], "beta": beta,
-                                 "alpha": -k[ok]}
+        log_beta = np.log(c[ok]) / -k[ok]
+        # a draw whose beta leaves the float range cannot be used downstream: drop it
+        keep = (log_beta > _LOG_FLOAT_MIN) & (log_beta < _LOG_FLOAT_MAX)
+        f.extra["_utd_draws"] = {"D_min": np.asarray(draws["offset"])[ok][keep],
+                                 "beta": np.exp(log_beta[keep]), "alpha": -k[ok][keep]}
+        # percentiles in log beta (as _bootstrap_utd), then exp: no overflow on the way
+        lb = np.percentile(log_beta, q) if log_beta.size else (math.nan, math.nan)
         ci = {"D_min": f.ci["offset"], "alpha": (-f.ci["k"][1], -f.ci["k"][0]),
-              "beta": tuple(np.percentile(beta, q)) if beta.size else (math.nan, math.nan)}
+              "beta": (safe_exp(float(lb[0])), safe_exp(float(lb[1])))}
     else:
         cov = f.extra["_cov_theta"]
         dof = f.extra["dof"]
-        dm = delta_method(lambda th: math.log(_utd_params(th, xs)["beta"]), theta, cov,
-                          level=level, dof=max(dof, 1))
+        # differentiate log beta itself: exp then log would underflow to log(0)
+        dm = delta_method(lambda th: _utd_log_beta(th, xs), theta, cov, level=level,
+                          dof=max(dof, 1))
         lb = float(dm["value"])
         t = t_quantile(level, max(dof, 1))
         ci = {"D_min": f.ci["offset"], "alpha": (-f.ci["k"][1], -f.ci["k"][0]),
-              "beta": (math.exp(lb - t * float(dm["se"])), math.exp(lb + t * float(dm["se"])))}
+              "beta": (safe_exp(lb - t * float(dm["se"])), safe_exp(lb + t * float(dm["se"])))}
     extra = dict(f.extra)
     extra["form"] = "D_J(sigma) = D_min + (beta / sigma)^alpha"
     extra["_power_fit"] = f
@@ -1084,7 +1144,7 @@ def _utd_param_draws(fit: FitResult, n: int, rng: np.random.Generator) -> list[d
         th[2] = max(th[2], 0.0)
         try:
             out.append(_utd_params(th, xs))
-        except (OverflowError, ValueError):  # a far-tail draw: counted as failed below
+        except FIT_FAILURES:  # a far-tail draw (beta out of range): counted as failed below
             out.append({"D_min": math.nan, "beta": math.nan, "alpha": math.nan})
     return out
 
@@ -1131,7 +1191,7 @@ def forecast_utd(utd_fit: FitResult, b_law: FitResult, n_params: float, delta: f
                 o = optimal_utd(u, b, n_params, delta, task=task)
                 if lr_draws is not None:
                     o["lr"] = lr_draws[i][f"c[{task}]"] * o["sigma"] ** lr_draws[i]["k"]
-        except (OverflowError, ValueError):  # a far-tail draw with no finite optimum
+        except FIT_FAILURES:  # a far-tail draw with no finite optimum
             continue
         if all(math.isfinite(o[k]) for k in names):
             for k in names:

@@ -39,6 +39,7 @@ import pandas as pd
 
 from analysis import collect, curves, figures, laws
 from analysis.fitting import (
+    FIT_FAILURES,
     FitError,
     FitResult,
     chinchilla_allocation,
@@ -46,6 +47,7 @@ from analysis.fitting import (
     holdout_largest,
     loglog_intervals,
     one_blas_thread,
+    one_line,
     power_offset_intervals,
 )
 from analysis.report import StudyResult, write_outputs
@@ -55,20 +57,14 @@ log = logging.getLogger(__name__)
 RETURN_METRICS = ("return_mean", "eval_return", "success_rate", "eval_success")
 LOSS_METRICS = ("val_loss", "loss")
 SIZE_COLUMNS = ("params.effective", "params.total")
-# Errors that mean "this law cannot be fitted on these data" (reported, not raised).
-FIT_ERRORS = (FitError, ValueError, KeyError, IndexError, ZeroDivisionError,
-              np.linalg.LinAlgError, FloatingPointError, RuntimeError)
+# Errors that mean "this law cannot be fitted on these data" (reported, not raised):
+# the fits' own (FitError, ValueError, ArithmeticError such as an OverflowError in one law,
+# LinAlgError) and lookups that find no usable rows.
+FIT_ERRORS: tuple[type[BaseException], ...] = FIT_FAILURES + (KeyError, IndexError,
+                                                              RuntimeError)
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one short line for the report."""
-    msg = " ".join(str(err).split()) or type(err).__name__
-    if not isinstance(err, FitError):
-        msg = f"{type(err).__name__}: {msg}"
-    return msg[:300]
 
 
 def attempt(st: StudyResult, name: str, fn: Callable[[], Any]) -> Any:
@@ -223,6 +219,12 @@ def study_curves(st: StudyResult, df: pd.DataFrame, metric: str, out: Path,
     if not frontier:
         return
     st.context["sizes"] = int(df["size"].nunique())
+    if have_flops and not budget:
+        # as in study_isoflop: forecast one decade beyond the largest budget measured
+        budget = 10 * float(okf["flops"].max())
+        st.context["forecast budget C"] = f"{budget:.3g} (10x the largest FLOPs)"
+    elif budget:
+        st.context["forecast budget C"] = f"{budget:.3g}"
     if front is None or front.empty:
         st.skipped["compute-efficient frontier"] = "no FLOPs counter"
         return
@@ -303,13 +305,15 @@ def _intrinsic(st: StudyResult, df: pd.DataFrame, metric: str, n_col: str, xdata
                     logy=True)
                 break
     if budget:
-        f = laws.forecast_intrinsic(fit, budget)
-        st.forecasts["N_opt (intrinsic law)"] = {**f, "at": f"C={budget:.3g}"}
+        for name, f in laws.forecast_intrinsic_allocation(fit, budget).items():
+            st.forecasts[f"{name} (intrinsic law)"] = {**f, "at": f"C={budget:.3g}"}
 
 
 def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
-                  n_boot: int = 50, budget: float | None = None, n_budgets: int = 8) -> None:
-    """isoFLOP profiles and the allocation laws on a BC-style size sweep."""
+                  n_boot: int = 50, budget: float | None = None, n_budgets: int = 8,
+                  loss_offset: bool = False) -> None:
+    """isoFLOP profiles and the allocation laws on a BC-style size sweep. ``loss_offset``:
+    fit ``L_opt = L_inf + L_coef C^L_exponent`` instead of a pure power law."""
     n_col, _, _ = size_columns(df)
     if n_col is None:
         raise FitError("no parameter count (params.effective) in run.json")
@@ -333,7 +337,8 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
     N, C, L, D = (prof[c].to_numpy(float) for c in (n_col, "budget", metric, "data"))
     target = budget or float(budgets.max() * 10)
 
-    iso = attempt(st, "isoFLOP profiles", lambda: laws.fit_isoflop(N, C, L, D=D))
+    iso = attempt(st, "isoFLOP profiles", lambda: laws.fit_isoflop(N, C, L, D=D,
+                                                                   loss_offset=loss_offset))
     par = laws.isoflop_parabolas(N, C, L)
     st.figures += figures.plot_isoflop(
         prof, n_col, metric, out, f"{_slug(st.key)}_isoflop_profiles",
@@ -348,8 +353,10 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                            ("L_opt", metric)):
             f = iso.extra["_fits"][name]
             xg = np.geomspace(iso.extra["budgets"].min(), target * 1.5, 100)
-            iv = loglog_intervals(f, xg) if "offset" not in f.params else \
-                power_offset_intervals(f, xg)
+            offset = "offset" in f.params
+            iv = power_offset_intervals(f, xg) if offset else loglog_intervals(f, xg)
+            label = (f"{name} = {f.params['offset']:.3g} + c C^{f.params['k']:.3g}" if offset
+                     else f"{name} ∝ C^{f.params['k']:.3g}")
             st.figures += figures.plot_power_law(
                 iso.extra["budgets"], iso.extra[name], out,
                 f"{_slug(st.key)}_{name}_vs_compute", fit_x=xg, fit_y=iv["y"],
@@ -357,7 +364,7 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                 forecast={"x": target, "y": fc[name]["value"], "low": fc[name]["low"],
                           "high": fc[name]["high"]},
                 title=f"{st.experiment}: {name} vs compute", xlabel="training FLOPs C",
-                ylabel=ylab, fit_label=f"{name} ∝ C^{f.params['k']:.3g}")
+                ylabel=ylab, fit_label=label)
     env = attempt(st, "envelope", lambda: laws.fit_envelope(N, C, L))
     if env is not None:
         st.fits["envelope"] = env
@@ -387,7 +394,7 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
     if qs is not None:
         st.fits["quadratic surface"] = qs
     cmp_ = attempt(st, "method choice (held-out RMSE)", lambda: laws.compare_isoflop_methods(
-        N, C, L, D, flops_per_param_sample=kflops))
+        N, C, L, D, flops_per_param_sample=kflops, loss_offset=loss_offset))
     if cmp_ is not None:
         st.tables["held-out RMSE of log L_opt on larger budgets (rolling CV)"] = pd.DataFrame(
             {"method": list(cmp_["rmse"]), "rmse": list(cmp_["rmse"].values())})
@@ -539,20 +546,9 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
     st.context["delta (FLOPs per env step in F = C + delta D)"] = delta
     rows = []
     for t in tasks:
-        reached = reached_all[reached_all["task"].astype(str) == t]
-        if (main_j, t) in utd_fits and len(reached):
-            fit = utd_fits[(main_j, t)]
-            sg = np.geomspace(reached["sigma"].min() / 2, reached["sigma"].max() * 2, 80)
-            cj = laws.utd_compute(fit.params, b_law.params, sg, n_params, task=t)
-            dj = laws.predict_utd(fit.params, sg)
-            front = reached.iloc[laws.pareto_front(reached["D_J"], reached["C_J"])]
-            fig_name = f"{_slug(st.key)}_pareto" + (f"_{_slug(t)}" if multi else "")
-            st.figures += figures.plot_pareto(
-                reached, "D_J", "C_J", "sigma", out, fig_name,
-                frontier=front, fit_curve=(dj, cj),
-                title=f"{st.experiment}{tag(t)}: data vs compute to J={main_j:.4g}",
-                xlabel="data D_J (env steps)", ylabel="compute C_J (FLOPs)",
-                group_label="sigma")
+        for j in thresholds:  # each threshold has its own data-compute trade-off
+            _pareto_figure(st, res[j], utd_fits.get((j, t)), b_law, n_params, j, t, out,
+                           multi=multi)
         for j in thresholds:
             if (j, t) in utd_fits:
                 o = laws.optimal_utd(utd_fits[(j, t)].params, b_law.params, n_params, delta,
@@ -593,6 +589,27 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                         "at": f"F={target:.3g}; interval from sigma*'s only"}
         else:
             st.skipped[name] = "fewer than 3 thresholds with an interior optimum"
+
+
+def _pareto_figure(st: StudyResult, runs: pd.DataFrame, fit: FitResult | None,
+                   b_law: FitResult, n_params: float, j: float, task: str, out: Path, *,
+                   multi: bool) -> None:
+    """Data vs compute to threshold ``j`` for one task's runs: the runs, their empirical
+    Pareto frontier and the one implied by the fitted D_J(sigma) and B*(sigma) laws.
+    File ``<study>_pareto_J<j>[_<task>]``."""
+    reached = runs[runs["task"].astype(str) == task].dropna(subset=["D_J"])
+    if fit is None or reached.empty:
+        return
+    sg = np.geomspace(reached["sigma"].min() / 2, reached["sigma"].max() * 2, 80)
+    cj = laws.utd_compute(fit.params, b_law.params, sg, n_params, task=task)
+    dj = laws.predict_utd(fit.params, sg)
+    front = reached.iloc[laws.pareto_front(reached["D_J"], reached["C_J"])]
+    tag = f" [{task}]" if multi else ""
+    name = f"{_slug(st.key)}_pareto_J{_slug(f'{j:.4g}')}" + (f"_{_slug(task)}" if multi else "")
+    st.figures += figures.plot_pareto(
+        reached, "D_J", "C_J", "sigma", out, name, frontier=front, fit_curve=(dj, cj),
+        title=f"{st.experiment}{tag}: data vs compute to J={j:.4g}",
+        xlabel="data D_J (env steps)", ylabel="compute C_J (FLOPs)", group_label="sigma")
 
 
 def _per_task_plot(best: pd.DataFrame, col: str, lines: dict[str, np.ndarray], xg: np.ndarray,
@@ -733,11 +750,13 @@ def run_pipeline(
     n_boot: int = 50,
     thresholds: Sequence[float] | None = None,
     generalization: dict[str, Any] | None = None,
+    loss_offset: bool = False,
 ) -> list[StudyResult]:
     """Run every study the table supports, write figures, ``report.md`` and ``laws.json``.
 
     ``generalization``: keyword arguments of :func:`study_generalization` (``level``,
-    ``criterion``, ``fraction``, ``percentile``)."""
+    ``criterion``, ``fraction``, ``percentile``). ``loss_offset``: the isoFLOP study fits
+    ``L_opt`` as a power law plus constant (:func:`study_isoflop`)."""
     out = Path(out_dir)
     fig_dir = out / "figures"
     summary = collect.run_summary(table)
@@ -785,7 +804,8 @@ def run_pipeline(
                 elif kind == "curves":
                     study_curves(st, df, m, fig_dir, frontier=False)
                 elif kind == "isoflop":
-                    study_isoflop(st, df, m, fig_dir, n_boot=n_boot, budget=budget)
+                    study_isoflop(st, df, m, fig_dir, n_boot=n_boot, budget=budget,
+                                  loss_offset=loss_offset)
                 elif kind == "utd":
                     study_utd(st, df, m, fig_dir, n_boot=n_boot, thresholds=thresholds,
                               budget=budget)
@@ -828,6 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fraction of test tasks that must reach it (0.95)")
     p.add_argument("--gen-percentile", type=float, default=10.0,
                    help="lowest percentile of test tasks averaged by 'lowest' (10)")
+    p.add_argument("--loss-offset", action="store_true",
+                   help="isoFLOP study: fit L_opt = L_inf + c C^k (power law plus constant; "
+                        "needs 4 budgets) instead of L_opt = c C^k")
     p.add_argument("--formats", default="png,pdf",
                    help="figure file types, comma separated (default png,pdf)")
     p.add_argument("--no-cache", action="store_true",
@@ -859,7 +882,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    generalization={"level": args.gen_level,
                                                    "criterion": args.gen_criterion,
                                                    "fraction": args.gen_fraction,
-                                                   "percentile": args.gen_percentile})
+                                                   "percentile": args.gen_percentile},
+                                   loss_offset=args.loss_offset)
     finally:
         figures.FORMATS = saved
     n_fits = sum(len(s.fits) for s in studies)

@@ -135,6 +135,71 @@ def test_errors_are_one_line_with_status_2(tmp_path: Path, capsys):
     assert rc == 2 and "too few points" in err
 
 
+def test_isoflop_offset_fits_l_inf(tmp_path: Path, capsys):
+    """``--offset`` fits L_opt = L_inf + c C^k (the surface's floor E is the L_opt asymptote);
+    without it L_inf is 0, as power's offset is."""
+    rng = np.random.default_rng(2)
+    sizes, budgets = np.geomspace(3e4, 3e8, 9), np.geomspace(1e14, 1e18, 5)
+    N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
+    L = synthetic.bc_loss(N, C / (6 * N)) * np.exp(0.003 * rng.standard_normal(N.size))
+    csv = tmp_path / "i.csv"
+    pd.DataFrame({"N": N, "C": C, "loss": L}).to_csv(csv, index=False)
+    rc, res, _ = _run(capsys, ["isoflop", "--csv", str(csv), "--offset", "--json"])
+    assert rc == 0
+    _check_shape(res, "isoflop")
+    lo, hi = res["ci"]["L_inf"]
+    assert res["params"]["L_inf"] == pytest.approx(synthetic.BC_TRUTH["E"], abs=0.1)
+    assert lo <= res["params"]["L_inf"] <= hi
+    plain = _run(capsys, ["isoflop", "--csv", str(csv), "--json"])[1]
+    assert plain["params"]["L_inf"] == 0.0 and plain["ci"]["L_inf"] == [0.0, 0.0]
+    assert plain["params"]["L_exponent"] != res["params"]["L_exponent"]
+
+
+def test_utd_on_flat_or_rising_data_is_a_one_line_error(tmp_path: Path, capsys):
+    """Constant D (or D rising with sigma) used to end in an OverflowError traceback."""
+    sigma = np.repeat([0.5, 1, 2, 4, 8], 2)
+    for name, D in (("flat", np.full(sigma.size, 1e5)), ("rising", 1e5 * sigma**0.3)):
+        csv = tmp_path / f"{name}.csv"
+        pd.DataFrame({"sigma": sigma, "D": D}).to_csv(csv, index=False)
+        for n_boot in ("0", "5"):
+            rc, _, err = _run(capsys, ["utd", "--csv", str(csv), "--n-boot", n_boot, "--json"])
+            assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, (name, err)
+
+
+@pytest.mark.parametrize("exc", [OverflowError("math range error"), ZeroDivisionError("x"),
+                                 FloatingPointError("y"), np.linalg.LinAlgError("Singular"),
+                                 ValueError("bad\nvalue")])
+def test_numeric_failures_in_a_fit_are_one_line_errors(tmp_path: Path, capsys, monkeypatch,
+                                                       exc: Exception):
+    def fail(*_: object) -> None:
+        raise exc
+
+    monkeypatch.setitem(cli_fit.FITTERS, "power", fail)
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"x": [1.0, 2.0, 3.0, 4.0], "y": [1.0, 2.0, 3.0, 4.0]}).to_csv(csv,
+                                                                               index=False)
+    rc, _, err = _run(capsys, ["power", "--csv", str(csv)])
+    assert rc == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: {type(exc).__name__}: ")  # the type says what went wrong
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path, capsys):
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"N": [1e5, 1e6, 1e7, 1e8], "C": [1e15] * 4,
+                  "loss": [3.0, 2.0, 2.5, 3.5]}).to_csv(csv, index=False)
+    cases = [(["--flops-per-param-sample", "0"], "--flops-per-param-sample must be > 0"),
+             (["--flops-per-param-sample", "-6"], "--flops-per-param-sample must be > 0"),
+             (["--flops-per-param-sample", "nan"], "--flops-per-param-sample must be > 0"),
+             (["--level", "0"], "--level must be in (0, 1)"),
+             (["--level", "1"], "--level must be in (0, 1)"),
+             (["--level", "95"], "--level must be in (0, 1)"),
+             (["--n-boot", "-1"], "--n-boot must be >= 0")]
+    for law in ("chinchilla", "isoflop"):
+        for opts, msg in cases:
+            rc, _, err = _run(capsys, [law, "--csv", str(csv), *opts])
+            assert rc == 2 and err == f"error: {msg}, got {opts[1]}\n", (law, opts, err)
+
+
 def test_module_entry_point(tmp_path: Path):
     csv = tmp_path / "p.csv"
     x = np.geomspace(1, 1e4, 6)

@@ -143,6 +143,25 @@ def test_intrinsic_units_do_not_change_exponents_and_bootstrap_intervals():
         laws.fit_intrinsic(np.full(20, 1e6), np.geomspace(1, 1e3, 20), np.arange(20.0))
 
 
+def test_intrinsic_forecasts_n_opt_and_d_opt_from_the_same_draws():
+    """D_opt = C / (kappa N_opt) at the budget, with a percentile interval over the same
+    bootstrap draws as N_opt's (so its ends are the images of N_opt's: D falls as N rises)."""
+    N, E, ret, C, _ = _hilton_data(np.random.default_rng(4), seeds=1)
+    fit = laws.fit_intrinsic(N, E, ret, C=C, groups=np.repeat(np.arange(30), 6), n_boot=6)
+    budget, kappa = 1e16, fit.extra["kappa"]
+    fc = laws.forecast_intrinsic_allocation(fit, budget)
+    n, d = fc["N_opt"], fc["D_opt"]
+    assert n == laws.forecast_intrinsic(fit, budget)
+    assert d["value"] == pytest.approx(budget / (kappa * n["value"]), rel=1e-12)
+    assert d["value"] == pytest.approx(float(laws.intrinsic_d_opt(fit.params, budget, kappa)))
+    assert d["low"] < d["value"] < d["high"] and d["method"] == n["method"]
+    assert d["low"] == pytest.approx(budget / (kappa * n["high"]), rel=1e-9)
+    assert d["high"] == pytest.approx(budget / (kappa * n["low"]), rel=1e-9)
+    fit.extra.pop("_draws")  # no bootstrap: point values, NaN intervals
+    fc = laws.forecast_intrinsic_allocation(fit, budget)
+    assert math.isnan(fc["D_opt"]["low"]) and fc["D_opt"]["value"] == d["value"]
+
+
 def test_utd_data_to_threshold_law():
     rng = np.random.default_rng(5)
     t = synthetic.UTD_TRUTH
@@ -158,6 +177,26 @@ def test_utd_data_to_threshold_law():
         assert fit.ci[k][0] < truth < fit.ci[k][1], k
     with pytest.raises(FitError, match="sigma: 2 distinct values"):
         laws.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
+
+
+def test_utd_law_on_flat_or_rising_data_fails_with_one_clear_line():
+    """Flat or rising D_J(sigma) puts alpha on its bound 0.01, where beta = c^(1/alpha) leaves
+    the float range: a FitError saying so (it was an OverflowError or a 'math domain
+    error' that stopped the whole UTD study), or interval ends of 0 / inf, never a crash."""
+    sigma = np.repeat([0.5, 1, 2, 4, 8], 2)
+    with pytest.raises(FitError, match="all 10 values equal"):
+        laws.fit_utd(sigma, np.full(sigma.size, 1e5))
+    rising = 1e5 * sigma**0.3  # beta would overflow
+    tiny_flat = 1e-3 * np.exp(1e-3 * np.random.default_rng(0).standard_normal(sigma.size))
+    for D in (rising, tiny_flat):  # tiny_flat: beta would underflow to 0, then log(0)
+        for n_boot in (0, 5):
+            with pytest.raises(FitError, match="beta = 10\\^.* out of floating-point range"):
+                laws.fit_utd(sigma, D, n_boot=n_boot)
+    # barely falling, 0.1% noise: beta is fine, but its interval's ends overflowed exp()
+    D = (1e5 + 50 / sigma) * np.exp(1e-3 * np.random.default_rng(3).standard_normal(sigma.size))
+    fit = laws.fit_utd(sigma, D)
+    assert math.isfinite(fit.params["beta"]) and fit.params["beta"] > 0
+    assert fit.ci["beta"][0] == 0.0 and fit.ci["beta"][1] == math.inf
 
 
 def test_best_hparams_and_their_power_laws():

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import laws as laws_mod
 from analysis import pipeline, synthetic
+from analysis.report import StudyResult
 
 
 def _laws(out: Path) -> dict:
@@ -49,9 +51,12 @@ def test_all_synthetic_studies(tmp_path: Path):
     runs = tmp_path / "runs"
     truth = synthetic.synth_all(runs, small=True)
     out = tmp_path / "out"
+    j_main, j_low = truth["mujoco_utd"]["J"], 0.8 * truth["mujoco_utd"]["J"]
+    # no --budget: forecasts default to 10x the largest budget; two thresholds (the larger
+    # is the main one) to check one Pareto figure per threshold
     assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "3",
-                          "--formats", "png",
-                          "--threshold", str(truth["mujoco_utd"]["J"])]) == 0
+                          "--formats", "png", "--threshold", str(j_main),
+                          "--threshold", str(j_low)]) == 0
     laws = _laws(out)
     assert laws["schema"] == "rl-scaling/laws/v1"
     st = laws["studies"]
@@ -63,6 +68,16 @@ def test_all_synthetic_studies(tmp_path: Path):
     hil = st["procgen_width/scaling"]["fits"]["intrinsic performance (Hilton et al.)"]
     t = truth["procgen_width"]
     assert hil["params"]["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.15)
+    # forecasts at 10x the largest FLOPs: N_opt by both laws, D_opt = C / (kappa N_opt)
+    table = pd.read_parquet(out / "table.parquet")
+    c_max = table.loc[table["experiment"] == "procgen_width", "flops"].max()
+    fc = st["procgen_width/scaling"]["forecasts"]
+    for name in ("N_opt (frontier law)", "N_opt (intrinsic law)", "D_opt (intrinsic law)"):
+        assert fc[name]["at"] == f"C={10 * c_max:.3g}", name
+        assert fc[name]["low"] <= fc[name]["value"] <= fc[name]["high"], name
+    kappa = hil["extra"]["kappa"]
+    assert fc["D_opt (intrinsic law)"]["value"] == pytest.approx(
+        10 * c_max / (kappa * fc["N_opt (intrinsic law)"]["value"]), rel=1e-9)
     iso = st["atari_bc_isoflop/isoflop"]
     bc = truth["atari_bc_isoflop"]
     a_true = bc["beta"] / (bc["alpha"] + bc["beta"])
@@ -99,6 +114,46 @@ def test_all_synthetic_studies(tmp_path: Path):
         assert title in report
     assert len(list((out / "figures").glob("*.png"))) >= 10
     assert (out / "figures" / "atari_bc_isoflop_isoflop_extrapolation_check.png").exists()
+    for j in (j_main, j_low):  # one Pareto figure per threshold and task
+        for task in u["tasks"]:
+            assert (out / "figures" / f"mujoco_utd_utd_pareto_J{j:.4g}_{task}.png").exists()
+
+
+@pytest.mark.parametrize("exc", [OverflowError, ZeroDivisionError, FloatingPointError,
+                                 np.linalg.LinAlgError])
+def test_attempt_records_numeric_failures(exc: type[Exception]):
+    """An overflow in one law is that law's "not fitted" line, not the end of the study."""
+    st = StudyResult(key="e/s", study="s", experiment="e", title="t")
+
+    def fit() -> None:
+        raise exc("math range error")
+
+    assert pipeline.attempt(st, "law", fit) is None
+    assert st.skipped["law"] == f"{exc.__name__}: math range error"
+
+
+def test_isoflop_loss_offset_and_an_overflowing_law(tmp_path: Path, monkeypatch):
+    """``--loss-offset`` fits L_opt = L_inf + c C^k (L_inf near the surface's floor E);
+    a law that overflows is reported as not fitted while the rest of the study goes on."""
+    runs = tmp_path / "runs"
+    synthetic.bc_isoflop_sweep(runs, n_points=24)
+
+    def overflow(*_: object, **__: object) -> None:
+        raise OverflowError("math range error")
+
+    monkeypatch.setattr(laws_mod, "fit_envelope", overflow)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "0",
+                          "--formats", "png", "--no-cache", "--loss-offset"]) == 0
+    st = _laws(out)["studies"]["atari_bc_isoflop/isoflop"]
+    iso = st["fits"]["isoFLOP profiles"]
+    assert iso["params"]["L_inf"] == pytest.approx(synthetic.BC_TRUTH["E"], abs=0.1)
+    assert iso["ci"]["L_inf"][0] <= iso["params"]["L_inf"] <= iso["ci"]["L_inf"][1]
+    f = st["forecasts"]["L_opt (isoFLOP)"]
+    assert iso["params"]["L_inf"] < f["low"] <= f["value"] <= f["high"]
+    assert st["skipped"]["envelope"] == "OverflowError: math range error"
+    assert {"Chinchilla Approach 3", "quadratic surface"} <= set(st["fits"])
+    assert "not fitted: envelope: OverflowError" in (out / "report.md").read_text()
 
 
 def test_unfittable_data_gives_reasons_not_crashes(tmp_path: Path):
