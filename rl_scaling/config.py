@@ -49,8 +49,11 @@ class ProcgenEnvConfig:
     distribution_mode: str = "easy"  # easy | hard
     num_levels: int = 200  # training levels (0: unbounded)
     start_level: int = 0
-    eval_num_levels: int = 0  # held-out test levels (0: unbounded)
-    eval_start_level: int = 100_000  # far from the training levels
+    # Held-out evaluation levels [eval_start_level, eval_start_level + eval_num_levels).
+    # 0: the unbounded level distribution (eval_start_level unused), which is held out only
+    # when training uses a bounded set (env.num_levels > 0).
+    eval_num_levels: int = 0
+    eval_start_level: int = 100_000  # far from training levels 0..num_levels-1
     eval_num_envs: int = 64
 
 

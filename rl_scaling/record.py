@@ -45,6 +45,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class RecordError(ValueError):
+    """A run record on disk that cannot be read; the message names the file."""
+
+
 class RunRecord:
     """Reads and writes one run directory."""
 
@@ -63,7 +67,7 @@ class RunRecord:
         try:
             return json.loads(self.run_json_path.read_text())
         except json.JSONDecodeError as err:
-            raise ValueError(f"corrupt run record {self.run_json_path}: {err}") from err
+            raise RecordError(f"corrupt run record {self.run_json_path}: {err}") from err
 
     def write_run_json(self, info: dict[str, Any]) -> None:
         status = info.get("status")

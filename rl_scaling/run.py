@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import rl_scaling
-from rl_scaling.checkpoint import LATEST, load_checkpoint
+from rl_scaling.checkpoint import LATEST, CheckpointError, load_checkpoint, load_module_state
 from rl_scaling.context import RunContext, StopTraining, seed_everything
 from rl_scaling.flops import FlopAccountant, forward_flops
 from rl_scaling.hostmem import keep_freed_memory
@@ -88,6 +88,20 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
+
+
+def _check_resumable(state: dict[str, Any], model: torch.nn.Module,
+                     accountant: FlopAccountant, path: Path) -> None:
+    """Raise a one-line :class:`CheckpointError` if ``state`` cannot continue this run: a
+    model of another shape, FLOPs counted for another model, or missing counters."""
+    counted = state.get("accountant", {}).get("forward_flops")
+    if counted is None or "counters" not in state or "rng" not in state:
+        raise CheckpointError(f"incompatible checkpoint {path}: no counters, FLOPs or RNG state")
+    load_module_state(model, state["model"], path)
+    if int(counted) != accountant.forward_flops:
+        raise CheckpointError(
+            f"incompatible checkpoint {path}: counted {int(counted)} FLOPs per forward, this "
+            f"model has {accountant.forward_flops}; was the model config changed?")
 
 
 def _config_mismatch(old: DictConfig, new: DictConfig) -> list[str]:
@@ -168,11 +182,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     if ckpt_path.exists():
         resume_state = load_checkpoint(ckpt_path, required=("counters", "model"))
     status_before = (info or {}).get("status")
-    if status_before in ("finished", "diverged") and resume_state is not None:
-        done = resume_state["counters"]["env_steps"] >= cfg.algo.total_steps
-        if done or status_before == "diverged":
-            log.info("%s already %s; nothing to do", record.run_dir, info["status"])
-            return info["status"]
+    # A diverged run is final even if it diverged before its first checkpoint: training
+    # it again would erase the curve it diverged on.
+    finished = (status_before == "finished" and resume_state is not None
+                and resume_state["counters"]["env_steps"] >= cfg.algo.total_steps)
+    if status_before == "diverged" or finished:
+        log.info("%s already %s; nothing to do", record.run_dir, status_before)
+        return status_before
 
     if cfg.keep_freed_memory:
         keep_freed_memory()
@@ -198,6 +214,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     flops = {"total": forward_flops(model, example, effective=False),
              "effective": forward_flops(model, example, effective=True)}
     accountant = FlopAccountant(forward_flops=flops["effective"])
+    if resume_state is not None:
+        # Check the checkpoint against this model before anything in the record changes.
+        try:
+            _check_resumable(resume_state, model, accountant, ckpt_path)
+        except CheckpointError:
+            envs.close()
+            if eval_envs is not None:
+                eval_envs.close()
+            raise
 
     if resume_state is not None:
         log.info("resuming %s from %s (env_steps=%d)", record.run_dir, ckpt_path,

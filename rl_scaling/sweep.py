@@ -46,13 +46,14 @@ def share_cores(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> str:
     from rl_scaling.checkpoint import CheckpointError
+    from rl_scaling.record import RecordError
     from rl_scaling.run import ConfigError, run
 
     hydra_cfg = HydraConfig.get()
     share_cores(cfg, hydra_cfg)
     try:
         return run(cfg, hydra_cfg.runtime.output_dir)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, RecordError, FileNotFoundError) as err:
         # One clear line instead of a traceback; the exit code still says it failed.
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)

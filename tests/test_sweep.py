@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -181,6 +182,50 @@ def test_corrupt_checkpoint_is_one_line_and_keeps_the_curve(tmp_path):
     assert last.startswith("error: corrupt checkpoint") and str(ckpt) in last
     assert (run_dir / "metrics.jsonl").read_text() == before  # nothing already logged is lost
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+
+
+def test_checkpoint_of_another_model_is_one_line_and_changes_nothing(tmp_path):
+    """A valid checkpoint of another width: refused before the record is touched."""
+    other, run_dir = tmp_path / "other", tmp_path / "run"
+    base = ["+experiment=smoke", "logger.progress=none", "algo.total_steps=1024"]
+    assert sweep(*base, f"hydra.run.dir={other}", "model.width=0.125").returncode == 0
+    assert sweep(*base, f"hydra.run.dir={run_dir}").returncode == 0
+    shutil.copy(other / "checkpoints" / "latest.pt", run_dir / "checkpoints" / "latest.pt")
+    before = {f: (run_dir / f).read_text() for f in ("metrics.jsonl", "run.json", "config.yaml")}
+    proc = sweep(*base[:-1], f"hydra.run.dir={run_dir}", "algo.total_steps=2048")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: incompatible checkpoint") and "latest.pt" in last, last
+    assert "Traceback" not in proc.stderr
+    assert {f: (run_dir / f).read_text() for f in before} == before
+
+
+def test_corrupt_run_json_is_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
+            "algo.total_steps=512"]
+    assert sweep(*base).returncode == 0
+    (run_dir / "run.json").write_text('{"status": "finis')
+    proc = sweep(*base)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: corrupt run record") and "run.json" in last, last
+
+
+def test_run_that_diverged_before_its_first_checkpoint_keeps_its_curve(tmp_path):
+    run_dir = tmp_path / "run"
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
+            "algo.total_steps=512"]
+    assert sweep(*base).returncode == 0
+    shutil.rmtree(run_dir / "checkpoints")  # as if it diverged before checkpointing
+    info = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**info, "status": "diverged"}))
+    curve = (run_dir / "metrics.jsonl").read_text()
+    assert curve
+    proc = sweep(*base)  # e.g. the sweep relaunched to extend other runs
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (run_dir / "metrics.jsonl").read_text() == curve
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
 
 
 def test_changed_config_in_same_dir_is_refused(tmp_path):
