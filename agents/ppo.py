@@ -5,9 +5,9 @@ GAE, run ``num_epochs`` of clipped-objective minibatch updates, log, checkpoint.
 The shared blocks (rollout buffer + GAE, categorical helpers, reward
 normalisation, FLOP accountant, run record) live elsewhere and are reused.
 
-FLOPs: each env step costs one acting forward per env; each minibatch costs a
-forward and a backward (2x forward) per sample. Held-out evaluation is not
-training compute and is not counted.
+FLOPs: each env step costs one acting forward per env, plus one forward per env per
+rollout for the bootstrap value; each minibatch costs a forward and a backward
+(2x forward) per sample. Held-out evaluation is not training compute and is not counted.
 """
 
 from __future__ import annotations
@@ -120,6 +120,7 @@ def train(cfg: PPOConfig, envs: VecEnv, model: nn.Module, ctx: RunContext,
         c.env_steps += batch_size
         with torch.inference_mode():
             _, last_value = model(next_obs)
+        ctx.accountant.add_forward(num_envs)  # the bootstrap value is a real forward too
         buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
         t_rollout = time.perf_counter() - t_rollout
 

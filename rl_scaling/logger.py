@@ -96,10 +96,13 @@ class MetricsLogger:
         if self.progress is not None:
             self.progress.update(int(row["env_steps"]), row, final=final)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
+        """Close the local files and, always (even when training raised), finish wandb with
+        the run's status: a failed or diverged run finishes with exit code 1 there too."""
         self.record.close()
         if self._wandb is not None:
-            self._wandb.finish()  # always, even when training raised
+            self._wandb.summary["status"] = status
+            self._wandb.finish(exit_code=1 if status in ("failed", "diverged") else 0)
             self._wandb = None
 
 

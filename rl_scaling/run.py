@@ -290,7 +290,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        logger.close()
+        logger.close(status)
         record.update_run_json(
             status=status, error=error,
             end_time=None if status == "running"

@@ -61,8 +61,9 @@ def test_counters_and_flops_follow_the_schedule(tmp_path):
     assert [r["updates"] for r in rows] == [4, 8, 12]
     assert [r["samples"] for r in rows] == [128, 256, 384]
     f = ctx.accountant.forward_flops
-    # per iteration: 64 acting forwards + 2 epochs x 64 samples x (forward + 2x backward)
-    assert rows[-1]["flops"] == pytest.approx(3 * (64 * f + 2 * 64 * 3 * f))
+    # per iteration: 64 acting forwards + 4 bootstrap-value forwards (one per env)
+    # + 2 epochs x 64 samples x (forward + 2x backward)
+    assert rows[-1]["flops"] == pytest.approx(3 * (64 * f + 4 * f + 2 * 64 * 3 * f))
     assert all(r["wall_time"] >= 0 for r in rows)
 
 

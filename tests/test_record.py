@@ -93,3 +93,53 @@ def test_progress_is_live_on_a_terminal_and_plain_lines_otherwise():
     assert plain.mode == "plain" and "\r" not in log.text and log.text.count("\n") == 2
     with pytest.raises(ValueError, match="logger.progress"):
         Progress(10, "fancy")
+
+
+class _FakeWandbRun:
+    """Records what the logger asks of a wandb run."""
+
+    def __init__(self) -> None:
+        self.metrics: list[tuple[str, str | None]] = []
+        self.logged: list[dict] = []
+        self.summary: dict = {}
+        self.exit_code: int | None = None
+
+    def define_metric(self, name: str, step_metric: str | None = None) -> None:
+        self.metrics.append((name, step_metric))
+
+    def log(self, row: dict) -> None:
+        self.logged.append(row)
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.exit_code = exit_code
+
+
+@pytest.mark.parametrize("status,exit_code", [("finished", 0), ("diverged", 1), ("failed", 1),
+                                              ("running", 0)])
+def test_wandb_mirror_counters_status_and_finish(tmp_path, monkeypatch, status, exit_code):
+    import sys
+    import types
+
+    from rl_scaling.logger import MetricsLogger
+
+    run = _FakeWandbRun()
+    inits: list[dict] = []
+
+    def init(**kwargs):
+        inits.append(kwargs)
+        return run
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    logger = MetricsLogger(RunRecord(tmp_path), backend="wandb", wandb_kwargs={"id": "abc"})
+    row = {"env_steps": 64, "updates": 2, "samples": 128, "flops": 1e9, "wall_time": 1.0,
+           "return_mean": None, "loss": 0.5}
+    logger.log(row)
+    logger.close(status)
+    assert inits[0]["mode"] == "offline" and inits[0]["id"] == "abc"
+    assert ("env_steps", None) in run.metrics and ("flops", None) in run.metrics
+    assert ("*", "env_steps") in run.metrics
+    assert run.logged == [{k: v for k, v in row.items() if v is not None}]  # None is skipped
+    assert run.summary["status"] == status and run.exit_code == exit_code
+    assert RunRecord(tmp_path).read_metrics()[0]["env_steps"] == 64  # local file too
+
