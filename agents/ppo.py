@@ -40,19 +40,27 @@ def _obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate(model: nn.Module, envs: VecEnv, episodes: int,
              device: torch.device) -> dict[str, float]:
-    """Mean return (and success rate, if the env reports one) over ``episodes`` episodes."""
-    returns: list[float] = []
-    successes: list[float] = []
+    """Mean return (and success rate, if the env reports one) over at least ``episodes``
+    episodes: the first ``ceil(episodes / num_envs)`` of every env. Taking the first episodes
+    to end across all envs instead would over-sample short episodes (e.g. early deaths)."""
+    per_env = math.ceil(episodes / envs.num_envs)
+    returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
+    successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
-    while len(returns) < episodes:
+    while min(len(r) for r in returns) < per_env:
         logits, _ = model(_obs_tensor(obs, device))
         actions, _ = sample_categorical(logits)
-        obs, _, _, _, info = envs.step(actions.cpu().numpy())
-        returns.extend(info["episode_return"].tolist())
-        successes.extend(info.get("episode_success", np.empty(0)).tolist())
-    out = {"eval_return": float(np.mean(returns[:episodes]))}
-    if successes:
-        out["eval_success"] = float(np.mean(successes[:episodes]))
+        obs, _, terminated, truncated, info = envs.step(actions.cpu().numpy())
+        ended = np.flatnonzero(np.logical_or(terminated, truncated))  # info is in env order
+        success = info.get("episode_success")
+        for j, env_index in enumerate(ended):
+            if len(returns[env_index]) < per_env:
+                returns[env_index].append(float(info["episode_return"][j]))
+                if success is not None:
+                    successes[env_index].append(float(success[j]))
+    out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
+    if any(successes):
+        out["eval_success"] = float(np.mean([x for s in successes for x in s]))
     return out
 
 

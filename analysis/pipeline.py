@@ -827,9 +827,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m analysis",
         description="Read run records, fit scaling laws, write figures, report.md and "
                     "laws.json. Subcommands: `fit` (fit a CSV), `synth` (synthetic records).")
-    p.add_argument("--runs", action="append", required=True, metavar="DIR",
-                   help="runs root (repeatable); every directory with run.json under it")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--runs", action="append", metavar="DIR",
+                   help="runs root (repeatable; default: runs); every directory with run.json "
+                        "under it")
+    p.add_argument("--out", default="reports/latest", metavar="DIR",
+                   help="output directory (default: reports/latest, as `make analysis`)")
     p.add_argument("--metric", default=None,
                    help="performance metric (default: return_mean/eval_return for RL, "
                         "val_loss for BC)")
@@ -862,6 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m analysis``; returns the exit status."""
     args = build_parser().parse_args(argv)
+    args.runs = args.runs or ["runs"]  # append-action defaults would be appended to
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)

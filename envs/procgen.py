@@ -53,8 +53,12 @@ NUM_ACTIONS = 15  # procgen always exposes the full 15-button combo set
 def _import_procgen() -> Any:
     # procgen2 imports the legacy `gym` package, which prints a deprecation notice to stderr on
     # import; it is noise for us (we only use procgen's C env), so keep it out of the logs.
-    with contextlib.redirect_stderr(io.StringIO()):
-        import procgen
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            import procgen
+    except ImportError as err:
+        raise ImportError(f"env.family=procgen needs procgen2: pip install 'rl-scaling[procgen]' "
+                          f"({err})") from err
     return procgen
 
 

@@ -53,7 +53,8 @@ def main(cfg: DictConfig) -> str:
     share_cores(cfg, hydra_cfg)
     try:
         return run(cfg, hydra_cfg.runtime.output_dir)
-    except (ConfigError, CheckpointError, RecordError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, RecordError, FileNotFoundError, ImportError) as err:
+        # ImportError: an optional extra (procgen, wandb...) that is not installed
         # One clear line instead of a traceback; the exit code still says it failed.
         log.error("%s", err)
         print(f"error: {err}", file=sys.stderr)

@@ -226,3 +226,12 @@ def test_generalization_criteria_on_test_tasks(tmp_path: Path, criterion: str):
         assert 0.9 * lo_c < fit["params"]["c"] < 1.1 * hi_c
     assert criterion in st["context"]["criterion kind"]
     assert "C to sufficient generalization vs complexity" in st["fits"]
+
+
+def test_defaults_are_the_make_analysis_paths(tmp_path: Path, monkeypatch, capsys):
+    args = pipeline.build_parser().parse_args([])
+    assert args.out == "reports/latest"
+    monkeypatch.chdir(tmp_path)  # no runs/ here: one line naming it, status 2
+    assert pipeline.main([]) == 2
+    assert "runs" in capsys.readouterr().err.strip().splitlines()[-1]
+

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from agents.models import build_model
-from agents.ppo import learning_rate, train
+from agents.ppo import evaluate, learning_rate, train
 from envs import PROBES, make_env
 from rl_scaling.config import PPOConfig
 from rl_scaling.context import RunContext
@@ -99,6 +99,35 @@ def test_non_finite_loss_stops_with_diverged(tmp_path):
         train(replace(PROBE_CFG, total_steps=4 * 16 * 5), envs, model, ctx)
     assert stop.value.status == "diverged"
     assert len(RunRecord(tmp_path).read_metrics()) == 1  # the curve up to divergence is kept
+
+
+class _TwoSpeedEnvs:
+    """Env 0 ends an episode every step with return 0 and no success; env 1 every 5 steps
+    with return 1 and success."""
+
+    num_envs = 2
+
+    def reset(self) -> np.ndarray:
+        self.t = 0
+        return np.zeros((2, 1), np.float32)
+
+    def step(self, actions):
+        self.t += 1
+        done = np.array([True, self.t % 5 == 0])
+        k = int(done.sum())
+        info = {"episode_return": np.array([0.0, 1.0][:k]),
+                "episode_length": np.array([1, 5][:k]),
+                "episode_success": np.array([0.0, 1.0][:k])}
+        return np.zeros((2, 1), np.float32), np.zeros(2), done, np.zeros(2, bool), info
+
+
+def test_evaluation_weights_every_env_equally():
+    """Long episodes count as much as short ones: 3 per env, not the first 6 to end (which
+    would all come from the fast env)."""
+    model = build_model("mlp", (1,), 2, width=0.25)
+    out = evaluate(model, _TwoSpeedEnvs(), episodes=6, device=torch.device("cpu"))
+    assert out["eval_return"] == pytest.approx(0.5)
+    assert out["eval_success"] == pytest.approx(0.5)
 
 
 def test_coinrun_return_improves_and_held_out_levels_are_evaluated(tmp_path):

@@ -229,6 +229,20 @@ def test_run_that_diverged_before_its_first_checkpoint_keeps_its_curve(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "diverged"
 
 
+def test_missing_optional_package_is_one_line(tmp_path):
+    shim = tmp_path / "shim" / "procgen"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('simulated: procgen not installed')\n")
+    env = dict(_env(), PYTHONPATH=f"{shim.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "rl_scaling.sweep", "env=procgen",
+                           "model=impala_cnn", f"hydra.run.dir={tmp_path / 'run'}",
+                           "logger.progress=none"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "rl-scaling[procgen]" in last and "simulated" in last, last
+
+
 def test_changed_config_in_same_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
