@@ -64,6 +64,29 @@ def test_mlp_matches_flop_counter():
     assert_matches_reference(model, torch.randn(3, 8))
 
 
+@pytest.mark.parametrize(("family", "obs_shape", "width", "depth"), [
+    ("impala_cnn", PROCGEN, 0.5, 1), ("impala_cnn", PROCGEN, 2.0, 4),
+    ("mnist_cnn", MNIST, 0.5, None), ("mnist_cnn", MNIST, 1.0, None)])
+def test_every_layer_matches_flop_counter_and_effective_is_the_scaled_layers(
+        family, obs_shape, width, depth):
+    """Layer by layer, not only in total; and the effective FLOPs the accountant logs are
+    exactly the layers under scaled_modules() (the trunks), the heads excluded."""
+    model = build_model(family, obs_shape, 10, width=width, depth=depth)
+    x = uint8_obs(obs_shape, batch=2)
+    ours = flops_by_module(model, x)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    ref = counter.get_flop_counts()  # keyed "<RootClass>.<qualified name>"
+    root = type(model).__name__
+    for name, flops in ours.items():
+        assert flops == pytest.approx(sum(ref[f"{root}.{name}"].values()) / 2, rel=0.01), name
+    scaled = {n for n, m in model.named_modules()
+              if any(m is s or any(m is c for c in s.modules())
+                     for s in model.scaled_modules())}
+    assert forward_flops(model, x) == sum(f for n, f in ours.items() if n in scaled)
+    assert forward_flops(model, x) < forward_flops(model, x, effective=False)
+
+
 def test_impala_width1_is_61_2_mflop():
     model = build_model("impala_cnn", PROCGEN, 15)
     flops = forward_flops(model, uint8_obs(PROCGEN), effective=False)
