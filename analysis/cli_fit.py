@@ -19,6 +19,13 @@ derived from ``C`` as ``C / (k N)`` with ``--flops-per-param-sample k`` (default
 maps a parameter to ``[low, high]``; NaN is ``null``). Errors (missing column, too few
 points, non-positive values, bad options, a fit that overflows or is singular) print one
 line on stderr and exit with status 2.
+
+An option or role that the chosen law would ignore is an error too, not silently accepted
+(:func:`check_applicable`): ``--offset`` only for power and isoflop; ``--space`` only with
+``power --offset``; ``--n-boot`` and ``--seed`` only where intervals can come from a
+bootstrap (chinchilla, utd, intrinsic, ``power --offset``); ``--flops-per-param-sample``
+only where D is derived from C (chinchilla without D, isoflop without D); the ``run`` role
+(the bootstrap unit) only with a bootstrap (``--n-boot`` > 0).
 """
 
 from __future__ import annotations
@@ -162,7 +169,9 @@ def fit_table(law: str, df: pd.DataFrame, cols: dict[str, str] | None = None,
     """Fit ``law`` to the rows of ``df``; return the CLI's JSON object.
 
     ``options`` are the command-line options by their Python names (``offset``,
-    ``flops_per_param_sample``, ``n_boot``, ``level``, ``seed``, ``space``).
+    ``flops_per_param_sample``, ``n_boot``, ``level``, ``seed``, ``space``); ``None`` means
+    "not given" (the default applies). An option given for a law that would ignore it is a
+    FitError (:func:`check_applicable`).
     """
     if law not in FITTERS:
         raise FitError(f"unknown law {law!r}; choose one of {', '.join(FITTERS)}")
@@ -171,10 +180,16 @@ def fit_table(law: str, df: pd.DataFrame, cols: dict[str, str] | None = None,
         if not hasattr(args, k):
             raise TypeError(f"unknown option {k!r}")
         setattr(args, k, val)
-    if args.n_boot is None:
-        args.n_boot = DEFAULT_BOOT[law]
+    given = {k for k in OPTION_DEFAULTS if getattr(args, k) is not None}
+    if args.offset:
+        given.add("offset")
+    for k, default in OPTION_DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, DEFAULT_BOOT[law] if k == "n_boot" else default)
     check_options(args)
-    values = resolve_columns(law, df, cols or {})
+    cols = cols or {}
+    values = resolve_columns(law, df, cols)
+    check_applicable(law, args, given, set(cols), set(values))
     fit = FITTERS[law](values, args)
     js = fit.to_json()
     names = PARAMS[law]
@@ -200,6 +215,44 @@ def check_options(args: argparse.Namespace) -> None:
 
 # bootstrap resamples where the law's intervals come from a bootstrap
 DEFAULT_BOOT = {"chinchilla": 100, "isoflop": 0, "power": 0, "utd": 0, "intrinsic": 50}
+# options whose parser default is None, so that "given" can be told from "defaulted"
+# (n_boot's default is per law: DEFAULT_BOOT)
+OPTION_DEFAULTS: dict[str, Any] = {"space": "log", "flops_per_param_sample": 6.0,
+                                   "n_boot": None, "seed": 0}
+
+
+def check_applicable(law: str, args: argparse.Namespace, given: set[str],
+                     explicit_roles: set[str], roles: set[str]) -> None:
+    """Raise FitError (one line) for an option or role that ``law`` would ignore.
+
+    ``given``: options set by the user (not defaulted); ``explicit_roles``: roles named by
+    ``--col``; ``roles``: roles that found a column."""
+    power_offset = law == "power" and args.offset
+    boots = law in ("chinchilla", "utd", "intrinsic") or power_offset
+    if "offset" in given and law not in ("power", "isoflop"):
+        raise FitError(f"--offset applies only to power and isoflop, not {law}")
+    if "space" in given and not power_offset:
+        raise FitError("--space applies only with --offset (power): "
+                       + ("without it power is OLS on log y" if law == "power"
+                          else f"{law} has no --space"))
+    for opt in ("n_boot", "seed"):
+        if opt in given and not boots:
+            flag = "--" + opt.replace("_", "-")
+            raise FitError(f"{flag} applies only with --offset (power without it is OLS on "
+                           "log y with t-intervals)" if law == "power" else
+                           f"{flag} does not apply to {law} (its intervals are OLS "
+                           "t-intervals, no bootstrap)")
+    if "flops_per_param_sample" in given and not (
+            law in ("chinchilla", "isoflop") and "D" not in roles):
+        raise FitError("--flops-per-param-sample applies only where D is derived from C "
+                       "(chinchilla or isoflop without a D column)")
+    if "C" in explicit_roles and law == "chinchilla" and "D" in roles:
+        raise FitError("chinchilla: role 'C' is used only without a D column (D = C/(k N))")
+    if "run" in explicit_roles and not (boots and args.n_boot > 0):
+        raise FitError("role 'run' (the bootstrap unit) applies only with --offset and "
+                       "--n-boot > 0" if law == "power" else
+                       f"role 'run' (the bootstrap unit) applies only with --n-boot > 0 "
+                       f"({law} defaults to {DEFAULT_BOOT[law]})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,15 +268,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", action="store_true",
                    help="power: fit y = offset + c x^k; isoflop: L_opt = L_inf + c C^k "
                         "(needs 4 budgets)")
-    p.add_argument("--space", choices=("log", "linear"), default="log",
-                   help="power --offset: residuals in log y (default) or y")
-    p.add_argument("--flops-per-param-sample", type=float, default=6.0,
-                   help="k in C = k N D (chinchilla D from C; isoflop D_opt); default 6")
+    # None = not given: an option the law would ignore is an error (check_applicable)
+    p.add_argument("--space", choices=("log", "linear"), default=None,
+                   help="power --offset only: residuals in log y (default) or y")
+    p.add_argument("--flops-per-param-sample", type=float, default=None,
+                   help="k in C = k N D where D is derived from C (chinchilla and isoflop "
+                        "without a D column); default 6")
     p.add_argument("--n-boot", type=int, default=None,
-                   help="bootstrap resamples (chinchilla 100, intrinsic 50; power/utd "
-                        "use delta-method intervals unless set)")
+                   help="bootstrap resamples (chinchilla 100, intrinsic 50; utd and "
+                        "power --offset use delta-method intervals unless set; not isoflop "
+                        "or power without --offset)")
     p.add_argument("--level", type=float, default=0.95, help="interval level (0.95)")
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="bootstrap seed (0), where --n-boot applies")
     return p
 
 

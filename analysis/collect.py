@@ -18,7 +18,9 @@ at any depth under a runs root. Each row carries
   ``run.json`` field (``seed``, ``experiment``) the ``run.json`` value wins.
 
 ``collect(roots, cache=path)`` keeps the table as Parquet beside an index of
-(size, mtime) per run file and re-reads only the runs whose files changed.
+(size, mtime) per run file and re-reads only the runs whose files changed. The index
+carries the cache format (:data:`CACHE_FORMAT`); a cache written in another format (by an
+older collector, whose rows may lack columns or mean other things) is read from scratch.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ log = logging.getLogger(__name__)
 
 RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl")
 COUNTERS = ("env_steps", "updates", "samples", "flops", "wall_time")
+# Format of the Parquet cache and its index. Bump it whenever read_run's rows change (new or
+# renamed columns, other units): a cache in another format is ignored and rebuilt, since
+# reusing its rows would silently mix old and new rows. 1: index was a bare {run_dir: sig}.
+CACHE_FORMAT = 2
 # Directories inside a run or a sweep that never hold other runs; skipping them keeps the
 # walk fast on roots full of checkpoints and wandb caches.
 _SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__", ".git"}
@@ -225,9 +231,12 @@ def collect(
     """Read every run record under ``roots`` into the tidy table.
 
     With ``cache`` (a ``.parquet`` path) the table is stored there with an index of file
-    sizes and mtimes per run (``<cache>.index.json``); later calls re-read only runs whose
-    files changed, drop runs that disappeared and add new ones. ``df.attrs["collect"]``
-    says which runs were ``read`` afresh, taken from the ``cached`` table, or ``dropped``.
+    sizes and mtimes per run (``<cache>.index.json``: ``{"format": CACHE_FORMAT, "runs":
+    {run_dir: signature}}``); later calls re-read only runs whose files changed, drop runs
+    that disappeared and add new ones. A cache whose index has another ``format`` (or none:
+    an older collector's) is not used: every run is read afresh and the cache rewritten.
+    ``df.attrs["collect"]`` says which runs were ``read`` afresh, taken from the ``cached``
+    table, or ``dropped``, and ``stale_cache`` the format of a cache that was discarded.
     Raises ``RunsRootError`` when a root is missing or nothing is found.
     """
     found = find_run_dirs(roots)
@@ -237,11 +246,22 @@ def collect(
     index: dict[str, Any] = {}
     cache_path = Path(cache) if cache is not None else None
     index_path = cache_path.with_name(cache_path.name + ".index.json") if cache_path else None
+    stale: Any = None
     if cache_path is not None and cache_path.exists() and index_path.exists():
         try:
-            cached = pd.read_parquet(cache_path)
             with open(index_path) as f:
-                index = json.load(f)
+                raw = json.load(f)
+            fmt = raw.get("format") if isinstance(raw, dict) else None
+            if fmt != CACHE_FORMAT:
+                # an older (or newer) collector's table: its rows cannot be trusted
+                stale = fmt if fmt is not None else 1
+                log.warning("cache %s has format %s, not %s: reading every run afresh",
+                            cache_path, stale, CACHE_FORMAT)
+            elif not isinstance(raw.get("runs"), dict):
+                raise ValueError("index has no 'runs' mapping")
+            else:
+                index = raw["runs"]
+                cached = pd.read_parquet(cache_path)
         except (OSError, ValueError) as err:  # a corrupt cache is rebuilt, never fatal
             log.warning("ignoring unreadable cache %s (%s)", cache_path, err)
             cached, index = None, {}
@@ -269,8 +289,9 @@ def collect(
         table.to_parquet(tmp, index=False)
         os.replace(tmp, cache_path)  # never leave a half-written cache behind
         with open(index_path, "w") as f:
-            json.dump(signatures, f)
-    table.attrs["collect"] = {"read": read, "cached": keep, "dropped": dropped}
+            json.dump({"format": CACHE_FORMAT, "runs": signatures}, f)
+    table.attrs["collect"] = {"read": read, "cached": keep, "dropped": dropped,
+                              "stale_cache": stale}
     return table
 
 

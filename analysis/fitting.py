@@ -227,6 +227,16 @@ def _same_length(**arrays: np.ndarray) -> None:
         raise FitError(f"inputs differ in length: {lengths}")
 
 
+def require_distinct(arr: np.ndarray, name: str, need: int, why: str = "") -> None:
+    """Raise FitError ``"NAME: K distinct value(s), at least NEED needed[; why]"`` when
+    ``arr`` has fewer than ``need`` distinct values (one wording for every law: with too
+    few distinct x an optimiser would return a bound-stuck exponent, not an error)."""
+    k = int(np.unique(arr).size)
+    if k < need:
+        raise FitError(f"{name}: {k} distinct value{'' if k == 1 else 's'}, at least {need} "
+                       f"needed" + (f"; {why}" if why else ""))
+
+
 def t_quantile(level: float, dof: float) -> float:
     """Two-sided Student-t quantile for a ``level`` interval (normal when ``dof`` is inf)."""
     if not math.isfinite(dof):
@@ -253,9 +263,10 @@ def fit_loglog(x: Any, y: Any, *, level: float = LEVEL, law: str = "loglog") -> 
     lx, ly = np.log(x), np.log(y)
     n = lx.size
     xm = lx.mean()
+    require_distinct(x, "x", 2, "the slope is not identifiable")
     sxx = float(((lx - xm) ** 2).sum())
-    if sxx <= 1e-300:
-        raise FitError("x: all values equal, the slope is not identifiable")
+    if sxx <= 1e-300:  # distinct x whose logs agree to rounding
+        raise FitError("x: values equal in log space, the slope is not identifiable")
     k = float(((lx - xm) * (ly - ly.mean())).sum() / sxx)
     logc = float(ly.mean() - k * xm)
     resid = ly - (logc + k * lx)
@@ -279,6 +290,7 @@ def fit_loglog(x: Any, y: Any, *, level: float = LEVEL, law: str = "loglog") -> 
         loss=sse,
         extra={
             "level": level,
+            "form": "y = c x^k",
             "method": "OLS in log-log space, t-intervals",
             "log_c": logc,
             "se": {"log_c": se_logc, "k": se_k},
@@ -341,6 +353,7 @@ def fit_power_offset(
     groups: Any = None,
     seed: int = 0,
     law: str = "power_offset",
+    names: tuple[str, str] = ("x", "y"),
 ) -> FitResult:
     """Power law plus constant ``y = offset + c * x^k``.
 
@@ -351,22 +364,38 @@ def fit_power_offset(
     ceiling). ``x`` is internally divided by its geometric mean so ``c`` is well scaled (results
     are reported in the caller's units; exponents do not depend on the units).
 
-    Optimiser: bounded trust-region least squares (``scipy.optimize.least_squares``, TRF) from
-    multiple starts. Starts: a grid of 25 values of ``k`` in ``k_bounds`` times 6 offsets (from
-    the lower offset bound up to 0.95 x min(y) in log space; from the bound to min/max(y) in
-    linear space), ``c`` solved in closed form for each start (variable projection); the 6 best
-    starts by loss are refined and the best kept.
+    Optimiser: bounded trust-region least squares (``scipy.optimize.least_squares``, TRF,
+    ``x_scale="jac"``) from multiple starts. The ``k`` grid is 25 values evenly spaced over
+    ``k_bounds`` (``k = 0`` dropped: 24 with the default symmetric bounds). Starts per space:
+
+    - ``"log"``: each ``k`` times 6 offsets evenly spaced from ``max(lower bound, 0)`` to
+      0.95 x ``min(upper bound, min y)`` (duplicates merged), ``log c`` given ``(k, offset)``
+      in closed form (the mean of ``log(y - offset) - k log x``); a start where
+      ``y - offset <= 0`` is dropped. At most 25 x 6 = 150 starts.
+    - ``"linear"``: one start per ``k`` (at most 25): ``c`` and ``offset`` by linear least
+      squares of ``y`` on ``[x^k, 1]``, the offset clipped into its bounds and ``c`` re-solved
+      for the clipped offset. There is no offset grid.
+
+    Every start is scored by its sum of squared residuals; the 6 best are refined and the
+    lowest optimum kept (a warm-started bootstrap refit refines its 2 best grid starts and the
+    warm start). ``extra["method"]`` states the space, the number of starts and the intervals.
 
     Uncertainty: delta method / asymptotic least-squares covariance ``s^2 (J^T J)^-1`` with
     t-quantiles on ``n - 3`` dof (``c``'s interval via ``log c`` in log space); if ``n_boot > 0``
-    a percentile bootstrap over points (or over ``groups``: runs/seeds) replaces it. Intervals of
-    parameters sitting on a bound are clipped to the bound. Needs >= 4 points.
+    a percentile bootstrap over points (or over ``groups``: runs/seeds) replaces it (a draw with
+    fewer than 3 distinct x counts as failed). Intervals of parameters sitting on a bound are
+    clipped to the bound. Needs >= 4 points and >= 3 distinct x (else FitError ``"x: 2
+    distinct values, at least 3 needed"``: the three parameters are not identifiable and the
+    optimiser would return ``k`` stuck on a bound). ``names`` are the inputs' names in error
+    messages (e.g. ``("loss", "return")``).
     """
-    x = as_array(x, "x", positive=True, min_len=4)
-    y = as_array(y, "y", positive=(space == "log"), min_len=4)
-    _same_length(x=x, y=y)
+    xname, yname = names
+    x = as_array(x, xname, positive=True, min_len=4)
+    y = as_array(y, yname, positive=(space == "log"), min_len=4)
+    _same_length(**{xname: x, yname: y})
     if space not in ("log", "linear"):
         raise ValueError(f"space must be 'log' or 'linear', not {space!r}")
+    require_distinct(x, xname, 3, f"{yname} = offset + c {xname}^k is not identifiable")
     xs = math.exp(np.log(x).mean())  # scale x so c is O(y)
     u = x / xs
     if offset_bounds is None:
@@ -389,7 +418,8 @@ def fit_power_offset(
         c_scaled = float(theta[0])
     c = c_scaled * xs ** (-k)
     params = {"c": c, "k": k, "offset": float(theta[2])}
-    extra: dict[str, Any] = {"level": level, "space": space, "x_scale": xs, "dof": dof}
+    extra: dict[str, Any] = {"level": level, "space": space, "x_scale": xs, "dof": dof,
+                             "form": "y = offset + c x^k"}
     # covariance in the optimisation parameterisation (with x scaled); bound-active params get
     # zero-width rows because J has a zero column there after pseudo-inversion.
     J = sol.jac
@@ -418,7 +448,9 @@ def fit_power_offset(
             min(params["offset"] + t * se[2], hi_off),
         ),
     }
-    extra["method"] = "least squares, delta-method (asymptotic covariance) t-intervals"
+    fit_desc = _power_offset_method(space, sol)
+    extra["fit_method"] = fit_desc  # loss space and starts; "method" adds the intervals
+    extra["method"] = f"{fit_desc}; delta-method (asymptotic covariance) t-intervals, n-3 dof"
     extra["at_bound"] = {
         "k": bool(np.isclose(k, k_bounds).any()),
         "offset": bool(np.isclose(params["offset"], [lo_off, hi_off]).any()),
@@ -426,6 +458,8 @@ def fit_power_offset(
     if n_boot > 0:
 
         def boot_fn(idx: np.ndarray) -> dict[str, float]:
+            if np.unique(x[idx]).size < 3:  # no identifiable law in this draw: failed draw
+                raise FitError(f"{xname}: fewer than 3 distinct values in this draw")
             th, _ = fit_once(idx, warm=theta)
             kk = float(th[1])
             cs = math.exp(th[0]) if space == "log" else float(th[0])
@@ -433,10 +467,21 @@ def fit_power_offset(
 
         bs = bootstrap(boot_fn, n, groups=groups, n_boot=n_boot, level=level, seed=seed)
         ci = bs.ci
-        extra["method"] = "least squares, percentile bootstrap"
+        extra["method"] = (f"{fit_desc}; percentile bootstrap over {bs.unit} ({n_boot} "
+                           "draws, each refit warm-started)")
         extra["bootstrap"] = bs.summary()
         extra["_draws"] = bs.draws
     return FitResult(law=law, params=params, ci=ci, n_points=n, loss=sse, extra=extra)
+
+
+def _power_offset_method(space: str, sol: Any) -> str:
+    """How a :func:`fit_power_offset` fit was found: loss space and starts (for ``method``)."""
+    loss = ("least squares on log y (log-space residuals)" if space == "log"
+            else "least squares on y (linear residuals)")
+    grid = ("k grid x offset grid, log c in closed form" if space == "log"
+            else "one per k, c and offset by linear least squares")
+    return (f"{loss}; bounded TRF from {sol['n_starts']} starts ({grid}), best "
+            f"{sol['n_refined']} refined")
 
 
 def _power_offset_core(
@@ -530,6 +575,9 @@ def _power_offset_core(
             best = sol
     if best is None:
         raise FitError("power law with offset: no start converged (check the data)")
+    # recorded for extra["method"]: how many starts were scored and refined
+    best["n_starts"] = len(starts_arr) - (warm is not None)
+    best["n_refined"] = len(chosen)
     return best.x, best
 
 
@@ -584,11 +632,16 @@ def fit_fixed_effects(
     y = as_array(y, "y", positive=log_y)
     g = np.asarray(groups).reshape(-1)
     _same_length(x=x, y=y, groups=g)
+    # a missing label would otherwise become a group named "None" or "nan"
+    missing = int(_missing(g).sum())
+    if missing:
+        raise FitError(f"groups: {missing} missing label(s) (None or NaN)")
     labels, codes = np.unique(g.astype(str), return_inverse=True)
     G = labels.size
     n = x.size
     if n < G + 2:
-        raise FitError(f"too few points for a fixed-effects fit: {n} given, {G + 2} needed")
+        raise FitError(f"too few points for x: {n} given, at least {G + 2} needed "
+                       f"(one intercept per group, {G} group(s), and the slope)")
     fx = np.log(x) if log_x else x
     fy = np.log(y) if log_y else y
     X = np.zeros((n, G + 1))
@@ -598,8 +651,6 @@ def fit_fixed_effects(
     resid = fy - X @ coef
     sse = float((resid**2).sum())
     dof = n - G - 1
-    if dof < 1:
-        raise FitError(f"too few points for a fixed-effects fit: {n} given, {G + 2} needed")
     XtX = X.T @ X
     if np.linalg.matrix_rank(XtX) < G + 1:
         raise FitError("x: no group has two distinct values, the shared slope is not identifiable")
@@ -624,6 +675,8 @@ def fit_fixed_effects(
         loss=sse,
         extra={
             "level": level,
+            "form": ("log " if log_y else "") + "y = a[group] + k " + ("log " if log_x else "")
+                    + "x" + (" (y = c[group] x^k)" if log_x and log_y else ""),
             "method": "OLS with per-group intercepts, t-intervals",
             "groups": labels.tolist(),
             "log_x": log_x,
@@ -633,6 +686,16 @@ def fit_fixed_effects(
             "cov": cov,
         },
     )
+
+
+def _missing(a: np.ndarray) -> np.ndarray:
+    """None or NaN entries of a label array (numeric or object)."""
+    if a.dtype.kind == "f":
+        return np.isnan(a)
+    if a.dtype == object:
+        return np.array([v is None or (isinstance(v, float) and v != v) for v in a.tolist()],
+                        dtype=bool)
+    return np.zeros(a.shape, dtype=bool)
 
 
 def predict_fixed_effects(
@@ -773,7 +836,9 @@ def fit_chinchilla(
     Parameters reported: ``E, A, B, alpha, beta`` and the compute-optimal allocation exponents
     ``a = beta / (alpha + beta)`` (``N_opt ~ C^a``), ``b = alpha / (alpha + beta)``
     (``D_opt ~ C^b``) and the prefactor ``G`` (``N_opt = G (C/k)^a`` for ``C = k N D``).
-    ``loss`` is the minimised Huber sum. Exponents do not depend on the units of N and D.
+    ``loss`` is the minimised Huber sum. ``extra`` states ``form``, ``method`` (Huber delta,
+    log-sum-exp, grid size, refined starts, intervals) and ``theta`` (``log_A``, ``log_B``,
+    ``log_E`` at the optimum). Exponents do not depend on the units of N and D.
     Needs >= 6 points.
     """
     N = as_array(N, "N", positive=True, min_len=6)
@@ -800,13 +865,18 @@ def fit_chinchilla(
         raise FitError("chinchilla: no start converged")
     params = _chinchilla_params(best_theta)
     names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"]
+    fit_desc = (f"Huber loss (delta {delta:g}) on log L, prediction by log-sum-exp of "
+                f"(log A - alpha log N, log B - beta log D, log E); L-BFGS-B from a "
+                f"{len(starts)}-start grid scored in one pass, best {len(order)} refined")
     extra: dict[str, Any] = {
         "level": level,
+        "form": "L = E + A/N^alpha + B/D^beta",
         "delta": delta,
         "n_starts_grid": int(len(starts)),
         "n_starts_refined": int(len(order)),
-        "method": "Huber(log L) via log-sum-exp, L-BFGS from grid, percentile bootstrap",
-        "theta": {"a": best_theta[0], "b": best_theta[1], "e": best_theta[2]},
+        "method": f"{fit_desc}; no intervals (n_boot=0)",
+        # log-parameters at the optimum; not "a"/"b", which are the allocation exponents
+        "theta": {"log_A": best_theta[0], "log_B": best_theta[1], "log_E": best_theta[2]},
     }
     ci = {k: (float("nan"), float("nan")) for k in names}
     if n_boot > 0:
@@ -817,6 +887,8 @@ def fit_chinchilla(
 
         bs = bootstrap(boot_fn, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
         ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in names}
+        extra["method"] = (f"{fit_desc}; percentile bootstrap over {bs.unit} ({n_boot} draws, "
+                           "warm-started)")
         extra["bootstrap"] = bs.summary()
         extra["_draws"] = bs.draws
     return FitResult(

@@ -47,6 +47,7 @@ from analysis.fitting import (
     loglog_intervals,
     power_offset_intervals,
     predict_power,
+    require_distinct,
     rolling_cv,
     safe_exp,
     single_blas_thread,
@@ -61,6 +62,9 @@ __all__ = [
     "quadratic_surface_optimum",
     "compare_isoflop_methods",
     "forecast_isoflop",
+    "forecast_chinchilla",
+    "forecast_quadratic_surface",
+    "forecast_isoflop_method",
     "intrinsic_g",
     "fit_intrinsic",
     "intrinsic_performance",
@@ -426,6 +430,111 @@ def forecast_isoflop(
         out[name] = {"value": float(iv["y"][0]), "low": float(iv["conf_low"][0]),
                      "high": float(iv["conf_high"][0]), "at": f"C={C:.3g}"}
     return out
+
+
+def forecast_chinchilla(fit: FitResult, C: float, *, flops_per_param_sample: float = 6.0,
+                        level: float | None = None) -> dict[str, dict[str, Any]]:
+    """``N_opt``, ``D_opt``, ``L_opt`` at budget ``C = k N D`` from a
+    :func:`~analysis.fitting.fit_chinchilla` result, each ``{"value", "low", "high",
+    "method"}``. Intervals: the ``(1 -+ level) / 2`` percentiles (``level`` defaults to the
+    fit's own) of the same quantity computed from each bootstrap draw's parameters; with 3
+    draws or fewer (or ``n_boot=0``) they are NaN."""
+    level = fit.extra.get("level", LEVEL) if level is None else level
+    k = flops_per_param_sample
+    point = chinchilla_allocation(fit.params, [C], flops_per_param_sample=k)
+    names = ("N_opt", "D_opt", "L_opt")
+    draws = fit.extra.get("_draws") or {}
+    n_draws = len(draws.get("alpha", ()))
+    out = {n: {"value": float(v[0]), "low": math.nan, "high": math.nan,
+               "method": f"point estimate only ({n_draws} bootstrap draws; an interval "
+                         "needs at least 4)"}
+           for n, v in zip(names, point, strict=True)}
+    if n_draws <= 3:
+        return out
+    keys = ("E", "A", "B", "alpha", "beta")
+    with np.errstate(all="ignore"):  # a far-off draw may overflow: dropped below
+        per = np.array([[float(v[0]) for v in chinchilla_allocation(
+            {q: draws[q][i] for q in keys}, [C], flops_per_param_sample=k)]
+            for i in range(len(draws["alpha"]))])
+    q = [50 * (1 - level), 50 * (1 + level)]
+    for j, n in enumerate(names):
+        v = per[:, j][np.isfinite(per[:, j])]
+        if v.size > 3:
+            lo, hi = np.percentile(v, q)
+            out[n].update(low=float(lo), high=float(hi),
+                          method=f"{level:.0%} percentiles over {v.size} bootstrap draws")
+    return out
+
+
+def _quad_opt_logs(coef: np.ndarray, s: float) -> np.ndarray:
+    """``[log N* - u0, log L*]`` of a quadratic surface on the centred budget line ``s``."""
+    c0, cN, cD, cNN, cDD, cND = coef
+    u = ((2 * cDD - cND) * s + cD - cN) / (2 * (cNN + cDD - cND))
+    v = s - u
+    return np.array([u, c0 + cN * u + cD * v + cNN * u**2 + cDD * v**2 + cND * u * v])
+
+
+def forecast_quadratic_surface(fit: FitResult, C: float, *, level: float | None = None
+                               ) -> dict[str, dict[str, Any]]:
+    """``N_opt``, ``D_opt``, ``L_opt`` at budget ``C`` from :func:`fit_quadratic_surface`:
+    the minimum of ``log L`` on the budget line ``log D = log(C/k) - log N``. Intervals:
+    delta method on ``log N*`` and ``log L*`` through the OLS covariance of the six
+    coefficients, t on ``n - 6`` dof, then exponentiated; ``D_opt``'s ends are ``C/(k N*)``
+    at ``N*``'s other ends."""
+    level = fit.extra.get("level", LEVEL) if level is None else level
+    coef = np.array([fit.params[n] for n in _QUAD_NAMES])
+    u0, v0 = fit.extra["centre"]["u0"], fit.extra["centre"]["v0"]
+    k = fit.extra["k"]
+    s = math.log(C / k) - u0 - v0
+    dm = delta_method(lambda th: _quad_opt_logs(th, s), coef, fit.extra["_cov"], level=level,
+                      dof=max(fit.extra["dof"], 1))
+    val, lo, hi = (np.asarray(dm[key], float) for key in ("value", "low", "high"))
+    method = f"delta-method {level:.0%} t-interval (OLS covariance, {fit.extra['dof']} dof)"
+    n = [safe_exp(float(x[0]) + u0) for x in (val, lo, hi)]
+    out = {"N_opt": {"value": n[0], "low": n[1], "high": n[2], "method": method},
+           "L_opt": {"value": safe_exp(float(val[1])), "low": safe_exp(float(lo[1])),
+                     "high": safe_exp(float(hi[1])), "method": method}}
+    out["D_opt"] = {"value": C / (k * n[0]), "low": C / (k * n[2]) if n[2] > 0 else math.nan,
+                    "high": C / (k * n[1]) if n[1] > 0 else math.inf, "method": method}
+    return out
+
+
+# isoFLOP methods of compare_isoflop_methods, by the name it reports as "best"
+ISOFLOP_METHODS = ("isoflop_profiles", "envelope", "chinchilla", "quadratic_surface")
+
+
+def forecast_isoflop_method(method: str, fit: FitResult, C: float, *,
+                            flops_per_param_sample: float = 6.0,
+                            level: float | None = None) -> dict[str, dict[str, Any]]:
+    """``N_opt`` and ``L_opt`` at budget ``C`` from the full-data fit of one method of
+    :func:`compare_isoflop_methods` (``method`` as it names them), each ``{"value", "low",
+    "high", "method"}`` with that method's own interval: isoFLOP profiles
+    (:func:`forecast_isoflop`), envelope (log-log t confidence interval; too narrow on a
+    coarse size grid), Chinchilla (:func:`forecast_chinchilla`, bootstrap percentiles; NaN
+    without draws), quadratic surface (:func:`forecast_quadratic_surface`)."""
+    level = fit.extra.get("level", LEVEL) if level is None else level
+    if method == "isoflop_profiles":
+        fc = forecast_isoflop(fit, C, level=level)
+        how = "isoFLOP profiles' power laws, confidence interval"
+        return {n: {**{k: fc[n][k] for k in ("value", "low", "high")}, "method": how}
+                for n in ("N_opt", "L_opt")}
+    if method == "envelope":
+        out = {}
+        for n, sub in (("N_opt", "N_env"), ("L_opt", "L_env")):
+            iv = loglog_intervals(fit.extra["_fits"][sub], [C], level=level)
+            out[n] = {"value": float(iv["y"][0]), "low": float(iv["conf_low"][0]),
+                      "high": float(iv["conf_high"][0]),
+                      "method": "envelope log-log t confidence interval (ignores the size "
+                                "grid: too narrow where sizes are far apart)"}
+        return out
+    if method == "chinchilla":
+        fc = forecast_chinchilla(fit, C, flops_per_param_sample=flops_per_param_sample,
+                                 level=level)
+        return {n: fc[n] for n in ("N_opt", "L_opt")}
+    if method == "quadratic_surface":
+        fc = forecast_quadratic_surface(fit, C, level=level)
+        return {n: fc[n] for n in ("N_opt", "L_opt")}
+    raise FitError(f"unknown isoFLOP method {method!r}; one of {', '.join(ISOFLOP_METHODS)}")
 
 
 def forecast_power(fit: FitResult, x: float, *, level: float = LEVEL) -> dict[str, float]:
@@ -957,8 +1066,9 @@ def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarra
         lb = bs.ci["log_beta"]
         fit.ci = {"D_min": bs.ci["D_min"], "beta": (safe_exp(lb[0]), safe_exp(lb[1])),
                   "alpha": bs.ci["alpha"]}
-        fit.extra["method"] = ("least squares; percentile bootstrap over seeds within "
-                               "(task, sigma, B, eta) cells, best cell re-picked per draw")
+        fit.extra["method"] = (f"{fit.extra['fit_method']}; percentile bootstrap over seeds "
+                               "within (task, sigma, B, eta) cells, best cell re-picked per "
+                               "draw")
 
 
 def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
@@ -1020,13 +1130,13 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
     """
     sig = as_array(sigma, "sigma", positive=True, min_len=4)
     Dv = as_array(D, "D", positive=True, min_len=4)
-    if np.unique(sig).size < 3:
-        raise FitError(f"sigma: {np.unique(sig).size} distinct values, 3 needed")
+    require_distinct(sig, "sigma", 3, "D_min, beta and alpha are not identifiable")
     if np.unique(Dv).size == 1:  # else alpha sits on its bound and beta leaves the float range
         raise FitError(f"D: all {Dv.size} values equal ({Dv[0]:.4g}); D_J does not vary with "
                        "sigma, there is no law to fit")
     f = fit_power_offset(sig, Dv, space="log", k_bounds=UTD_K_BOUNDS, level=level,
-                         n_boot=n_boot, groups=groups, seed=seed, law="utd")
+                         n_boot=n_boot, groups=groups, seed=seed, law="utd",
+                         names=("sigma", "D"))
     xs = f.extra["x_scale"]
     theta = f.extra["_theta"]
     params = _utd_params(theta, xs)
@@ -1056,6 +1166,13 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
               "beta": (safe_exp(lb - t * float(dm["se"])), safe_exp(lb + t * float(dm["se"])))}
     extra = dict(f.extra)
     extra["form"] = "D_J(sigma) = D_min + (beta / sigma)^alpha"
+    # the power-law fit's loss space and starts, in this law's terms
+    extra["fit_method"] = (f"{f.extra['fit_method']} (y = D, x = sigma, k = -alpha in "
+                           f"[{UTD_K_BOUNDS[0]:g}, {UTD_K_BOUNDS[1]:g}], 0 <= D_min <= min D)")
+    extra["method"] = extra["fit_method"] + (
+        f"; percentile bootstrap over {f.extra['bootstrap']['unit']} ({n_boot} draws)"
+        if n_boot > 0 else "; delta-method t-intervals on n-3 dof (log beta through the "
+        "covariance)")
     extra["_power_fit"] = f
     return FitResult(law="utd", params=params, ci=ci, n_points=f.n_points, loss=f.loss,
                      extra=extra)
@@ -1221,10 +1338,12 @@ def fit_return_vs_loss(loss: Any, ret: Any, *, level: float = LEVEL) -> FitResul
 
     :func:`~analysis.fitting.fit_power_offset` on the raw return scale (``space="linear"``,
     returns may approach a ceiling from below), ``k`` in [-10, -0.01], offset free; delta-
-    method t-intervals. Needs >= 4 points.
+    method t-intervals. Needs >= 4 points and 3 distinct losses; errors name ``loss`` and
+    ``return``.
     """
     f = fit_power_offset(loss, ret, space="linear", k_bounds=(-10.0, -0.01),
-                         offset_bounds=(-np.inf, np.inf), level=level, law="return_vs_loss")
+                         offset_bounds=(-np.inf, np.inf), level=level, law="return_vs_loss",
+                         names=("loss", "return"))
     f.extra["form"] = "R = offset + c L^k"
     return f
 

@@ -42,7 +42,6 @@ from analysis.fitting import (
     FIT_FAILURES,
     FitError,
     FitResult,
-    chinchilla_allocation,
     fit_chinchilla,
     holdout_largest,
     loglog_intervals,
@@ -377,18 +376,10 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         Nall, Dall, Lall, n_boot=n_boot, groups=groups))
     if ch is not None:
         st.fits["Chinchilla Approach 3"] = ch
-        n_opt, d_opt, l_opt = chinchilla_allocation(ch.params, [target],
-                                                    flops_per_param_sample=kflops)
-        rec = {"at": f"C={target:.3g}"}
-        draws = ch.extra.get("_draws")
-        for name, val, idx in (("N_opt", n_opt, 0), ("D_opt", d_opt, 1), ("L_opt", l_opt, 2)):
-            r = dict(rec, value=float(val[0]))
-            if draws and len(draws.get("alpha", [])) > 3:
-                vals = [chinchilla_allocation(
-                    {k: draws[k][i] for k in ("E", "A", "B", "alpha", "beta")}, [target],
-                    flops_per_param_sample=kflops)[idx][0] for i in range(len(draws["alpha"]))]
-                r["low"], r["high"] = (float(v) for v in np.percentile(vals, [2.5, 97.5]))
-            st.forecasts[f"{name} (Chinchilla)"] = r
+        # percentiles of the bootstrap draws at the fit's own level
+        for name, r in laws.forecast_chinchilla(ch, target,
+                                                flops_per_param_sample=kflops).items():
+            st.forecasts[f"{name} (Chinchilla)"] = {**r, "at": f"C={target:.3g}"}
     qs = attempt(st, "quadratic surface", lambda: laws.fit_quadratic_surface(
         Nall, Dall, Lall, flops_per_param_sample=kflops))
     if qs is not None:
@@ -399,6 +390,11 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         st.tables["held-out RMSE of log L_opt on larger budgets (rolling CV)"] = pd.DataFrame(
             {"method": list(cmp_["rmse"]), "rmse": list(cmp_["rmse"].values())})
         st.context["method chosen by held-out RMSE"] = str(cmp_["best"])
+        if cmp_["best"] is not None:
+            full = {"isoflop_profiles": iso, "envelope": env, "chinchilla": ch,
+                    "quadratic_surface": qs}
+            attempt(st, "headline forecast (best method)", lambda: _best_method_forecast(
+                st, cmp_, full, target, kflops))
         forecasts = {m: [(c, p) for fold in folds if "pred" in fold
                          for c, p in zip(fold["budget"], fold["pred"], strict=True)]
                      for m, folds in cmp_["folds"].items()}
@@ -424,6 +420,24 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         attempt(st, f"{rcol} vs {metric}", rvl)
     else:
         st.skipped["return vs loss"] = "no eval_return logged"
+
+
+def _best_method_forecast(st: StudyResult, cmp_: dict[str, Any],
+                          full: dict[str, FitResult | None], target: float,
+                          kflops: float) -> None:
+    """Headline forecasts ``L_opt (best method: NAME)`` and ``N_opt (best method: NAME)`` at
+    the target budget from the full-data fit of the method with the least held-out RMSE,
+    with that method's own interval; listed first among the study's forecasts."""
+    best = cmp_["best"]
+    fit = full.get(best)
+    if fit is None:
+        raise FitError(f"{best} was chosen by held-out RMSE but its fit on all budgets failed")
+    fc = laws.forecast_isoflop_method(best, fit, target, flops_per_param_sample=kflops)
+    why = f"method chosen by held-out RMSE of log L_opt ({cmp_['rmse'][best]:.3g})"
+    head = {f"{name} (best method: {best})": {**fc[name], "at": f"C={target:.3g}",
+                                              "method": f"{fc[name]['method']}; {why}"}
+            for name in ("L_opt", "N_opt") if name in fc}
+    st.forecasts = {**head, **st.forecasts}
 
 
 def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from analysis import cli_fit, synthetic
+from analysis.fitting import FitError
 
 KEYS = {"law", "params", "ci", "n_points", "loss"}
 
@@ -209,3 +210,49 @@ def test_module_entry_point(tmp_path: Path):
                           cwd=Path(__file__).resolve().parents[1])
     res = json.loads(proc.stdout)
     assert res["params"]["k"] == pytest.approx(0.5, abs=1e-9)
+
+
+def test_options_a_law_ignores_are_one_line_errors(tmp_path: Path, capsys):
+    """``fit power`` without ``--offset`` is a log-log OLS fit: --n-boot, --seed, --space and
+    the run role would be ignored, so they are refused (they were accepted silently); the
+    same for each law's other unused options. Where they apply they work."""
+    rng = np.random.default_rng(5)
+    x = np.repeat(np.geomspace(1e3, 1e9, 10), 2)
+    csv = tmp_path / "p.csv"
+    pd.DataFrame({"x": x, "y": 0.3 + 2.0 * x**-0.2 * np.exp(0.005 * rng.standard_normal(
+        x.size)), "r": np.repeat(np.arange(10), 2), "D": x, "C": x}).to_csv(csv, index=False)
+    p = ["power", "--csv", str(csv)]
+    cases = [
+        (p + ["--n-boot", "5"], "--n-boot applies only with --offset"),
+        (p + ["--seed", "3"], "--seed applies only with --offset"),
+        (p + ["--space", "linear"], "--space applies only with --offset"),
+        (p + ["--space", "log"], "--space applies only with --offset"),
+        (p + ["--col", "run=r"], "role 'run' (the bootstrap unit) applies only with --offset"),
+        (p + ["--offset", "--col", "run=r"], "--n-boot > 0"),
+        (p + ["--flops-per-param-sample", "6"], "--flops-per-param-sample applies only"),
+        (["utd", "--csv", str(csv), "--col", "sigma=x", "--col", "D=y", "--offset"],
+         "--offset applies only to power and isoflop, not utd"),
+        (["utd", "--csv", str(csv), "--col", "sigma=x", "--col", "D=y", "--col", "run=r"],
+         "role 'run' (the bootstrap unit) applies only with --n-boot > 0 (utd defaults to 0)"),
+        (["isoflop", "--csv", str(csv), "--col", "N=x", "--col", "loss=y", "--n-boot", "9"],
+         "--n-boot does not apply to isoflop"),
+        (["isoflop", "--csv", str(csv), "--col", "N=x", "--col", "loss=y",
+          "--flops-per-param-sample", "6"], "where D is derived from C"),  # D column given
+        (["chinchilla", "--csv", str(csv), "--col", "N=x", "--col", "loss=y", "--space", "log"],
+         "--space applies only with --offset (power): chinchilla has no --space"),
+        (["chinchilla", "--csv", str(csv), "--col", "N=x", "--col", "loss=y", "--col", "C=C"],
+         "role 'C' is used only without a D column"),
+    ]
+    for argv, msg in cases:
+        rc, _, err = _run(capsys, argv)
+        assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, (argv, err)
+        assert msg in err, (argv, err)
+    # where they apply they are used: a bootstrap over runs with --offset
+    rc, res, _ = _run(capsys, p + ["--offset", "--space", "log", "--n-boot", "8", "--seed", "1",
+                                   "--col", "run=r", "--json"])
+    assert rc == 0 and res["ci"]["k"][0] < res["params"]["k"] < res["ci"]["k"][1]
+    # a CSV column merely named like a role is not "given"
+    df = pd.read_csv(csv).rename(columns={"r": "run"})
+    assert cli_fit.fit_table("power", df)["params"]["offset"] == 0.0
+    with pytest.raises(FitError, match="--n-boot applies only with --offset"):
+        cli_fit.fit_table("power", df, n_boot=5)

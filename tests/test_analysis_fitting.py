@@ -174,7 +174,7 @@ def test_errors_are_one_line_and_name_the_input():
         fitting.fit_chinchilla([1, 2, np.nan, 4, 5, 6], [1] * 6, [1] * 6)
     with pytest.raises(FitError, match="differ in length"):
         fitting.fit_loglog([1, 2, 3], [1, 2, 3, 4])
-    with pytest.raises(FitError, match="all values equal"):
+    with pytest.raises(FitError, match=r"^x: 1 distinct value, at least 2 needed; the slope"):
         fitting.fit_loglog([2, 2, 2], [1, 2, 3])
     try:
         fitting.fit_power_offset([1, 2, 3], [1, 2, 3])
@@ -197,3 +197,52 @@ def test_rolling_cv_folds_keep_forecasts_for_extrapolation_figures():
     assert [f["budget"] for f in cv.folds] == [[budgets[3]], [budgets[4]], [budgets[5]]]
     for fold in cv.folds:  # an exact power law is forecast exactly
         assert fold["pred"] == pytest.approx(fold["actual"], rel=1e-9)
+
+
+@pytest.mark.parametrize("x", [[3.0] * 6, [1.0, 1.0, 1.0, 2.0, 2.0, 2.0]],
+                         ids=["constant", "two-values"])
+@pytest.mark.parametrize("space", ["log", "linear"])
+def test_power_offset_needs_three_distinct_x(x, space):
+    """With < 3 distinct x, offset, c and k are not identifiable: one line instead of a k
+    stuck on its bound (it returned k = -5 or 5 with a finite interval)."""
+    y = np.arange(1.0, 7.0)
+    k = len(set(x))
+    with pytest.raises(FitError, match=rf"^x: {k} distinct values?, at least 3 needed") as e:
+        fitting.fit_power_offset(x, y, space=space)
+    assert "\n" not in str(e.value)
+    with pytest.raises(FitError, match=rf"^sigma: {k} distinct value"):  # named as asked
+        fitting.fit_power_offset(x, y, space=space, names=("sigma", "D"))
+
+
+def test_fits_state_form_loss_space_starts_and_intervals():
+    """``extra`` says what was fitted and how: the report and laws.json print it."""
+    rng = np.random.default_rng(11)
+    x = np.geomspace(1, 1e4, 12)
+    y = (1.0 + 5.0 * x**-0.5) * np.exp(0.02 * rng.standard_normal(x.size))
+    log_fit = fitting.fit_power_offset(x, y)
+    assert log_fit.extra["form"] == "y = offset + c x^k"
+    m = log_fit.extra["method"]
+    # 24 k values (0 dropped) x 6 offsets, all feasible here; 6 refined
+    assert m.startswith("least squares on log y (log-space residuals)")
+    assert "144 starts" in m and "best 6 refined" in m and "delta-method" in m
+    lin = fitting.fit_power_offset(x, y, space="linear", n_boot=5)
+    m = lin.extra["method"]
+    assert m.startswith("least squares on y (linear residuals)")
+    assert "24 starts (one per k" in m and "percentile bootstrap over points (5" in m
+    N, D, L = _chinchilla_data(np.random.default_rng(12))
+    ch = fitting.fit_chinchilla(N, D, L, n_boot=0, n_starts=3)
+    assert ch.extra["form"] == "L = E + A/N^alpha + B/D^beta"
+    m = ch.extra["method"]
+    for part in ("Huber loss (delta 0.001) on log L", "log-sum-exp", "4500-start grid",
+                 "best 3 refined", "no intervals"):
+        assert part in m, (part, m)
+    # log-parameters are named apart from the allocation exponents a, b
+    assert set(ch.extra["theta"]) == {"log_A", "log_B", "log_E"}
+    assert ch.extra["theta"]["log_E"] == pytest.approx(np.log(ch.params["E"]))
+    assert "form" in ch.to_json()["extra"]
+    from analysis import laws
+
+    utd = laws.fit_utd(np.repeat([0.5, 1, 2, 4, 8], 2), 1e5 + (3e6 / np.repeat(
+        [0.5, 1, 2, 4, 8], 2)) ** 0.8)
+    assert utd.extra["method"].startswith("least squares on log y (log-space residuals)")
+    assert "25 starts" not in utd.extra["method"] and "k = -alpha" in utd.extra["method"]

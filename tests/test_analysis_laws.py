@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import laws, synthetic
+from analysis import fitting, laws, synthetic
 from analysis.fitting import FitError
 
 PF_DAY = 1e15 * 86400
@@ -352,3 +352,191 @@ def test_generalization_score_criteria():
         laws.generalization_score(rows, criterion="median")
     with pytest.raises(FitError, match="fraction"):
         laws.generalization_score(rows, fraction=1.5)
+
+
+# ------------------------------------------------------------------ units and bad input
+
+MILLION = 1e6
+
+
+def _rescale_case(name: str):
+    """``(fit, data, rescaled data, expected params of the rescaled fit from the first)``
+    for one law: the rescaled data are the same measurements in other units."""
+    rng = np.random.default_rng(21)
+    if name == "fit_utd":  # D in millions of env steps, sigma per 2 updates
+        t = synthetic.UTD_TRUTH
+        sig = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
+        D = (t["D_min"] + (t["beta_J"] / sig) ** t["alpha_J"]) * np.exp(
+            0.03 * rng.standard_normal(sig.size))
+        s, d = 0.5, 1 / MILLION
+        return (laws.fit_utd, (sig, D), (s * sig, d * D),
+                lambda p: {"alpha": p["alpha"], "D_min": d * p["D_min"],
+                           "beta": s * d ** (1 / p["alpha"]) * p["beta"]})
+    if name == "fit_hparam_law":  # batch size in thousands, sigma doubled
+        sig = np.tile([1.0, 2.0, 4.0, 8.0, 16.0], 2)
+        task = np.repeat(["a", "b"], 5)
+        B = np.where(task == "a", 256.0, 512.0) * sig**-0.6 * np.exp(
+            0.05 * rng.standard_normal(sig.size))
+        s, v = 2.0, 1e-3
+        return (lambda x, y: laws.fit_hparam_law(x, y, task), (sig, B), (s * sig, v * B),
+                lambda p: {"k": p["k"], **{f"c[{g}]": v * s ** -p["k"] * p[f"c[{g}]"]
+                                           for g in ("a", "b")}})
+    N, C, D, L = _isoflop_data(rng)
+    if name == "fit_quadratic_surface":  # parameters in millions, samples in billions
+        return (laws.fit_quadratic_surface, (N, D, L), (N / MILLION, D / 1e9, 3 * L),
+                lambda p: {"a": p["a"], "b": p["b"]})
+    if name == "fit_envelope":  # FLOPs -> PF-days
+        return (laws.fit_envelope, (N, C, L), (N / MILLION, C / PF_DAY, 3 * L),
+                lambda p: {"a": p["a"], "L_exponent": p["L_exponent"],
+                           "N_coef": p["N_coef"] / MILLION * PF_DAY ** p["a"]})
+    if name == "fit_return_vs_loss":  # loss in millinats
+        loss = np.geomspace(0.6, 2.0, 20)
+        ret = 100 + BC["R0"] * loss ** -BC["kappa"] * np.exp(
+            0.02 * rng.standard_normal(loss.size))
+        return (laws.fit_return_vs_loss, (loss, ret), (1e3 * loss, ret),
+                lambda p: {"k": p["k"], "offset": p["offset"],
+                           "c": p["c"] * 1e3 ** -p["k"]})
+    if name == "frontier_size_law":  # FLOPs -> PF-days, parameters in millions
+        sizes = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 10)
+        comp = np.concatenate([np.geomspace(0.5, 2, 10) * 1e10 * (q / 1e5) ** 2.2
+                               for q in (1e5, 4e5, 1.6e6, 6.4e6)])
+        return (laws.frontier_size_law, (comp, sizes), (comp / PF_DAY, sizes / MILLION),
+                lambda p: {"k": p["k"]})
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["fit_utd", "fit_hparam_law", "fit_quadratic_surface",
+                                  "fit_envelope", "fit_return_vs_loss", "frontier_size_law"])
+def test_exponents_do_not_depend_on_units(name: str):
+    """The same data in other units (FLOPs -> PF-days, parameters -> millions, ...): every
+    exponent is unchanged and each scale parameter moves exactly as the units say (beta of
+    D_J(sigma) by the sigma factor times the D factor^(1/alpha), D_min by the D factor)."""
+    fit, data, scaled, expected = _rescale_case(name)
+    a, b = fit(*data), fit(*scaled)
+    for key, want in expected(a.params).items():
+        # closed-form fits agree to rounding; the least-squares ones (utd, return vs loss)
+        # to the optimiser's tolerance
+        assert b.params[key] == pytest.approx(want, rel=1e-5, abs=1e-9), (key, a.params)
+
+
+def _bad_input_case(law: str, kind: str):
+    """``(call, message regex)``: ``kind`` is too few points, a non-positive value where a
+    log is taken, or a NaN; the regex names the input."""
+    rng = np.random.default_rng(22)
+    N, C, D, L = _isoflop_data(rng, n_budgets=3)
+    loss = np.geomspace(0.6, 2.0, 10)
+    ret = 100 + 50 * loss**-2.0
+    sig = np.repeat([1.0, 2.0, 4.0, 8.0], 2)
+    task = np.tile(["a", "b"], 4)  # 3 points are 2 groups, which need 4
+    Bs = 256 * sig**-0.6
+
+    def spoil(a: np.ndarray, value: float) -> np.ndarray:
+        a = np.array(a, float)
+        a[1] = value
+        return a
+
+    # per law: the call, its inputs, (index of the input spoiled, its name) per kind
+    calls = {
+        "fit_chinchilla": (lambda n, d, y: fitting.fit_chinchilla(n, d, y, n_boot=0, n_starts=2),
+                           [N, D, L], {"few": (0, "N", 6), "nonpositive": (1, "D"),
+                                       "nan": (2, "loss")}),
+        "fit_quadratic_surface": (laws.fit_quadratic_surface, [N, D, L],
+                                  {"few": (0, "N", 8), "nonpositive": (2, "loss"),
+                                   "nan": (0, "N")}),
+        "fit_envelope": (laws.fit_envelope, [N, C, L],
+                         {"few": (0, "N", 3), "nonpositive": (1, "C"), "nan": (2, "loss")}),
+        "fit_return_vs_loss": (laws.fit_return_vs_loss, [loss, ret],
+                               {"few": (0, "loss", 4), "nonpositive": (0, "loss"),
+                                "nan": (1, "return")}),
+        "fit_fixed_effects": (lambda x, y: fitting.fit_fixed_effects(x, y, task[:len(x)]),
+                              [sig, Bs], {"few": (0, "x", 4), "nonpositive": (1, "y"),
+                                          "nan": (0, "x")}),
+    }
+    fn, args, kinds = calls[law]
+    spec = kinds[kind]
+    i, name = spec[0], spec[1]
+    if kind == "few":
+        need = spec[2]
+        n = need - 1 if law != "fit_fixed_effects" else 3  # 3 points, 2 groups: 4 needed
+        args = [a[:n] for a in args]
+        return (lambda: fn(*args)), rf"^too few points for {name}: {n} given, at least {need}"
+    if kind == "nonpositive":
+        args = [spoil(a, -1.0) if j == i else a for j, a in enumerate(args)]
+        return ((lambda: fn(*args)),
+                rf"^{name}: 1 non-positive value\(s\) where a log is taken \(min -1\)$")
+    args = [spoil(a, np.nan) if j == i else a for j, a in enumerate(args)]
+    return (lambda: fn(*args)), rf"^{name}: 1 NaN or infinite value\(s\)$"
+
+
+@pytest.mark.parametrize("kind", ["few", "nonpositive", "nan"])
+@pytest.mark.parametrize("law", ["fit_chinchilla", "fit_quadratic_surface", "fit_envelope",
+                                 "fit_return_vs_loss", "fit_fixed_effects"])
+def test_bad_input_is_one_line_fit_error_naming_it(law: str, kind: str):
+    call, pattern = _bad_input_case(law, kind)
+    with pytest.raises(FitError, match=pattern) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_more_bad_input_lines():
+    """A missing group label is not a group named "None"; a constant loss has no law; the
+    UTD law's distinct-values wording is the power law's."""
+    x = np.tile([1.0, 2.0, 4.0], 2)
+    with pytest.raises(FitError, match=r"^groups: 1 missing label\(s\)"):
+        fitting.fit_fixed_effects(x, x, np.array(["a", None, "a", "b", "b", "b"], dtype=object))
+    with pytest.raises(FitError, match=r"^loss: 1 distinct value, at least 3 needed"):
+        laws.fit_return_vs_loss(np.full(6, 1.5), np.arange(6.0))
+    with pytest.raises(FitError, match=r"^sigma: 2 distinct values, at least 3 needed"):
+        laws.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
+
+
+# ------------------------------------------------------------------ forecasts at a budget
+
+
+def test_chinchilla_forecast_interval_uses_the_fits_level():
+    """The interval is the percentile range of the per-draw forecasts at the fit's level
+    (the pipeline had 2.5/97.5 written in)."""
+    rng = np.random.default_rng(23)
+    N = np.repeat(np.geomspace(1e5, 1e8, 6), 6)
+    D = np.tile(np.geomspace(1e6, 1e10, 6), 6)
+    L = synthetic.bc_loss(N, D) * np.exp(0.01 * rng.standard_normal(N.size))
+    fit = fitting.fit_chinchilla(N, D, L, n_boot=12, n_starts=4, level=0.5)
+    fc = laws.forecast_chinchilla(fit, 1e20, flops_per_param_sample=6.0)
+    d = fit.extra["_draws"]
+    per = np.array([fitting.chinchilla_allocation({k: d[k][i] for k in ("E", "A", "B", "alpha",
+                                                                     "beta")}, [1e20])
+                    for i in range(len(d["alpha"]))])[:, :, 0]
+    for j, name in enumerate(("N_opt", "D_opt", "L_opt")):
+        assert fc[name]["value"] == pytest.approx(
+            float(fitting.chinchilla_allocation(fit.params, [1e20])[j][0]))
+        assert (fc[name]["low"], fc[name]["high"]) == pytest.approx(
+            tuple(np.percentile(per[:, j], [25, 75])), rel=1e-12), name
+        assert "50% percentiles" in fc[name]["method"]
+    wide = laws.forecast_chinchilla(fit, 1e20, level=0.95)["N_opt"]
+    assert wide["low"] <= fc["N_opt"]["low"] <= fc["N_opt"]["high"] <= wide["high"]
+    fit.extra.pop("_draws")
+    assert math.isnan(laws.forecast_chinchilla(fit, 1e20)["L_opt"]["low"])
+
+
+def test_forecast_by_isoflop_method_matches_each_methods_own_law():
+    N, C, D, L = _isoflop_data(np.random.default_rng(24))
+    target = 1e19
+    quad = laws.fit_quadratic_surface(N, D, L)
+    fq = laws.forecast_isoflop_method("quadratic_surface", quad, target)
+    n_opt, l_opt = laws._quad_predict_opt(quad, np.array([target]))
+    assert fq["N_opt"]["value"] == pytest.approx(n_opt[0], rel=1e-9)
+    assert fq["L_opt"]["value"] == pytest.approx(l_opt[0], rel=1e-9)
+    for name in ("N_opt", "L_opt"):
+        assert fq[name]["low"] < fq[name]["value"] < fq[name]["high"], name
+    dq = laws.forecast_quadratic_surface(quad, target)["D_opt"]
+    assert dq["value"] == pytest.approx(target / (6 * fq["N_opt"]["value"]))
+    assert dq["low"] == pytest.approx(target / (6 * fq["N_opt"]["high"]))
+    iso = laws.fit_isoflop(N, C, L, D=D)
+    fi = laws.forecast_isoflop_method("isoflop_profiles", iso, target)
+    assert fi["L_opt"]["value"] == laws.forecast_isoflop(iso, target)["L_opt"]["value"]
+    env = laws.fit_envelope(N, C, L)
+    fe = laws.forecast_isoflop_method("envelope", env, target)
+    assert fe["N_opt"]["value"] == pytest.approx(
+        env.params["N_coef"] * target ** env.params["a"], rel=1e-9)
+    with pytest.raises(FitError, match="unknown isoFLOP method"):
+        laws.forecast_isoflop_method("nope", env, target)

@@ -85,6 +85,25 @@ def test_all_synthetic_studies(tmp_path: Path):
                                                                                  abs=0.08)
     assert "isoFLOP profiles" in iso["fits"] or "isoFLOP profiles" in iso["skipped"]
     assert any(k.startswith("N_opt") for k in iso["forecasts"])
+    # every fit states its form (Chinchilla had none) and how it was fitted
+    ch = iso["fits"]["Chinchilla Approach 3"]["extra"]
+    assert ch["form"] == "L = E + A/N^alpha + B/D^beta" and "4500-start grid" in ch["method"]
+    # the headline: L_opt (and N_opt) from the method chosen by held-out RMSE, listed first
+    best = iso["context"]["method chosen by held-out RMSE"]
+    assert best in laws_mod.ISOFLOP_METHODS
+    heads = [k for k in iso["forecasts"] if "(best method: " in k]
+    assert heads == [f"L_opt (best method: {best})", f"N_opt (best method: {best})"]
+    assert list(iso["forecasts"])[:2] == heads
+    for key in heads:
+        f = iso["forecasts"][key]
+        assert f["value"] > 0 and "chosen by held-out RMSE" in f["method"], f
+        assert f["at"] == iso["forecasts"]["N_opt (Chinchilla)"]["at"]
+        if f["low"] is not None:  # Chinchilla with 3 draws has no interval
+            assert f["low"] <= f["value"] <= f["high"], f
+    own = {"chinchilla": "Chinchilla", "isoflop_profiles": "isoFLOP"}.get(best)
+    if own is not None:  # the same number as that method's own forecast
+        assert iso["forecasts"][heads[0]]["value"] == pytest.approx(
+            iso["forecasts"][f"L_opt ({own})"]["value"], rel=1e-12)
     utd = st["mujoco_utd/utd"]
     u = truth["mujoco_utd"]
     for task, tt in u["tasks"].items():  # D_J(sigma) per task, with its own beta_J

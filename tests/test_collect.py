@@ -109,3 +109,30 @@ def test_cache_refreshes_only_changed_runs(runs: Path, tmp_path: Path):
     fourth = collect.collect(runs, cache=cache)
     assert len(fourth.attrs["collect"]["dropped"]) == 1
     assert "fresh" not in set(fourth["run_id"])
+
+
+def test_cache_from_another_format_is_read_from_scratch(runs: Path, tmp_path: Path):
+    """An index without this collector's format (an older collector wrote a bare
+    {run_dir: signature}) is not trusted: every run is read again and the cache rewritten
+    in the current format; a cache written now is reused."""
+    cache = tmp_path / "table.parquet"
+    index_path = cache.with_name(cache.name + ".index.json")
+    first = collect.collect(runs, cache=cache)
+    index = json.loads(index_path.read_text())
+    assert index["format"] == collect.CACHE_FORMAT and len(index["runs"]) == 7
+    assert first.attrs["collect"]["stale_cache"] is None
+    # what an older collector left: same runs, same signatures, no format; its rows lack a
+    # column this one writes
+    index_path.write_text(json.dumps(index["runs"]))
+    pd.read_parquet(cache).drop(columns=["n_points"]).to_parquet(cache, index=False)
+    again = collect.collect(runs, cache=cache)
+    assert len(again.attrs["collect"]["read"]) == 7 and again.attrs["collect"]["cached"] == []
+    assert again.attrs["collect"]["stale_cache"] == 1
+    assert again["n_points"].notna().all()
+    assert json.loads(index_path.read_text())["format"] == collect.CACHE_FORMAT
+    # a different format number (a bump) is stale too
+    index_path.write_text(json.dumps({"format": collect.CACHE_FORMAT - 1,
+                                      "runs": index["runs"]}))
+    assert len(collect.collect(runs, cache=cache).attrs["collect"]["read"]) == 7
+    reused = collect.collect(runs, cache=cache)
+    assert reused.attrs["collect"]["read"] == [] and len(reused.attrs["collect"]["cached"]) == 7
