@@ -12,7 +12,7 @@ install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install -q "torch==2.13.0"
 	$(PYTHON) -m pip install -q -e ".[all]"
 
-# The embedded default study: MNIST bandit width sweep (about 10 min on 2 CPU cores), then figures.
+# The embedded default study: MNIST bandit width sweep (3-8 min on 2 CPU cores), then figures.
 demo: install
 	$(PYTHON) -m rl_scaling.sweep -m +experiment=mnist_width
 	$(PYTHON) -m analysis --runs $(RUNS)/mnist_width --out reports/mnist_width
