@@ -174,13 +174,16 @@ FIT_FAILURES: tuple[type[BaseException], ...] = (
     ValueError, ArithmeticError, np.linalg.LinAlgError)
 
 
-_LOG_FLOAT_MAX = math.log(sys.float_info.max)
+# log of the largest and of the smallest normal positive float: a value kept in logs (e.g. the
+# UTD law's beta) is usable only in between
+LOG_FLOAT_MAX = math.log(sys.float_info.max)
+LOG_FLOAT_MIN = math.log(sys.float_info.min)
 
 
 def safe_exp(v: float) -> float:
     """``math.exp`` that saturates to inf instead of raising OverflowError: for interval
     ends, where an unbounded end is an answer (JSON ``null``), not a crash."""
-    return math.inf if v > _LOG_FLOAT_MAX else math.exp(v)
+    return math.inf if v > LOG_FLOAT_MAX else math.exp(v)
 
 
 def one_line(err: BaseException, max_len: int | None = 300) -> str:

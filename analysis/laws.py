@@ -21,7 +21,6 @@ uncertainty in its docstring; ``docs/analysis.md`` collects them.
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,8 @@ from analysis import curves
 from analysis.fitting import (
     FIT_FAILURES,
     LEVEL,
+    LOG_FLOAT_MAX,
+    LOG_FLOAT_MIN,
     FitError,
     FitResult,
     _power_offset_core,
@@ -333,15 +334,11 @@ def fit_quadratic_surface(
 
 def _quad_predict_opt(fit: FitResult, C: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N_opt, L_opt) of a quadratic surface at budgets C."""
-    p = fit.params
-    coef = [p[n] for n in _QUAD_NAMES]
+    coef = np.array([fit.params[n] for n in _QUAD_NAMES])
     u0, v0 = fit.extra["centre"]["u0"], fit.extra["centre"]["v0"]
-    s = np.log(np.asarray(C, float) / fit.extra["k"]) - u0 - v0  # centred budget line
-    c0, cN, cD, cNN, cDD, cND = coef
-    u = ((2 * cDD - cND) * s + cD - cN) / (2 * (cNN + cDD - cND))
-    v = s - u
-    logL = _quad_design(np.atleast_1d(u), np.atleast_1d(v)) @ np.asarray(coef)
-    return np.exp(u + u0), np.exp(logL)
+    s = np.log(np.atleast_1d(np.asarray(C, float)) / fit.extra["k"]) - u0 - v0  # centred line
+    u, log_l = _quad_opt_logs(coef, s)
+    return np.exp(u + u0), np.exp(log_l)
 
 
 @single_blas_thread
@@ -466,8 +463,9 @@ def forecast_chinchilla(fit: FitResult, C: float, *, flops_per_param_sample: flo
     return out
 
 
-def _quad_opt_logs(coef: np.ndarray, s: float) -> np.ndarray:
-    """``[log N* - u0, log L*]`` of a quadratic surface on the centred budget line ``s``."""
+def _quad_opt_logs(coef: np.ndarray, s: Any) -> np.ndarray:
+    """``[log N* - u0, log L*]`` of a quadratic surface on the centred budget line(s) ``s``
+    (the one place the optimum's formula lives; see :func:`quadratic_surface_optimum`)."""
     c0, cN, cD, cNN, cDD, cND = coef
     u = ((2 * cDD - cND) * s + cD - cN) / (2 * (cNN + cDD - cND))
     v = s - u
@@ -1086,12 +1084,6 @@ def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
 UTD_K_BOUNDS = (-5.0, -0.01)
 
 
-# log of the largest and of the smallest normal positive float: beta = exp(log beta) must
-# lie in between to be a usable parameter (and its log to be taken again downstream)
-_LOG_FLOAT_MAX = math.log(sys.float_info.max)
-_LOG_FLOAT_MIN = math.log(sys.float_info.min)
-
-
 def _utd_log_beta(theta: np.ndarray, xs: float) -> float:
     """``log beta = log c / alpha`` from fit_power_offset's log-space ``theta = [log c_s, k,
     offset]``; kept in logs since beta itself leaves the float range when alpha is small."""
@@ -1107,7 +1099,7 @@ def _utd_params(theta: np.ndarray, xs: float) -> dict[str, float]:
     rising D), and such a beta would overflow, or underflow to 0, in every later use."""
     alpha = -float(theta[1])
     log_beta = _utd_log_beta(theta, xs)
-    if not _LOG_FLOAT_MIN < log_beta < _LOG_FLOAT_MAX:
+    if not LOG_FLOAT_MIN < log_beta < LOG_FLOAT_MAX:
         raise FitError(f"utd: beta = 10^{log_beta / math.log(10):.4g} is out of floating-point "
                        f"range (alpha = {alpha:.3g}, lower bound {-UTD_K_BOUNDS[1]:g}): D_J "
                        "does not fall with sigma as D_min + (beta/sigma)^alpha needs")
@@ -1147,7 +1139,7 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
         q = [50 * (1 - level), 50 * (1 + level)]
         log_beta = np.log(c[ok]) / -k[ok]
         # a draw whose beta leaves the float range cannot be used downstream: drop it
-        keep = (log_beta > _LOG_FLOAT_MIN) & (log_beta < _LOG_FLOAT_MAX)
+        keep = (log_beta > LOG_FLOAT_MIN) & (log_beta < LOG_FLOAT_MAX)
         f.extra["_utd_draws"] = {"D_min": np.asarray(draws["offset"])[ok][keep],
                                  "beta": np.exp(log_beta[keep]), "alpha": -k[ok][keep]}
         # percentiles in log beta (as _bootstrap_utd), then exp: no overflow on the way

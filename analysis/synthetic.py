@@ -278,10 +278,15 @@ def bc_isoflop_sweep(
     return dict(BC_TRUTH)
 
 
+def utd_best_data(sigma, t: dict[str, float] = UTD_TRUTH) -> np.ndarray:
+    """``D_J*(sigma) = D_min + (beta_J / sigma)^alpha_J``: data to reach J at the best (B, eta)."""
+    return t["D_min"] + (t["beta_J"] / np.asarray(sigma, float)) ** t["alpha_J"]
+
+
 def utd_data_to_threshold(sigma, batch, lr, t: dict[str, float] = UTD_TRUTH):
     """Data to reach J: ``D_J*(sigma)`` times a penalty for (B, eta) off their optima."""
     sigma, batch, lr = (np.asarray(v, float) for v in (sigma, batch, lr))
-    d_best = t["D_min"] + (t["beta_J"] / sigma) ** t["alpha_J"]
+    d_best = utd_best_data(sigma, t)
     b_star = t["B0"] * sigma ** t["B_exp"]
     lr_star = t["lr0"] * sigma ** t["lr_exp"]
     penalty = 1 + 0.15 * np.log2(batch / b_star) ** 2 + 0.15 * np.log2(lr / lr_star) ** 2

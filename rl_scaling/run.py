@@ -92,16 +92,14 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
 def _check_resumable(state: dict[str, Any], model: torch.nn.Module,
                      accountant: FlopAccountant, path: Path) -> None:
-    """Raise a one-line :class:`CheckpointError` if ``state`` cannot continue this run: a
-    model of another shape, FLOPs counted for another model, or missing counters."""
-    counted = state.get("accountant", {}).get("forward_flops")
-    if counted is None or "counters" not in state or "rng" not in state:
-        raise CheckpointError(f"incompatible checkpoint {path}: no counters, FLOPs or RNG state")
+    """Raise a one-line :class:`CheckpointError` if ``state`` cannot continue this run (a
+    model of another shape, or FLOPs counted for another model), using the same checks the
+    loop's own loading makes later, but before anything in the record has changed."""
     load_module_state(model, state["model"], path)
-    if int(counted) != accountant.forward_flops:
-        raise CheckpointError(
-            f"incompatible checkpoint {path}: counted {int(counted)} FLOPs per forward, this "
-            f"model has {accountant.forward_flops}; was the model config changed?")
+    try:
+        accountant.load_state_dict(state["accountant"])
+    except ValueError as err:
+        raise CheckpointError(f"incompatible checkpoint {path}: {err}") from err
 
 
 def _config_mismatch(old: DictConfig, new: DictConfig) -> list[str]:
@@ -180,7 +178,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
                               f"({'; '.join(diffs)}); choose another hydra.run.dir")
     resume_state = None
     if ckpt_path.exists():
-        resume_state = load_checkpoint(ckpt_path, required=("counters", "model"))
+        resume_state = load_checkpoint(ckpt_path,
+                                       required=("counters", "model", "accountant", "rng"))
     status_before = (info or {}).get("status")
     # A diverged run is final even if it diverged before its first checkpoint: training
     # it again would erase the curve it diverged on.

@@ -67,13 +67,19 @@ def test_chinchilla_with_d_derived_from_compute(tmp_path: Path, capsys):
     assert res["params"]["a"] == pytest.approx(t["beta"] / (t["alpha"] + t["beta"]), abs=0.06)
 
 
-def test_isoflop_and_utd(tmp_path: Path, capsys):
+def _isoflop_csv(tmp_path: Path) -> Path:
+    """Losses from the BC Chinchilla surface on 9 sizes x 5 budgets (D = C / 6N), 0.3% noise."""
     rng = np.random.default_rng(2)
     sizes, budgets = np.geomspace(3e4, 3e8, 9), np.geomspace(1e14, 1e18, 5)
     N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
     L = synthetic.bc_loss(N, C / (6 * N)) * np.exp(0.003 * rng.standard_normal(N.size))
     csv = tmp_path / "i.csv"
     pd.DataFrame({"N": N, "C": C, "loss": L}).to_csv(csv, index=False)
+    return csv
+
+
+def test_isoflop_and_utd(tmp_path: Path, capsys):
+    csv = _isoflop_csv(tmp_path)
     rc, res, _ = _run(capsys, ["isoflop", "--csv", str(csv), "--json"])  # default names
     assert rc == 0
     _check_shape(res, "isoflop")
@@ -82,8 +88,8 @@ def test_isoflop_and_utd(tmp_path: Path, capsys):
 
     u = synthetic.UTD_TRUTH
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16], 2)
-    D = (u["D_min"] + (u["beta_J"] / sigma) ** u["alpha_J"]) * np.exp(
-        0.02 * rng.standard_normal(sigma.size))
+    D = synthetic.utd_best_data(sigma, u) * np.exp(
+        0.02 * np.random.default_rng(2).standard_normal(sigma.size))
     csv = tmp_path / "u.csv"
     pd.DataFrame({"utd": sigma, "steps": D}).to_csv(csv, index=False)
     rc, res, _ = _run(capsys, ["utd", "--csv", str(csv), "--col", "sigma=utd",
@@ -139,12 +145,7 @@ def test_errors_are_one_line_with_status_2(tmp_path: Path, capsys):
 def test_isoflop_offset_fits_l_inf(tmp_path: Path, capsys):
     """``--offset`` fits L_opt = L_inf + c C^k (the surface's floor E is the L_opt asymptote);
     without it L_inf is 0, as power's offset is."""
-    rng = np.random.default_rng(2)
-    sizes, budgets = np.geomspace(3e4, 3e8, 9), np.geomspace(1e14, 1e18, 5)
-    N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
-    L = synthetic.bc_loss(N, C / (6 * N)) * np.exp(0.003 * rng.standard_normal(N.size))
-    csv = tmp_path / "i.csv"
-    pd.DataFrame({"N": N, "C": C, "loss": L}).to_csv(csv, index=False)
+    csv = _isoflop_csv(tmp_path)
     rc, res, _ = _run(capsys, ["isoflop", "--csv", str(csv), "--offset", "--json"])
     assert rc == 0
     _check_shape(res, "isoflop")

@@ -88,7 +88,7 @@ UTD = synthetic.UTD_TRUTH
 
 def _utd(rng: np.random.Generator, n_boot: int = 0) -> dict[str, bool]:
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
-    D = (UTD["D_min"] + (UTD["beta_J"] / sigma) ** UTD["alpha_J"]) * np.exp(
+    D = synthetic.utd_best_data(sigma, UTD) * np.exp(
         0.05 * rng.standard_normal(sigma.size))
     f = laws.fit_utd(sigma, D, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
     return {"alpha": covers(f.ci["alpha"], UTD["alpha_J"]),
@@ -104,7 +104,7 @@ def _utd_forecast(rng: np.random.Generator) -> dict[str, bool]:
     """sigma*, B*(sigma*) and the budget F at the optimum, from a D_J(sigma) law and a B*(sigma)
     law each fitted on noisy data (5 and 10% noise)."""
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
-    D = (UTD["D_min"] + (UTD["beta_J"] / sigma) ** UTD["alpha_J"]) * np.exp(
+    D = synthetic.utd_best_data(sigma, UTD) * np.exp(
         0.05 * rng.standard_normal(sigma.size))
     grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     best_b = 256.0 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(grid.size))

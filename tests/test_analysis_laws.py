@@ -166,7 +166,7 @@ def test_utd_data_to_threshold_law():
     rng = np.random.default_rng(5)
     t = synthetic.UTD_TRUTH
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
-    D = (t["D_min"] + (t["beta_J"] / sigma) ** t["alpha_J"]) * np.exp(
+    D = synthetic.utd_best_data(sigma, t) * np.exp(
         0.03 * rng.standard_normal(sigma.size))
     fit = laws.fit_utd(sigma, D)
     p = fit.params
@@ -227,7 +227,7 @@ def test_utd_forecast_point_is_the_optimum_and_draws_follow_the_fit():
     rng = np.random.default_rng(8)
     t = synthetic.UTD_TRUTH
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
-    D = (t["D_min"] + (t["beta_J"] / sigma) ** t["alpha_J"]) * np.exp(
+    D = synthetic.utd_best_data(sigma, t) * np.exp(
         0.05 * rng.standard_normal(sigma.size))
     grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     fb = laws.fit_hparam_law(grid, 256 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(5)))
@@ -366,7 +366,7 @@ def _rescale_case(name: str):
     if name == "fit_utd":  # D in millions of env steps, sigma per 2 updates
         t = synthetic.UTD_TRUTH
         sig = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
-        D = (t["D_min"] + (t["beta_J"] / sig) ** t["alpha_J"]) * np.exp(
+        D = synthetic.utd_best_data(sig, t) * np.exp(
             0.03 * rng.standard_normal(sig.size))
         s, d = 0.5, 1 / MILLION
         return (laws.fit_utd, (sig, D), (s * sig, d * D),
