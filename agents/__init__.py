@@ -1,15 +1,9 @@
-"""Algorithms and scalable model families. Nothing here knows about Hydra."""
+"""Algorithms, shared blocks and the scalable model families. Nothing here knows about Hydra.
+
+Importing this package registers every built-in algorithm and model family with
+``rl_scaling.registry`` (each module ends with its one registration line).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-
-def _ppo(*args: Any, **kwargs: Any) -> str:
-    from agents.ppo import train
-
-    return train(*args, **kwargs)
-
-
-# name -> train(cfg, envs, model, ctx, eval_envs=None) -> final status
-ALGOS = {"ppo": _ppo}
+from agents import models, ppo  # noqa: F401  (registration)

@@ -7,14 +7,19 @@ import torch
 import torch.nn.functional as F
 
 
-def sample_categorical(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_categorical(
+    logits: torch.Tensor, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample actions from logits; return ``(actions, log_probs)``.
 
     Uses the Gumbel-max trick: one fused op chain, cheaper than
-    ``torch.distributions.Categorical`` on the acting hot path.
+    ``torch.distributions.Categorical`` on the acting hot path. ``generator``: the run's
+    generator on the logits' device (``ctx.device_rng``); None uses torch's global one.
     """
     log_probs = F.log_softmax(logits, dim=-1)
-    gumbel = -torch.log(-torch.log(torch.rand_like(log_probs).clamp_(1e-20, 1.0)))
+    uniform = torch.rand(log_probs.shape, generator=generator, dtype=log_probs.dtype,
+                         device=log_probs.device)
+    gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0)))
     actions = torch.argmax(log_probs + gumbel, dim=-1)
     return actions, log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
 

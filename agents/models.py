@@ -28,15 +28,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
-import numpy as np
 import torch
+from omegaconf import MISSING
 from torch import Tensor, nn
+
+from rl_scaling.context import count_params
+from rl_scaling.registry import register_model
 
 __all__ = [
     "ImpalaCNN",
     "MLPActorCritic",
     "MnistCNN",
+    "ModelConfig",
+    "build_actor_critic",
     "build_model",
     "count_params",
     "known_families",
@@ -56,27 +62,6 @@ def scaled_channels(base: int, width: float) -> int:
     down to 1/64) and a layer never collapses to zero channels.
     """
     return max(1, round(base * width))
-
-
-def count_params(model: nn.Module) -> dict[str, int]:
-    """Parameter counts ``{"total": ..., "effective": ...}``.
-
-    ``effective`` counts the parameters inside ``model.scaled_modules()`` (each shared
-    parameter once); ``total`` counts every parameter of the model.
-    """
-    total = sum(p.numel() for p in model.parameters())
-    effective_params = {id(p): p for m in _scaled_modules(model) for p in m.parameters()}
-    effective = sum(p.numel() for p in effective_params.values())
-    return {"total": total, "effective": effective}
-
-
-def _scaled_modules(model: nn.Module) -> list[nn.Module]:
-    if not hasattr(model, "scaled_modules"):
-        raise TypeError(
-            f"{type(model).__name__} has no scaled_modules(); effective parameters/FLOPs "
-            "are only defined for the model families in agents.models"
-        )
-    return list(model.scaled_modules())
 
 
 def layer_init(layer: nn.Module, std: float = math.sqrt(2), bias_const: float = 0.0) -> nn.Module:
@@ -320,6 +305,23 @@ class MLPActorCritic(nn.Module):
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class ModelConfig:
+    """The scaling knobs of the built-in families (``model.*``)."""
+
+    family: str = MISSING  # impala_cnn | mnist_cnn | mlp, or any registered family
+    width: float = 1.0  # multiplier on channels/units; 1.0 = the paper's default
+    depth: int | None = None  # blocks per stage / hidden layers; None: the family's default
+
+    def validate(self) -> None:
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) \
+                or not self.width > 0 or not math.isfinite(self.width):
+            raise ValueError(f"model.width must be > 0 (a number), got {self.width!r}")
+        if self.depth is not None and (isinstance(self.depth, bool) or int(self.depth) != self.depth
+                                       or self.depth < 1):
+            raise ValueError(f"model.depth must be >= 1 (an integer), got {self.depth!r}")
+
+
 def _build_impala(obs_shape, num_actions, width, depth):
     return ImpalaCNN(obs_shape, num_actions, width=width, depth=2 if depth is None else depth)
 
@@ -367,17 +369,24 @@ def build_model(
     """
     if family not in _REGISTRY:
         raise ValueError(f"unknown model family '{family}'; known: {', '.join(known_families())}")
-    if isinstance(width, bool) or not isinstance(width, (int, float, np.number)):
-        raise ValueError(f"model.width must be a number > 0, got {width!r}")
-    if not width > 0 or not math.isfinite(width):  # `not >` also rejects NaN
-        raise ValueError(f"model.width must be > 0, got {width}")
-    if depth is not None:
-        if isinstance(depth, bool) or int(depth) != depth:
-            raise ValueError(f"model.depth must be an integer >= 1, got {depth!r}")
-        depth = int(depth)
-        if depth < 1:
-            raise ValueError(f"model.depth must be >= 1, got {depth}")
+    ModelConfig(family, width, depth).validate()
     if int(num_actions) != num_actions or num_actions < 1:
         raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
     obs_shape = tuple(int(s) for s in obs_shape)
-    return _REGISTRY[family](obs_shape, int(num_actions), float(width), depth)
+    return _REGISTRY[family](obs_shape, int(num_actions), float(width),
+                             None if depth is None else int(depth))
+
+
+def build_actor_critic(cfg: ModelConfig, spec) -> nn.Module:
+    """``ctx.network`` builder of the built-in families: a discrete actor-critic for the
+    run's observation space and ``Discrete`` action space."""
+    n = getattr(spec.action_space, "n", None)
+    if n is None:
+        raise ValueError(f"model family {cfg.family!r} is a discrete actor-critic; the env's "
+                         f"action space is {spec.action_space}")
+    return build_model(cfg.family, tuple(spec.observation_space.shape), int(n),
+                       width=cfg.width, depth=cfg.depth)
+
+
+for _family in _REGISTRY:
+    register_model(_family, ModelConfig, build_actor_critic)

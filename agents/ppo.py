@@ -1,19 +1,20 @@
 """Proximal Policy Optimisation (Schulman et al. 2017), Procgen recipe (Cobbe et al. 2020).
 
-Reads top to bottom like CleanRL's ``ppo_procgen.py``: collect a rollout, compute
-GAE, run ``num_epochs`` of clipped-objective minibatch updates, log, checkpoint.
-The shared blocks (rollout buffer + GAE, categorical helpers, reward
-normalisation, FLOP accountant, run record) live elsewhere and are reused.
+Reads top to bottom like CleanRL's ``ppo_procgen.py``: collect a rollout, compute GAE, run
+``num_epochs`` of clipped-objective minibatch updates, then hand the iteration to the run
+context (log, evaluate, checkpoint). ``collect_rollout`` and ``ppo_loss`` are functions so
+that PPG and the EWMA variants reuse them; the shared blocks (rollout buffer + GAE,
+categorical helpers, reward normalisation, evaluation) live in ``agents/``.
 
-FLOPs: each env step costs one acting forward per env, plus one forward per env per
-rollout for the bootstrap value; each minibatch costs a forward and a backward
+FLOPs (role ``policy``): each env step costs one acting forward per env, plus one forward
+per env per rollout for the bootstrap value; each minibatch costs a forward and a backward
 (2x forward) per sample. Held-out evaluation is not training compute and is not counted.
 """
 
 from __future__ import annotations
 
-import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,10 +22,47 @@ import torch.nn as nn
 
 from agents.buffers import RolloutBuffer
 from agents.common import RewardNormalizer, categorical_logprob_entropy, sample_categorical
-from envs.base import VecEnv
-from rl_scaling.checkpoint import load_module_state
-from rl_scaling.config import PPOConfig
-from rl_scaling.context import RunContext, StopTraining
+from agents.evaluation import EpisodeLog, evaluate
+from rl_scaling.context import RunContext
+from rl_scaling.registry import ConfigError, register_algo
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyperparameters (``algo.*``); defaults are the standard Procgen PPO recipe."""
+
+    name: str = "ppo"
+    num_steps: int = 256  # rollout length per env; a batch is env.num_envs * num_steps
+    num_epochs: int = 3  # passes over each rollout
+    num_minibatches: int = 8  # per epoch; must divide the batch
+    gamma: float = 0.999  # discount
+    gae_lambda: float = 0.95  # GAE lambda (1: Monte-Carlo returns bootstrapped at the end)
+    clip_coef: float = 0.2  # ratio clip for the policy (and the value, with clip_vloss)
+    clip_vloss: bool = True  # clip the value update around the rollout's values
+    ent_coef: float = 0.01  # entropy bonus
+    vf_coef: float = 0.5  # value-loss weight
+    lr: float = 5e-4  # Adam learning rate at width 1
+    lr_width_rule: bool = True  # lr = lr * model.width^-1/2 (Hilton et al. 2023)
+    anneal_lr: bool = False  # decay lr linearly to 0 over the budget
+    adam_eps: float = 1e-5
+    max_grad_norm: float = 0.5  # global gradient-norm clip
+    norm_adv: bool = True  # normalise advantages per minibatch
+    norm_reward: bool = True  # scale rewards by the running std of the discounted return
+
+    def validate(self) -> None:
+        checks = [
+            ("num_steps", self.num_steps > 0, "must be > 0"),
+            ("num_epochs", self.num_epochs > 0, "must be > 0"),
+            ("num_minibatches", self.num_minibatches > 0, "must be > 0"),
+            ("lr", self.lr > 0, "must be > 0"),
+            ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
+            ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
+            ("clip_coef", self.clip_coef > 0, "must be > 0"),
+            ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"algo.{key}={getattr(self, key)} {why}")
 
 
 def learning_rate(cfg: PPOConfig, width: float) -> float:
@@ -37,174 +75,146 @@ def _obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(obs).to(device, non_blocking=True)
 
 
-@torch.inference_mode()
-def evaluate(model: nn.Module, envs: VecEnv, episodes: int,
-             device: torch.device) -> dict[str, float]:
-    """Mean return (and success rate, if the env reports one) over at least ``episodes``
-    episodes: the first ``ceil(episodes / num_envs)`` of every env. Taking the first episodes
-    to end across all envs instead would over-sample short episodes (e.g. early deaths)."""
-    per_env = math.ceil(episodes / envs.num_envs)
-    returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
-    successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
-    obs = envs.reset()
-    while min(len(r) for r in returns) < per_env:
-        logits, _ = model(_obs_tensor(obs, device))
-        actions, _ = sample_categorical(logits)
-        obs, _, terminated, truncated, info = envs.step(actions.cpu().numpy())
-        ended = np.flatnonzero(np.logical_or(terminated, truncated))  # info is in env order
-        success = info.get("episode_success")
-        for j, env_index in enumerate(ended):
-            if len(returns[env_index]) < per_env:
-                returns[env_index].append(float(info["episode_return"][j]))
-                if success is not None:
-                    successes[env_index].append(float(success[j]))
-    out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
-    if any(successes):
-        out["eval_success"] = float(np.mean([x for s in successes for x in s]))
-    return out
+def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: torch.Tensor,
+                    next_done: torch.Tensor, *, generator: torch.Generator,
+                    reward_norm: RewardNormalizer | None,
+                    episodes: EpisodeLog) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Fill ``buffer`` with ``buffer.num_steps`` steps of every env, acting with ``model``.
+
+    Returns the observation and done flags to continue from, and the sum of raw rewards.
+    The caller counts the acting FLOPs (``buffer.size`` forwards) and bootstraps GAE.
+    """
+    device = buffer.device
+    raw_reward_sum = 0.0
+    model.eval()
+    for step in range(buffer.num_steps):
+        with torch.inference_mode():
+            logits, value = model(next_obs)
+            action, logprob = sample_categorical(logits, generator)
+        obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        done = np.logical_or(terminated, truncated)
+        raw_reward_sum += float(reward.sum())
+        if reward_norm is not None:
+            reward = reward_norm(reward, done)
+        buffer.add(step, next_obs, next_done, action, logprob, value,
+                   torch.from_numpy(reward).to(device))
+        next_obs = _obs_tensor(obs, device)
+        next_done = torch.from_numpy(done).to(device)
+        episodes.add(info)
+    return next_obs, next_done, raw_reward_sum
 
 
-def train(cfg: PPOConfig, envs: VecEnv, model: nn.Module, ctx: RunContext,
-          eval_envs: VecEnv | None = None) -> str:
-    """Train ``model`` on ``envs`` for ``cfg.total_steps`` interactions; return the final status."""
+def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
+             cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The clipped PPO objective on one minibatch; returns the loss and its parts
+    (detached: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clipfrac``)."""
+    new_logprob, entropy = categorical_logprob_entropy(logits, mb["actions"])
+    log_ratio = new_logprob - mb["logprobs"]
+    ratio = log_ratio.exp()
+    adv = mb["advantages"]
+    if cfg.norm_adv:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    clipped = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+    pg_loss = torch.max(-adv * ratio, -adv * clipped).mean()
+    if cfg.clip_vloss:
+        v_clipped = mb["values"] + (new_value - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
+        v_loss = 0.5 * torch.max((new_value - mb["returns"]) ** 2,
+                                 (v_clipped - mb["returns"]) ** 2).mean()
+    else:
+        v_loss = 0.5 * ((new_value - mb["returns"]) ** 2).mean()
+    ent = entropy.mean()
+    loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
+    with torch.no_grad():
+        parts = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
+                 "entropy": ent.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(),
+                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()}
+    return loss, parts
+
+
+def train(cfg: PPOConfig, ctx: RunContext) -> str:
+    """Train the ``policy`` network on the training envs until the budget is spent."""
     device = ctx.device
+    envs = ctx.envs("train")
     num_envs = envs.num_envs
     batch_size = num_envs * cfg.num_steps
     if batch_size % cfg.num_minibatches:
-        raise ValueError(f"algo.num_minibatches={cfg.num_minibatches} must divide "
-                         f"env.num_envs*algo.num_steps={batch_size}")
+        raise ConfigError(f"algo.num_minibatches={cfg.num_minibatches} must divide "
+                          f"env.num_envs*algo.num_steps={batch_size}")
     minibatch_size = batch_size // cfg.num_minibatches
-    num_iterations = math.ceil(cfg.total_steps / batch_size)
-    base_lr = learning_rate(cfg, ctx.width)
+    model = ctx.network("policy")
+    base_lr = learning_rate(cfg, ctx.model.get("width", 1.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
     reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None
-
     obs_space = envs.single_observation_space
     buffer = RolloutBuffer(cfg.num_steps, num_envs, obs_space.shape,
                            torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype, device)
+    ctx.restore(model=model, optimizer=optimizer, reward_normalizer=reward_norm)
 
-    if ctx.resume_state is not None:
-        load_module_state(model, ctx.resume_state["model"], ctx.checkpoint_path)
-        optimizer.load_state_dict(ctx.resume_state["optimizer"])
-        if reward_norm is not None:
-            reward_norm.load_state_dict(ctx.resume_state["reward_normalizer"])
-
-    def state() -> dict:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "reward_normalizer": reward_norm.state_dict() if reward_norm else None}
+    @torch.inference_mode()
+    def sampling_policy(obs: np.ndarray) -> np.ndarray:  # samples from pi, as in training
+        model.eval()
+        logits, _ = model(_obs_tensor(obs, device))
+        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
 
     # Envs are not checkpointed (Procgen cannot be), so a resumed run starts fresh episodes.
-    next_obs = _obs_tensor(envs.reset(seed=int(torch.randint(0, 2**31 - 1, ()).item())), device)
+    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
+    next_obs = _obs_tensor(envs.reset(seed=env_seed), device)
     next_done = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    episodes = EpisodeLog()
     c = ctx.counters
 
-    while c.iterations < num_iterations:
+    while not ctx.done:
         if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = base_lr * (1.0 - c.iterations / num_iterations)
+            optimizer.param_groups[0]["lr"] = base_lr * (1.0 - ctx.budget_fraction())
 
-        # ---- rollout --------------------------------------------------------------
+        # ---- rollout --------------------------------------------------------------------
         t_rollout = time.perf_counter()
-        ep_returns, ep_lengths, ep_success = [], [], []
-        raw_reward_sum = 0.0
-        model.eval()
-        for step in range(cfg.num_steps):
-            with torch.inference_mode():
-                logits, value = model(next_obs)
-                action, logprob = sample_categorical(logits)
-            obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-            done = np.logical_or(terminated, truncated)
-            raw_reward_sum += float(reward.sum())
-            if reward_norm is not None:
-                reward = reward_norm(reward, done)
-            buffer.add(step, next_obs, next_done, action, logprob, value,
-                       torch.from_numpy(reward).to(device))
-            next_obs = _obs_tensor(obs, device)
-            next_done = torch.from_numpy(done).to(device)
-            ep_returns.append(info["episode_return"])
-            ep_lengths.append(info["episode_length"])
-            if "episode_success" in info:
-                ep_success.append(info["episode_success"])
-        ctx.accountant.add_forward(batch_size)
+        episodes.clear()
+        next_obs, next_done, raw_reward_sum = collect_rollout(
+            model, envs, buffer, next_obs, next_done, generator=ctx.device_rng,
+            reward_norm=reward_norm, episodes=episodes)
+        ctx.flops.add_forward("policy", batch_size)
         c.env_steps += batch_size
         with torch.inference_mode():
             _, last_value = model(next_obs)
-        ctx.accountant.add_forward(num_envs)  # the bootstrap value is a real forward too
+        ctx.flops.add_forward("policy", num_envs)  # the bootstrap value is a real forward too
         buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
         t_rollout = time.perf_counter() - t_rollout
 
-        # ---- update -----------------------------------------------------------------
+        # ---- update ---------------------------------------------------------------------
         t_update = time.perf_counter()
         model.train()
-        stats = torch.zeros(5, device=device)  # pg, v, entropy, approx_kl, clipfrac sums
+        sums: dict[str, torch.Tensor] = {}
         for _epoch in range(cfg.num_epochs):
-            for mb in buffer.minibatches(cfg.num_minibatches):
+            for mb in buffer.minibatches(cfg.num_minibatches, generator=ctx.torch_rng):
                 logits, new_value = model(mb["obs"])
-                new_logprob, entropy = categorical_logprob_entropy(logits, mb["actions"])
-                log_ratio = new_logprob - mb["logprobs"]
-                ratio = log_ratio.exp()
-                adv = mb["advantages"]
-                if cfg.norm_adv:
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                pg_loss = torch.max(
-                    -adv * ratio, -adv * ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-                ).mean()
-                if cfg.clip_vloss:
-                    v_clipped = mb["values"] + (new_value - mb["values"]).clamp(
-                        -cfg.clip_coef, cfg.clip_coef)
-                    v_loss = 0.5 * torch.max((new_value - mb["returns"]) ** 2,
-                                             (v_clipped - mb["returns"]) ** 2).mean()
-                else:
-                    v_loss = 0.5 * ((new_value - mb["returns"]) ** 2).mean()
-                ent = entropy.mean()
-                loss = pg_loss - cfg.ent_coef * ent + cfg.vf_coef * v_loss
-
+                loss, parts = ppo_loss(logits, new_value, mb, cfg)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
-                    stats += torch.stack([pg_loss.detach(), v_loss.detach(), ent.detach(),
-                                          approx_kl, clipfrac])
-                ctx.accountant.add_forward_backward(minibatch_size)
+                for k, v in parts.items():
+                    sums[k] = sums[k] + v if k in sums else v
+                ctx.flops.add_forward_backward("policy", minibatch_size)
                 c.updates += 1
                 c.samples += minibatch_size
-        c.iterations += 1
         t_update = time.perf_counter() - t_update
 
-        # ---- log, evaluate, checkpoint ---------------------------------------------------
+        # ---- log, evaluate, checkpoint (the run context's cadence) ----------------------
         n_mb = cfg.num_epochs * cfg.num_minibatches
-        pg, vl, en, kl, cf = (stats / n_mb).tolist()  # one device sync per iteration
-        finite = all(math.isfinite(x) for x in (pg, vl, en))
-        returns = np.concatenate(ep_returns)
+        averaged = (torch.stack(list(sums.values())) / n_mb).tolist()  # one device sync
+        means = dict(zip(sums, averaged, strict=True))
         metrics = {
-            "loss": pg - cfg.ent_coef * en + cfg.vf_coef * vl, "policy_loss": pg,
-            "value_loss": vl, "entropy": en, "approx_kl": kl, "clipfrac": cf,
-            "lr": optimizer.param_groups[0]["lr"], "reward_mean": raw_reward_sum / batch_size,
+            "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
+            + cfg.vf_coef * means["value_loss"],
+            **means, "lr": optimizer.param_groups[0]["lr"],
+            "reward_mean": raw_reward_sum / batch_size,
             "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
+            **episodes.metrics(),
         }
-        if returns.size:
-            metrics["return_mean"] = float(returns.mean())
-            metrics["episode_length"] = float(np.concatenate(ep_lengths).mean())
-            metrics["episodes"] = int(returns.size)
-        if ep_success:
-            succ = np.concatenate(ep_success)
-            if succ.size:
-                metrics["success_rate"] = float(succ.mean())
-        last = c.iterations == num_iterations
-        evaluated = eval_envs is not None and cfg.eval_interval > 0 and (
-            c.iterations % cfg.eval_interval == 0 or last)
-        if evaluated:
-            model.eval()
-            metrics.update(evaluate(model, eval_envs, cfg.eval_episodes, device))
-        if not finite:
-            ctx.log(metrics, final=True)
-            raise StopTraining("diverged", f"non-finite loss at update {c.updates}")
-        if last or evaluated or ctx.log_due():
-            ctx.log(metrics, final=last)
-        if last or ctx.checkpoint_due():
-            ctx.save(state())
-        if ctx.preempted() and not last:
-            raise StopTraining("running", "preempted: checkpoint saved, resume from this run dir")
+        ctx.end_iteration(metrics, evaluate=lambda: evaluate(sampling_policy,
+                                                             ctx.envs("eval"), ctx.eval_episodes))
     return "finished"
+
+
+register_algo("ppo", PPOConfig, train)

@@ -73,8 +73,8 @@ def ppo_train(width: float, iterations: int, device: str, threads: int) -> dict:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=[
             "+experiment=procgen_width", f"model.width={width}", f"device={device}",
-            f"algo.total_steps={iterations * 64 * 256}", "algo.eval_interval=0",
-            "checkpoint_interval=0", f"torch_threads={threads}", "logger.progress=plain",
+            f"budget.value={iterations * 64 * 256}", "eval_every=null",
+            "checkpoint_every=null", f"torch_threads={threads}", "logger.progress=plain",
         ])
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()

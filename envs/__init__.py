@@ -1,10 +1,13 @@
-"""Environment builders behind one vectorised, gymnasium-style interface (`envs.base.VecEnv`).
+"""Environment families behind one vectorised, gymnasium-style interface (`envs.base.VecEnv`).
 
     env = make_env("procgen", num_envs=64, seed=0, env_id="coinrun")
     obs = env.reset()
     obs, reward, terminated, truncated, info = env.step(actions)
 
-Builders take plain keyword arguments; nothing here knows about Hydra.
+Importing this package registers every built-in family with `rl_scaling.registry`
+(`register_env(family, <Family>EnvConfig, build)` at the end of each module), which is how the
+spine builds the train and eval envs from `env.*`. `make_env` calls the same builders with plain
+keyword arguments, for tests and notebooks; nothing here needs Hydra.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from envs.base import EpisodeStats, VecEnv
-from envs.mnist import make_mnist
-from envs.probe import PROBES, make_probe
-from envs.procgen import make_procgen
+from envs.base import EnvConfig, EpisodeStats, VecEnv
+from envs.mnist import MnistEnvConfig, make_mnist
+from envs.probe import PROBES, ProbeEnvConfig, make_probe
+from envs.procgen import ProcgenEnvConfig, make_procgen
 
 ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
     "procgen": make_procgen,
@@ -25,7 +28,7 @@ ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
 
 
 def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
-    """Build a vectorised env of one family.
+    """Build a vectorised env of one family from plain keyword arguments.
 
     Args:
         family: "procgen", "mnist" or "probe".
@@ -44,7 +47,11 @@ def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
 __all__ = [
     "ENV_BUILDERS",
     "PROBES",
+    "EnvConfig",
     "EpisodeStats",
+    "MnistEnvConfig",
+    "ProbeEnvConfig",
+    "ProcgenEnvConfig",
     "VecEnv",
     "make_env",
     "make_mnist",

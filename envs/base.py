@@ -1,19 +1,49 @@
-"""The vectorised env interface every builder in `envs/` returns, and the shared bookkeeping.
+"""The vectorised env interface every builder in `envs/` returns, the config every env family
+extends, and the shared bookkeeping.
 
 A `VecEnv` runs `num_envs` copies of one task in lock step, gymnasium-style, with auto-reset:
 when env i's episode ends at a step, `obs[i]` returned by that step is already the first
-observation of its next episode. Statistics of the episodes that ended are reported in `info`
-as flat arrays (see `EpisodeStats`), so the trainer never loops over envs in Python.
+observation of its next episode; the last observation of the episode that ended is in
+`info["final_obs"]` where the env can provide it (`VecEnv.provides_final_obs`). Statistics of
+the episodes that ended are reported in `info` as flat arrays (see `EpisodeStats`), so the
+trainer never loops over envs in Python.
+
+An env family is one module: a config dataclass extending `EnvConfig`, a
+`build(cfg, *, num_envs, seed) -> VecEnv`, and one line `register_env("<family>", Cfg, build)`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium
 import numpy as np
 
 SEED_LIMIT = 2**31  # procgen's rand_seed is a C int; use the same range everywhere
+# omegaconf.MISSING ("a value must be given"), spelled out so that importing envs does not
+# import omegaconf; tests check the two agree.
+MISSING = "???"
+
+
+@dataclass
+class EnvConfig:
+    """Fields every env family's config has (`env.*`); a family's dataclass extends it.
+
+    Attributes:
+        family: the registered env family, e.g. "procgen", "mnist", "probe".
+        id: the task within the family: a Procgen game, a probe's name; "mnist" for MNIST.
+        num_envs: envs stepped together for training.
+        eval: overrides applied for the held-out evaluation split: each key is a field of the
+            same family config (e.g. `num_envs`, `num_levels`, `start_level` for Procgen,
+            `split` for MNIST); the eval envs are built from the config with these values
+            replacing the training ones. Empty: evaluate on the training distribution.
+    """
+
+    family: str = MISSING
+    id: str = ""
+    num_envs: int = 8
+    eval: dict[str, Any] = field(default_factory=dict)
 
 
 class VecEnv:
@@ -23,7 +53,12 @@ class VecEnv:
         num_envs: number of envs stepped together.
         single_observation_space: space of one env's observation (images: uint8 HWC Box,
             vectors: float32 Box).
-        single_action_space: space of one env's action (always `Discrete`).
+        single_action_space: space of one env's action: `Discrete(n)` (integer actions
+            0..n-1) or `Box(low, high, shape)` (float actions; the env clips them to
+            [low, high], so a policy may sample from an unbounded distribution).
+        provides_final_obs: True if `step` reports the last observation of every episode that
+            ends (`info["final_obs"]`). False where the backend cannot (Procgen auto-resets
+            inside C++); a learner must then treat a truncation like a termination.
 
     Arrays returned by `reset` and `step` are fresh: the env never writes into them again, so a
     rollout buffer may keep references to them.
@@ -31,7 +66,8 @@ class VecEnv:
 
     num_envs: int
     single_observation_space: gymnasium.spaces.Box
-    single_action_space: gymnasium.spaces.Discrete
+    single_action_space: gymnasium.spaces.Discrete | gymnasium.spaces.Box
+    provides_final_obs: bool = False
 
     def reset(self, seed: int | None = None) -> np.ndarray:
         """Start a new episode in every env and return the observations, (num_envs, *obs_shape).
@@ -48,13 +84,22 @@ class VecEnv:
         """Apply one action per env.
 
         Args:
-            actions: integer array of shape (num_envs,).
+            actions: Discrete spaces: integer array (num_envs,); Box spaces: float array
+                (num_envs, *action_shape), finite (clipped to the bounds by the env).
 
         Returns:
-            obs (num_envs, *obs_shape), reward float32 (num_envs,), terminated bool (num_envs,),
-            truncated bool (num_envs,), info dict with `episode_return` (float64) and
-            `episode_length` (int64): one entry per episode that ended at this step, in env
-            order (possibly empty), plus optional `episode_*` arrays of the same length.
+            obs (num_envs, *obs_shape), reward float32 (num_envs,), terminated bool (num_envs,)
+            (the episode reached a terminal state: no value beyond it), truncated bool
+            (num_envs,) (the episode was cut short, e.g. by a time limit: its value goes on),
+            and an info dict with
+
+            - `episode_return` (float64) and `episode_length` (int64): one entry per episode
+              that ended at this step, in env order (possibly empty), plus optional
+              `episode_*` arrays of the same length;
+            - `final_obs` (k, *obs_shape): the last observation of each of the k episodes that
+              ended (`terminated | truncated`), in env order, i.e. row j belongs to env
+              `np.flatnonzero(terminated | truncated)[j]`; `obs` holds the next episode's
+              first observation there. Present when k > 0 and `provides_final_obs`.
         """
         raise NotImplementedError
 
@@ -94,7 +139,11 @@ class EpisodeStats:
         self.lengths[:] = 0
 
     def update(
-        self, rewards: np.ndarray, dones: np.ndarray, **extra: np.ndarray
+        self,
+        rewards: np.ndarray,
+        dones: np.ndarray,
+        final_obs: np.ndarray | None = None,
+        **extra: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """Add one step and return the info arrays of the episodes that ended with it.
 
@@ -102,12 +151,15 @@ class EpisodeStats:
             rewards: (num_envs,) rewards of this step.
             dones: (num_envs,) bool, True where the episode ended at this step
                 (terminated or truncated).
+            final_obs: (num_envs, *obs_shape) the observation each env's step led to, before
+                any auto-reset (only the rows where `dones` is True are read), or None.
             extra: (num_envs,) arrays of per-episode facts known at the end of an episode,
                 e.g. `success=level_complete`; reported as `info["episode_<key>"]`.
 
         Returns:
             {"episode_return": float64 (k,), "episode_length": int64 (k,), "episode_<key>": (k,)}
-            for the k envs where `dones` is True, in env order.
+            for the k envs where `dones` is True, in env order, and `"final_obs"`
+            (k, *obs_shape) in the same order when `final_obs` is given and k > 0.
         """
         self.returns += rewards
         self.lengths += 1
@@ -119,6 +171,8 @@ class EpisodeStats:
         }
         for key, values in extra.items():
             info[f"episode_{key}"] = np.asarray(values)[ended]
+        if final_obs is not None and len(ended):
+            info["final_obs"] = final_obs[ended]
         self.returns[ended] = 0.0
         self.lengths[ended] = 0
         return info
@@ -140,18 +194,47 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     return int(seed)
 
 
-def check_actions(actions: Any, num_envs: int, num_actions: int) -> np.ndarray:
-    """Return `actions` as an integer array of shape (num_envs,), checking it is in range.
+def check_actions(
+    actions: Any, num_envs: int, space: gymnasium.spaces.Discrete | gymnasium.spaces.Box
+) -> np.ndarray:
+    """Return `actions` as an array, checking it fits `num_envs` copies of `space`.
 
-    Out-of-range actions would be silently wrapped or ignored by some backends, which hides
-    policy bugs, so they raise ValueError instead.
+    Discrete(n): an integer array (num_envs,) with values in [start, start + n). Out-of-range
+    actions would be silently wrapped or ignored by some backends, which hides policy bugs, so
+    they raise ValueError instead.
+    Box: a float array (num_envs, *space.shape) of finite values. Values outside the bounds
+    are allowed (a Gaussian policy samples them); the env clips them to [low, high].
+
+    Raises:
+        ValueError: wrong shape, dtype or values (one line).
+        TypeError: `space` is neither Discrete nor Box.
     """
     actions = np.asarray(actions)
-    if actions.shape != (num_envs,) or not np.issubdtype(actions.dtype, np.integer):
-        raise ValueError(
-            f"actions must be an integer array of shape ({num_envs},), "
-            f"got dtype {actions.dtype} shape {actions.shape}"
-        )
-    if actions.min() < 0 or actions.max() >= num_actions:
-        raise ValueError(f"actions must be in [0, {num_actions}), got {actions}")
-    return actions
+    if isinstance(space, gymnasium.spaces.Discrete):
+        if actions.shape != (num_envs,) or not np.issubdtype(actions.dtype, np.integer):
+            raise ValueError(
+                f"actions must be an integer array of shape ({num_envs},), "
+                f"got dtype {actions.dtype} shape {actions.shape}"
+            )
+        low, high = int(space.start), int(space.start + space.n)
+        if actions.min() < low or actions.max() >= high:
+            raise ValueError(
+                f"actions must be in [{low}, {high}), got values from {actions.min()} "
+                f"to {actions.max()}"
+            )
+        return actions
+    if isinstance(space, gymnasium.spaces.Box):
+        shape = (num_envs, *space.shape)
+        if actions.shape != shape or not np.issubdtype(actions.dtype, np.floating):
+            raise ValueError(
+                f"actions must be a float array of shape {shape}, "
+                f"got dtype {actions.dtype} shape {actions.shape}"
+            )
+        finite = np.isfinite(actions)
+        if not finite.all():
+            raise ValueError(
+                f"actions must be finite, got {actions.size - finite.sum()} NaN or infinite "
+                f"value(s)"
+            )
+        return actions
+    raise TypeError(f"action space must be Discrete or Box, got {space}")

@@ -7,8 +7,12 @@ so the effective horizon is set only by the trainer's discount gamma (with GAE l
 one-step episode (episode_return = that step's reward, episode_length = 1), so the mean episode
 return is the running training accuracy.
 
+Since no episode ends for the learner, `info["final_obs"]` never appears (there is nothing to
+bootstrap from); `provides_final_obs` is True in that vacuous sense.
+
 Data: the standard MNIST IDX files when `data_path` is given; otherwise scikit-learn's bundled
-8x8 digits (no download), rescaled to 0..255 and upsampled to 28x28.
+8x8 digits (no download), rescaled to 0..255 and upsampled to 28x28. The held-out evaluation
+envs read the test split (`env.eval: {split: test}`).
 """
 
 from __future__ import annotations
@@ -18,13 +22,15 @@ import gzip
 import logging
 import os
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import gymnasium
 import numpy as np
 
-from envs.base import EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from envs.base import EnvConfig, EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from rl_scaling.registry import register_env
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +40,28 @@ SPLIT_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 DIGITS_TRAIN_FRACTION = 0.8  # first 80% of sklearn's digits are "train", the rest "test"
+
+
+@dataclass
+class MnistEnvConfig(EnvConfig):
+    """`env=mnist`: the MNIST bandit.
+
+    Attributes:
+        family: "mnist".
+        id: "mnist" (the family has one task).
+        num_envs: digits shown (and labelled) per step.
+        eval: overrides for the evaluation envs; by default the test split.
+        data_path: directory with the MNIST IDX files; None: scikit-learn's bundled digits.
+        split: "train" or "test" (the t10k files, or the last 20% of the bundled digits).
+    """
+
+    family: str = "mnist"
+    id: str = "mnist"
+    num_envs: int = 4
+    eval: dict[str, Any] = field(default_factory=lambda: {"split": "test"})
+    data_path: str | None = None
+    split: str = "train"
+
 
 # IDX type byte -> big-endian numpy dtype (http://yann.lecun.com/exdb/mnist/, bottom of page)
 IDX_DTYPES = {
@@ -172,6 +200,8 @@ def load_sklearn_digits(split: str = "train", size: int = 28) -> tuple[np.ndarra
 class MnistBanditVecEnv(VecEnv):
     """`num_envs` copies of the MNIST bandit; see the module docstring."""
 
+    provides_final_obs = True  # vacuously: terminated and truncated are always False
+
     def __init__(self, num_envs: int, seed: int, images: np.ndarray, labels: np.ndarray):
         """Args:
         num_envs: number of digits shown per step.
@@ -204,7 +234,7 @@ class MnistBanditVecEnv(VecEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._targets is None:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, NUM_CLASSES)
+        actions = check_actions(actions, self.num_envs, self.single_action_space)
         reward = (actions == self._targets).astype(np.float32)
         # every step is a finished one-step "episode" for the statistics, but never a terminal
         # for the learner: the discount alone sets the horizon
@@ -248,3 +278,11 @@ def make_mnist(
     else:
         images, labels = load_mnist_idx(data_path, split)
     return MnistBanditVecEnv(num_envs, seed, images, labels)
+
+
+def build(cfg: MnistEnvConfig, *, num_envs: int, seed: int) -> MnistBanditVecEnv:
+    """The registry's builder: `cfg.data_path` and `cfg.split` pick the digits."""
+    return make_mnist(num_envs=num_envs, seed=seed, data_path=cfg.data_path, split=cfg.split)
+
+
+register_env("mnist", MnistEnvConfig, build)

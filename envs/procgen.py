@@ -4,18 +4,29 @@
 with gym3 semantics: after `act`, `observe()` returns the reward of that action and `first`,
 True where the returned observation starts a new episode, i.e. where an episode just ended.
 This module only converts that to the `VecEnv` interface and adds episode statistics.
+
+The last observation of an episode is never seen from Python (the C++ env resets first), so
+`provides_final_obs` is False and `info["final_obs"]` never appears. Nothing is lost: procgen
+reports every episode end, timeouts included, as `terminated`, so there is nothing to
+bootstrap from.
+
+The held-out evaluation envs (`env.eval`, by default `{num_envs: 64, num_levels: 0,
+start_level: 100000}`) play the unbounded level distribution, held out from training whenever
+training uses a bounded level set (`env.num_levels > 0`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium
 import numpy as np
 
-from envs.base import EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from envs.base import EnvConfig, EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from rl_scaling.registry import register_env
 
 GAMES = (
     "bigfish", "bossfight", "caveflyer", "chaser", "climber", "coinrun", "dodgeball", "fruitbot",
@@ -50,6 +61,34 @@ EXTRA_OPTIONS = (
 NUM_ACTIONS = 15  # procgen always exposes the full 15-button combo set
 
 
+@dataclass
+class ProcgenEnvConfig(EnvConfig):
+    """`env=procgen`: one Procgen game (see `make_procgen`).
+
+    Attributes:
+        family: "procgen".
+        id: the game, one of `GAMES`.
+        num_envs: games stepped together for training.
+        eval: overrides for the evaluation envs; by default 64 envs on held-out levels:
+            `num_levels: 0` (the unbounded level distribution; `start_level` unused), held out
+            whenever training uses a bounded set. A bounded held-out set is e.g.
+            `{num_levels: 100, start_level: 100000}` (far from training levels 0..199).
+        distribution_mode: "easy", "hard", "extreme", "memory" or "exploration" (see `MODE_GAMES`).
+        num_levels: training levels start_level .. start_level + num_levels - 1 (0: unbounded).
+        start_level: first training level seed.
+    """
+
+    family: str = "procgen"
+    id: str = "coinrun"
+    num_envs: int = 64
+    eval: dict[str, Any] = field(
+        default_factory=lambda: {"num_envs": 64, "num_levels": 0, "start_level": 100_000}
+    )
+    distribution_mode: str = "easy"
+    num_levels: int = 200
+    start_level: int = 0
+
+
 def _import_procgen() -> Any:
     # procgen2 imports the legacy `gym` package, which prints a deprecation notice to stderr on
     # import; it is noise for us (we only use procgen's C env), so keep it out of the logs.
@@ -69,8 +108,11 @@ class ProcgenVecEnv(VecEnv):
     timeout (e.g. 1000 steps in CoinRun) are reported as `terminated`: procgen does not say
     which ends were timeouts, so `truncated` is always False (as in the standard Procgen PPO).
     `info["episode_success"]` (bool) is procgen's `prev_level_complete`: the game's win
-    condition was reached in that episode (CoinRun: the coin was collected).
+    condition was reached in that episode (CoinRun: the coin was collected). There is no
+    `info["final_obs"]`: gym3 auto-resets inside C++.
     """
+
+    provides_final_obs = False
 
     def __init__(
         self,
@@ -124,7 +166,7 @@ class ProcgenVecEnv(VecEnv):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, NUM_ACTIONS)
+        actions = check_actions(actions, self.num_envs, self.single_action_space)
         self._env.act(actions.astype(np.int32, copy=False))
         self._fresh = False
         # observe() copies rew/ob/first out of the C buffers, so they are safe to keep
@@ -197,3 +239,20 @@ def make_procgen(
     return ProcgenVecEnv(
         num_envs, seed, env_id, distribution_mode, int(num_levels), int(start_level), extra
     )
+
+
+def build(cfg: ProcgenEnvConfig, *, num_envs: int, seed: int) -> ProcgenVecEnv:
+    """The registry's builder: `cfg.id` is the game."""
+    if cfg.id not in GAMES:  # named as the config key, not make_procgen's argument
+        raise ValueError(f"id {cfg.id!r} is not a procgen game; choose one of {list(GAMES)}")
+    return make_procgen(
+        num_envs=num_envs,
+        seed=seed,
+        env_id=cfg.id,
+        distribution_mode=cfg.distribution_mode,
+        num_levels=cfg.num_levels,
+        start_level=cfg.start_level,
+    )
+
+
+register_env("procgen", ProcgenEnvConfig, build)

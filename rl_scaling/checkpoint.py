@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 1: one "model" entry; 2: named objects (ctx.restore)
 LATEST = "latest.pt"
 
 

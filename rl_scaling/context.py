@@ -1,23 +1,46 @@
-"""What a training loop needs from the run around it: counters, logging, checkpoints.
+"""The run context: everything an algorithm needs from the run around it.
 
-Algorithms receive a :class:`RunContext` and never touch Hydra, paths or files.
+``train(cfg, ctx) -> status`` gets a :class:`RunContext` and writes only its own maths::
+
+    envs = ctx.envs("train")                                   # built once, closed for you
+    model = ctx.network("policy")                              # model.* knobs, run's RNG
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    ctx.restore(model=model, optimizer=optimizer)              # resume (or start) the run
+    while not ctx.done:                                        # budget in a counter
+        ...                                                    # collect, update
+        ctx.flops.add_forward_backward("policy", batch)        # FLOPs per role
+        ctx.counters.env_steps += batch
+        ctx.end_iteration(metrics, evaluate=lambda: evaluate(policy, ctx.envs("eval"), ...))
+    return "finished"
+
+``end_iteration`` owns the bookkeeping every algorithm shares: log, evaluation and
+checkpoint cadence (in env steps, samples, updates or seconds), divergence (a non-finite
+loss ends the run as ``diverged`` with its curve kept) and preemption (a signal checkpoints
+at once and the run ends as ``running`` so the launcher can requeue it).
+
+Random numbers come from per-run generators (``torch_rng``, ``device_rng``, ``eval_rng``,
+``np_rng``), saved in every checkpoint and restored on resume, so nothing depends on
+global state and several runs could share one process. Networks are initialised from
+``torch_rng`` too (see :meth:`RunContext.network`).
 """
 
 from __future__ import annotations
 
-import random
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from rl_scaling.checkpoint import save_checkpoint
-from rl_scaling.flops import FlopAccountant
-from rl_scaling.logger import MetricsLogger
+from rl_scaling.checkpoint import CheckpointError, load_module_state, save_checkpoint
+from rl_scaling.config import INTERVAL_UNITS
+from rl_scaling.flops import FlopAccountant, forward_flops
+from rl_scaling.registry import ConfigError
 
 
 @dataclass
@@ -27,88 +50,423 @@ class Counters:
     env_steps: int = 0  # environment interactions E
     updates: int = 0  # gradient steps
     samples: int = 0  # learner samples processed (summed over epochs)
-    iterations: int = 0  # rollout+update cycles completed
+    iterations: int = 0  # calls of end_iteration: strictly increasing, orders the curve
     wall_time: float = 0.0  # seconds of training, summed over resumes
 
 
 class StopTraining(Exception):  # noqa: N818 (control flow, not an error)
-    """Raised by a loop to stop early; ``status`` says how the run ends."""
+    """Raised to stop a run early; ``status`` says how the run ends."""
 
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
-@dataclass
-class RunContext:
-    logger: MetricsLogger
-    accountant: FlopAccountant
-    device: torch.device
-    checkpoint_path: Path
-    checkpoint_interval: int  # iterations; 0: only at the end
-    log_interval: int = 1  # iterations between metric lines (the last one is always logged)
-    width: float = 1.0
-    resume_state: dict[str, Any] | None = None
-    counters: Counters = field(default_factory=Counters)
-    preempted: Callable[[], bool] = lambda: False
-    _t0: float = field(default_factory=time.monotonic)
-    _wall_offset: float = 0.0
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a learner sees of its task: one env's observation and action spaces."""
 
-    def __post_init__(self) -> None:
-        if self.resume_state is not None:
-            self.counters = Counters(**self.resume_state["counters"])
-            self.accountant.load_state_dict(self.resume_state["accountant"])
+    observation_space: Any
+    action_space: Any
+
+
+class EnvFactory:
+    """Builds one split's vectorised envs; picklable, so actor processes build their own.
+
+    ``factory(num_envs=None, seed=None)``: defaults are the split's ``num_envs`` and seed.
+    """
+
+    def __init__(self, family: str, config: dict[str, Any], seed: int) -> None:
+        self.family, self.config, self.seed = family, dict(config), int(seed)
+
+    @property
+    def num_envs(self) -> int:
+        return int(self.config["num_envs"])
+
+    def __call__(self, num_envs: int | None = None, seed: int | None = None):
+        from rl_scaling.registry import env_entry, load_plugins
+
+        load_plugins()  # a fresh actor process has imported nothing yet
+        entry = env_entry(self.family)
+        cfg = entry.config_cls(**{**self.config, "num_envs": num_envs or self.num_envs})
+        try:
+            return entry.build(cfg, num_envs=cfg.num_envs,
+                               seed=self.seed if seed is None else int(seed))
+        except ValueError as err:  # builders name their argument; say which group it was
+            raise ConfigError(f"env ({self.family}): {err}") from err
+
+    def __repr__(self) -> str:
+        return f"EnvFactory({self.family!r}, {self.config!r}, seed={self.seed})"
+
+
+class Interval:
+    """``"<number> <unit>"`` (unit: env_steps | samples | updates | seconds) or None.
+
+    ``due(value)`` is True once per multiple of the interval that ``value`` reached.
+    """
+
+    def __init__(self, spec: str | None, key: str) -> None:
+        self.every, self.unit, self.key = 0.0, "", key
+        if spec is None or str(spec).strip().lower() in ("", "null", "none"):
+            return
+        parts = str(spec).split()
+        try:
+            every = float(parts[0])
+        except (ValueError, IndexError):
+            every = float("nan")
+        if len(parts) != 2 or not math.isfinite(every) or every <= 0 \
+                or parts[1] not in INTERVAL_UNITS:
+            raise ConfigError(f"{key}={spec!r} must be '<number> <unit>' with a number > 0 and "
+                              f"unit one of {list(INTERVAL_UNITS)}, or null")
+        self.every, self.unit = every, parts[1]
+        self.next = every
+
+    @property
+    def active(self) -> bool:
+        return self.every > 0
+
+    def sync(self, value: float) -> None:
+        """Set the next due point after ``value`` (on start and resume)."""
+        if self.active:
+            self.next = (math.floor(value / self.every) + 1) * self.every
+
+    def due(self, value: float) -> bool:
+        if not self.active or value < self.next:
+            return False
+        self.sync(value)
+        return True
+
+
+def _is_loss_key(key: str) -> bool:
+    return key == "loss" or key.endswith("_loss")
+
+
+def _example_batch(example: Any) -> tuple[tuple[Any, ...], int]:
+    args = example if isinstance(example, tuple) else (example,)
+    return args, int(args[0].shape[0])
+
+
+def count_params(module: nn.Module) -> dict[str, int]:
+    """``{"total", "effective"}`` parameters; effective = inside ``module.scaled_modules()``
+    (each shared parameter once), or every parameter for a module that names no parts."""
+    total = sum(p.numel() for p in module.parameters())
+    if not hasattr(module, "scaled_modules"):
+        return {"total": total, "effective": total}
+    scaled = {id(p): p for m in module.scaled_modules() for p in m.parameters()}
+    return {"total": total, "effective": sum(p.numel() for p in scaled.values())}
+
+
+class RunContext:
+    """What ``train(cfg, ctx)`` gets; built by :func:`rl_scaling.run.run`.
+
+    Attributes an algorithm reads: ``device``, ``seed``, ``counters``, ``flops`` (the
+    :class:`~rl_scaling.flops.FlopAccountant`), ``torch_rng`` (CPU: weights, permutations,
+    env seeds), ``device_rng`` (sampling on the training device; ``torch_rng`` on CPU),
+    ``eval_rng`` (sampling during evaluation, so evaluating never changes the training
+    stream), ``np_rng``, ``model`` (the ``model.*`` knobs as a dict), ``eval_episodes``,
+    ``resumed``.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: torch.device,
+        seed: int,
+        budget_counter: str,
+        budget_value: float,
+        env_factories: dict[str, EnvFactory] | None = None,
+        model: dict[str, Any] | None = None,
+        build_model: Callable[..., nn.Module] | None = None,
+        effective_roles: list[str] | None = None,
+        log_every: str | None = None,
+        eval_every: str | None = None,
+        eval_episodes: int = 64,
+        checkpoint_every: str | None = None,
+        checkpoint_path: Path | None = None,
+        resume_state: dict[str, Any] | None = None,
+        begin: Callable[[RunContext], Any] | None = None,
+        preempted: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.device, self.seed = device, int(seed)
+        self.budget_counter, self.budget_value = budget_counter, float(budget_value)
+        self.model = dict(model or {})
+        self.eval_episodes = int(eval_episodes)
+        self.counters = Counters()
+        self.flops = FlopAccountant()
+        self.networks: dict[str, dict[str, Any]] = {}
+        self.spec_override: EnvSpec | None = None
+        self._factories = dict(env_factories or {})
+        self._build_model = build_model
+        self._effective_roles = None if effective_roles is None else set(effective_roles)
+        self._log = Interval(log_every, "log_every")
+        self._eval = Interval(eval_every, "eval_every")
+        self._ckpt = Interval(checkpoint_every, "checkpoint_every")
+        self._checkpoint_path = checkpoint_path
+        self._resume_state = resume_state
+        self._begin_fn = begin
+        self._logger: Any = None
+        self._objects: dict[str, Any] = {}
+        self._envs: dict[str, Any] = {}
+        self._spec: EnvSpec | None = None
+        self.preempted = preempted
+        self._t0 = time.monotonic()
+        self._wall_offset = 0.0
+        self.torch_rng = torch.Generator().manual_seed(self.seed)
+        self.device_rng = (self.torch_rng if device.type == "cpu"
+                           else torch.Generator(device=device).manual_seed(self.seed))
+        self.eval_rng = torch.Generator(device=device).manual_seed(self.seed + 1)
+        self.np_rng = np.random.default_rng(self.seed)
+
+    # ---- environments -------------------------------------------------------------------
+    def env_factory(self, split: str = "train") -> EnvFactory:
+        """The picklable builder of one split's envs (``train`` or ``eval``)."""
+        if split not in self._factories:
+            raise ConfigError(f"this run has no {split!r} envs (splits: {sorted(self._factories)})")
+        return self._factories[split]
+
+    def envs(self, split: str = "train"):
+        """The split's vectorised envs, built on first use and closed when the run ends."""
+        if split not in self._envs:
+            self._envs[split] = self.env_factory(split)()
+        return self._envs[split]
+
+    @property
+    def spec(self) -> EnvSpec:
+        """Observation and action spaces: from ``set_spec`` (a dataset), the training envs
+        if built, else one throw-away training env."""
+        if self.spec_override is not None:
+            return self.spec_override
+        if self._spec is None:
+            if "train" in self._envs:
+                envs = self._envs["train"]
+                self._spec = EnvSpec(envs.single_observation_space, envs.single_action_space)
+            else:
+                envs = self.env_factory("train")(num_envs=1)
+                try:
+                    self._spec = EnvSpec(envs.single_observation_space,
+                                         envs.single_action_space)
+                finally:
+                    envs.close()
+        return self._spec
+
+    def set_spec(self, observation_space: Any, action_space: Any) -> None:
+        """Declare the spaces of a run without envs (e.g. from a dataset)."""
+        self.spec_override = EnvSpec(observation_space, action_space)
+
+    def close(self) -> None:
+        for envs in self._envs.values():
+            envs.close()
+        self._envs.clear()
+
+    # ---- networks -----------------------------------------------------------------------
+    def network(self, role: str, build: str | Callable[..., nn.Module] | None = None, *,
+                effective: bool = True, example: Any = None, **knobs: Any) -> nn.Module:
+        """Build the network of ``role``, initialised from the run's ``torch_rng``, on the
+        training device, registered with the FLOP accountant.
+
+        ``build``: None for the configured model family (``model.family`` with the
+        ``model.*`` knobs, overridden by ``knobs``; observation shape and the number of
+        discrete actions come from ``spec``), another family's name, or any callable that
+        returns a module (called with ``knobs``). ``effective``: the role is part of the
+        study's N (the run's ``effective_roles`` can narrow this). ``example``: an input
+        batch for counting FLOPs (a tuple for several arguments); default one zero
+        observation of ``spec``. Inside the module, ``scaled_modules()`` names the scaled
+        parts (every module counts where it is absent).
+        """
+        if role in self.networks:
+            raise ValueError(f"network role {role!r} is built twice")
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self.torch_rng.get_state())
+            if build is None or isinstance(build, str):
+                if self._build_model is None:
+                    raise ConfigError("this run has no model config; pass a builder")
+                module = self._build_model(build, self.spec, knobs)
+            else:
+                module = build(**knobs)
+            self.torch_rng.set_state(torch.get_rng_state())
+        module = module.to(self.device)
+        if example is None:
+            space = self.spec.observation_space
+            dtype = torch.from_numpy(np.zeros(0, space.dtype)).dtype
+            example = torch.zeros((1, *space.shape), dtype=dtype, device=self.device)
+        args, n = _example_batch(example)
+        scaled = hasattr(module, "scaled_modules")
+        flops_total = forward_flops(module, args, effective=False, n_samples=n)
+        flops_eff = forward_flops(module, args, effective=scaled, n_samples=n)
+        if self._effective_roles is not None:
+            effective = role in self._effective_roles
+        self.flops.register(role, forward_total=flops_total, forward_effective=flops_eff,
+                            effective=effective)
+        self.networks[role] = {"params": count_params(module),
+                               "flops_per_forward": {"total": flops_total,
+                                                     "effective": flops_eff},
+                               "effective": bool(effective)}
+        return module
+
+    def networks_info(self) -> dict[str, Any]:
+        """``networks``, ``effective_roles`` and the summed ``params`` / ``flops_per_forward``
+        for ``run.json``."""
+        eff = [r for r, n in self.networks.items() if n["effective"]]
+        nets = self.networks.values()
+        return {
+            "networks": self.networks, "effective_roles": eff,
+            "params": {"total": sum(n["params"]["total"] for n in nets),
+                       "effective": sum(self.networks[r]["params"]["effective"] for r in eff)},
+            "flops_per_forward": {
+                "total": sum(n["flops_per_forward"]["total"] for n in nets),
+                "effective": sum(self.networks[r]["flops_per_forward"]["effective"]
+                                 for r in eff)},
+        }
+
+    # ---- resume -------------------------------------------------------------------------
+    @property
+    def resumed(self) -> bool:
+        return self._resume_state is not None
+
+    def restore(self, **objects: Any) -> bool:
+        """Name the objects that make up the algorithm's state (modules, optimizers, anything
+        with ``state_dict``/``load_state_dict``); load them from the checkpoint if the run is
+        resuming. Call it once, after building the networks: this is where the run starts
+        (the record is opened only now, so a checkpoint that does not fit this run is
+        refused with one line and nothing on disk changes). Returns True on a resume."""
+        state = self._resume_state
+        self._objects = dict(objects)
+        if state is not None:
+            path = self._checkpoint_path
+            saved = state["objects"]
+            missing = sorted(set(objects) - set(saved))
+            if missing:
+                raise CheckpointError(f"incompatible checkpoint {path}: no state for {missing}")
+            try:
+                self.flops.check_state_dict(state["accountant"])
+            except ValueError as err:
+                raise CheckpointError(f"incompatible checkpoint {path}: {err}") from err
+            for name, obj in objects.items():
+                if isinstance(obj, nn.Module):
+                    load_module_state(obj, saved[name], path)
+            for name, obj in objects.items():
+                if not isinstance(obj, nn.Module) and obj is not None:
+                    try:
+                        obj.load_state_dict(saved[name])
+                    except (ValueError, KeyError, RuntimeError) as err:
+                        raise CheckpointError(
+                            f"incompatible checkpoint {path}: {name}: {err}") from err
+            self.counters = Counters(**state["counters"])
+            self.flops.load_state_dict(state["accountant"])
             self._wall_offset = self.counters.wall_time
-            restore_rng(self.resume_state["rng"])
+            self._restore_rng(state["rng"])
+        self._begin()
+        return state is not None
+
+    def _begin(self) -> None:
+        if self._logger is not None:
+            return
+        for interval in (self._log, self._eval, self._ckpt):
+            interval.sync(self._counter(interval.unit))
+        self._logger = self._begin_fn(self) if self._begin_fn is not None else _NullLogger()
+
+    # ---- budget and counters ------------------------------------------------------------
+    def _counter(self, name: str) -> float:
+        if name == "flops":
+            return self.flops.total
+        if name == "seconds":
+            return self.wall_time()
+        if not name:
+            return 0.0
+        return float(getattr(self.counters, name))
+
+    @property
+    def done(self) -> bool:
+        """True once the budget counter has reached the budget."""
+        return self._counter(self.budget_counter) >= self.budget_value
+
+    def budget_fraction(self) -> float:
+        """How much of the budget is spent, in [0, 1] (e.g. for learning-rate annealing)."""
+        return min(1.0, self._counter(self.budget_counter) / self.budget_value)
 
     def wall_time(self) -> float:
         return self._wall_offset + time.monotonic() - self._t0
 
+    # ---- the end of every iteration -------------------------------------------------------
+    def end_iteration(self, metrics: dict[str, Any] | Callable[[], dict[str, Any]],
+                      evaluate: Callable[[], dict[str, Any]] | None = None) -> None:
+        """Call once at the end of every loop iteration, after updating the counters.
+
+        ``metrics``: this iteration's numbers, or a function returning them that is called
+        only when a line is written (so a loop of one env step per iteration syncs with the
+        device only at log points). A ``loss`` or ``*_loss`` that is not finite ends the run
+        as ``diverged`` (detected at the first log point after it; the curve is kept).
+        ``evaluate``: returns the held-out metrics; called when ``eval_every`` is due and at
+        the end. Raises :class:`StopTraining` on divergence or a preemption signal.
+        """
+        self._begin()
+        c = self.counters
+        c.iterations += 1
+        last = self.done
+        evaluated = evaluate is not None and (
+            self._eval.due(self._counter(self._eval.unit)) or (last and self._eval.active))
+        logging = (last or evaluated or not self._log.active
+                   or self._log.due(self._counter(self._log.unit)))
+        preempted = self.preempted()
+        row: dict[str, Any] | None = None
+        if logging or preempted:
+            row = dict(metrics() if callable(metrics) else metrics)
+            if evaluated:
+                row.update(evaluate())
+            bad = [k for k, v in row.items() if _is_loss_key(k)
+                   and (v is None or not math.isfinite(float(v)))]
+            if bad:
+                self.log(row, final=True)
+                raise StopTraining("diverged", f"non-finite {bad[0]} at update {c.updates}")
+            if logging:
+                self.log(row, final=last)
+        if last or preempted or self._ckpt.due(self._counter(self._ckpt.unit)):
+            self.save()
+        if preempted and not last:
+            raise StopTraining("running", "preempted: checkpoint saved, resume from this run dir")
+
     def log(self, metrics: dict[str, Any], final: bool = False) -> dict[str, Any]:
+        """Write one metrics line now, with the counters and FLOPs per role."""
+        self._begin()
         c = self.counters
         c.wall_time = self.wall_time()
         row = {"env_steps": c.env_steps, "updates": c.updates, "samples": c.samples,
-               "flops": float(self.accountant.total), "wall_time": round(c.wall_time, 3),
-               "iteration": c.iterations, **metrics}
-        self.logger.log(row, final=final)
+               "flops": float(self.flops.total), "wall_time": round(c.wall_time, 3),
+               "iteration": c.iterations,
+               **{f"flops.{role}": spent for role, spent in self.flops.by_role().items()},
+               **metrics}
+        self._logger.log(row, final=final)
         return row
 
-    def log_due(self) -> bool:
-        return self.counters.iterations % self.log_interval == 0
-
-    def checkpoint_due(self) -> bool:
-        every = self.checkpoint_interval
-        return (every > 0 and self.counters.iterations % every == 0) or self.preempted()
-
-    def save(self, state: dict[str, Any]) -> None:
-        """Checkpoint the loop's ``state`` together with counters, FLOPs and RNG streams."""
+    def save(self) -> None:
+        """Checkpoint the named objects with counters, FLOPs and random streams."""
+        if self._checkpoint_path is None:
+            return
         self.counters.wall_time = self.wall_time()
-        save_checkpoint(self.checkpoint_path, {
-            **state,
+        save_checkpoint(self._checkpoint_path, {
+            "objects": {k: (v.state_dict() if v is not None else None)
+                        for k, v in self._objects.items()},
             "counters": asdict(self.counters),
-            "accountant": self.accountant.state_dict(),
-            "rng": capture_rng(),
+            "accountant": self.flops.state_dict(),
+            "rng": self._capture_rng(),
         })
 
+    # ---- random streams -----------------------------------------------------------------
+    def _capture_rng(self) -> dict[str, Any]:
+        state = {"torch": self.torch_rng.get_state(), "eval": self.eval_rng.get_state(),
+                 "numpy": self.np_rng.bit_generator.state}
+        if self.device_rng is not self.torch_rng:
+            state["device"] = self.device_rng.get_state()
+        return state
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) from one integer."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        self.torch_rng.set_state(state["torch"])
+        self.eval_rng.set_state(state["eval"])
+        self.np_rng.bit_generator.state = state["numpy"]
+        if "device" in state and self.device_rng is not self.torch_rng:
+            self.device_rng.set_state(state["device"])
 
 
-def capture_rng() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+class _NullLogger:
+    def log(self, row: dict[str, Any], final: bool = False) -> None:
+        pass

@@ -34,6 +34,7 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "FlopAccountant",
+    "RoleFlops",
     "flops_6nd",
     "flops_8nd",
     "flops_by_module",
@@ -215,7 +216,7 @@ def _count(model: nn.Module, example_obs: Tensor) -> list[tuple[str, nn.Module, 
         model.eval()
         torch.backends.mha.set_fastpath_enabled(False)
         with torch.no_grad(), _SDPARecorder(on_sdpa):
-            model(example_obs)
+            model(*example_obs) if isinstance(example_obs, tuple) else model(example_obs)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         for m, mode in training.items():
@@ -234,8 +235,9 @@ def _effective_ids(model: nn.Module) -> set[int]:
     return {id(m) for root in model.scaled_modules() for m in root.modules()}
 
 
-def _batch(example_obs: Tensor, n_samples: int | None) -> int:
-    n = example_obs.shape[0] if n_samples is None else n_samples
+def _batch(example_obs: Tensor | tuple[Tensor, ...], n_samples: int | None) -> int:
+    first = example_obs[0] if isinstance(example_obs, tuple) else example_obs
+    n = first.shape[0] if n_samples is None else n_samples
     if n < 1:
         raise ValueError(f"example_obs must hold at least one sample, got {n}")
     return n
@@ -251,7 +253,8 @@ def forward_flops(
     """FLOPs of one forward pass per sample.
 
     Runs one dummy forward of ``example_obs`` (batch dim first, 1 or more samples; on
-    the model's device and in the dtype the env produces) and divides by the batch.
+    the model's device and in the dtype the env produces; a tuple is passed as several
+    arguments, e.g. a critic's ``(obs, action)``) and divides by the batch.
     ``effective=True`` counts only modules inside ``model.scaled_modules()``;
     ``effective=False`` counts every module. ``n_samples`` overrides the divisor, e.g.
     ``T * B`` for a sequence model fed a (T, B, ...) batch.
@@ -283,42 +286,92 @@ def flops_by_module(
 
 
 @dataclass
-class FlopAccountant:
-    """Running total of effective training FLOPs.
+class RoleFlops:
+    """FLOPs of one forward pass per sample of one network role, and what it has spent."""
 
-    ``forward_flops`` is the effective FLOPs of one forward pass per sample (from
-    :func:`forward_flops`). Algorithms call ``add_forward`` for every forward they run
-    without a backward (acting, target networks, V-trace...) and
+    forward_total: int  # every counted module
+    forward_effective: int  # the scaled modules only
+    effective: bool  # the role is part of the study's N
+    spent: float = 0.0  # total FLOPs run so far (every module), for the per-role log
+
+
+class FlopAccountant:
+    """Running FLOP totals, keyed by network role (``policy``, ``critic``, ...).
+
+    Register each network once (:meth:`register`, with its per-sample forward FLOPs from
+    :func:`forward_flops`), then count what the algorithm really runs: ``add_forward`` for
+    every forward without a backward (acting, target networks, V-trace...) and
     ``add_forward_backward`` for learner passes (backward = 2 x forward).
+
+    ``total`` is the run's effective training FLOPs (the ``flops`` counter): the scaled
+    modules of the effective roles. ``by_role()`` is every module of every role.
     """
 
-    forward_flops: int
-    total: float = 0.0
+    def __init__(self) -> None:
+        self.roles: dict[str, RoleFlops] = {}
+        self.total = 0.0
 
-    def add_forward(self, n_samples: int, passes: int = 1) -> float:
-        """Count ``passes`` forward passes over ``n_samples``; returns the FLOPs added."""
-        added = float(self.forward_flops) * n_samples * passes
+    def register(self, role: str, *, forward_total: int, forward_effective: int,
+                 effective: bool = True) -> None:
+        if role in self.roles:
+            raise ValueError(f"network role {role!r} is registered twice")
+        self.roles[role] = RoleFlops(int(forward_total), int(forward_effective), effective)
+
+    def _role(self, role: str) -> RoleFlops:
+        try:
+            return self.roles[role]
+        except KeyError:
+            raise KeyError(f"no network registered under role {role!r}; registered: "
+                           f"{sorted(self.roles)}") from None
+
+    def add_forward(self, role: str, n_samples: float, passes: int = 1) -> float:
+        """Count ``passes`` forward passes of ``role`` over ``n_samples``; returns the
+        effective FLOPs added."""
+        r = self._role(role)
+        r.spent += float(r.forward_total) * n_samples * passes
+        added = float(r.forward_effective) * n_samples * passes if r.effective else 0.0
         self.total += added
         return added
 
-    def add_forward_backward(self, n_samples: int, passes: int = 1) -> float:
-        """Count ``passes`` forward+backward passes (3 x forward) over ``n_samples``."""
-        added = 3.0 * self.forward_flops * n_samples * passes
-        self.total += added
-        return added
+    def add_forward_backward(self, role: str, n_samples: float, passes: int = 1) -> float:
+        """Count ``passes`` forward+backward passes (3 x forward) of ``role``."""
+        return self.add_forward(role, n_samples, 3 * passes)
 
-    def state_dict(self) -> dict[str, float | int]:
-        return {"forward_flops": int(self.forward_flops), "total": float(self.total)}
+    def by_role(self) -> dict[str, float]:
+        """FLOPs run so far per role, every module counted."""
+        return {role: r.spent for role, r in self.roles.items()}
 
-    def load_state_dict(self, state: dict[str, float | int]) -> None:
-        # A resumed run must keep the model it started with, or the FLOP axis of its
-        # curve would silently change units part-way.
-        if int(state["forward_flops"]) != self.forward_flops:
-            raise ValueError(
-                f"checkpoint was counted with {state['forward_flops']} FLOPs per forward "
-                f"but this model has {self.forward_flops}; was the model config changed?"
-            )
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": float(self.total),
+                "roles": {k: {"forward_total": r.forward_total,
+                              "forward_effective": r.forward_effective,
+                              "effective": r.effective, "spent": r.spent}
+                          for k, r in self.roles.items()}}
+
+    def check_state_dict(self, state: dict[str, Any]) -> None:
+        """Raise ``ValueError`` if ``state`` was counted for other networks: a resumed run
+        must keep its networks, or the FLOP axis of its curve would change units part-way."""
+        saved = state.get("roles")
+        if not isinstance(saved, dict):
+            raise ValueError("checkpoint has no per-role FLOP counts (written by an older "
+                             "version); start this run in a new directory")
+        if set(saved) != set(self.roles):
+            raise ValueError(f"checkpoint counted FLOPs for roles {sorted(saved)} but this run "
+                             f"builds {sorted(self.roles)}")
+        for role, r in self.roles.items():
+            s = saved[role]
+            if (int(s["forward_total"]), int(s["forward_effective"]), bool(s["effective"])) != (
+                    r.forward_total, r.forward_effective, r.effective):
+                raise ValueError(
+                    f"checkpoint was counted with {s['forward_effective']} effective FLOPs per "
+                    f"forward for role {role!r} but this network has {r.forward_effective}; "
+                    "was the model config changed?")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.check_state_dict(state)
         self.total = float(state["total"])
+        for role, s in state["roles"].items():
+            self.roles[role].spent = float(s["spent"])
 
 
 # ---------------------------------------------------------------------------

@@ -35,34 +35,39 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class Progress:
-    """One progress line per run: steps, steps/s, return, ETA."""
+    """One progress line per run: the budget counter, its rate, return (or loss), ETA."""
 
-    def __init__(self, total_steps: int, mode: str = "auto", plain_every_s: float = 30.0,
-                 stream=None) -> None:
+    def __init__(self, total: float, mode: str = "auto", plain_every_s: float = 30.0,
+                 stream=None, counter: str = "env_steps") -> None:
         if mode not in ("auto", "bar", "plain", "none"):
             raise ValueError(f"logger.progress must be auto|bar|plain|none, got {mode!r}")
         self.stream = stream or sys.stderr
         if mode == "auto":
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.mode = mode
-        self.total_steps = total_steps
+        self.total, self.counter = total, counter
+        self.unit = "steps" if counter == "env_steps" else counter
         self.plain_every_s = plain_every_s
         self._last_plain = -float("inf")
         self._window: list[tuple[float, int]] = []
 
-    def update(self, env_steps: int, metrics: dict[str, Any], final: bool = False) -> None:
+    def update(self, value: float, metrics: dict[str, Any], final: bool = False) -> None:
+        """Show the budget counter at ``value`` after a line with ``metrics``."""
         if self.mode == "none":
             return
         now = time.monotonic()
-        self._window.append((now, env_steps))
+        self._window.append((now, value))
         self._window = self._window[-20:]  # steps/s over the recent iterations, not since start
         (t0, s0), (t1, s1) = self._window[0], self._window[-1]
         sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
-        eta = (self.total_steps - env_steps) / sps if sps == sps and sps > 0 else float("nan")
-        ret = metrics.get("return_mean")
-        pct = 100.0 * env_steps / max(self.total_steps, 1)
-        line = (f"steps {_fmt_count(env_steps)}/{_fmt_count(self.total_steps)} ({pct:4.1f}%) "
-                f"| {sps:7.1f} steps/s | return {ret if ret is None else f'{ret:.3f}'} "
+        eta = (self.total - value) / sps if sps == sps and sps > 0 else float("nan")
+        shown = {"return_mean": "return", "eval_return": "eval return", "val_loss": "val loss",
+                 "loss": "loss"}
+        name, ret = next(((shown[k], metrics[k]) for k in shown if metrics.get(k) is not None),
+                         ("return", None))
+        pct = 100.0 * value / max(self.total, 1)
+        line = (f"{self.unit} {_fmt_count(value)}/{_fmt_count(self.total)} ({pct:4.1f}%) "
+                f"| {sps:7.1f} {self.unit}/s | {name} {ret if ret is None else f'{ret:.3f}'} "
                 f"| ETA {_fmt_eta(eta)}")
         if self.mode == "bar":
             self.stream.write("\r" + line.ljust(100))
@@ -94,7 +99,7 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log({k: v for k, v in row.items() if v is not None})
         if self.progress is not None:
-            self.progress.update(int(row["env_steps"]), row, final=final)
+            self.progress.update(float(row[self.progress.counter]), row, final=final)
 
     def close(self, status: str = "finished") -> None:
         """Close the local files and, always (even when training raised), finish wandb with

@@ -1,12 +1,16 @@
 """A run's life: validate, seed, resume or start, train, record the outcome.
 
-``run(cfg, run_dir)`` is called by the Hydra entry point (:mod:`rl_scaling.sweep`)
-and by tests; it is the only place that turns the config into plain arguments
-for ``envs.make_env``, ``agents.models.build_model`` and the algorithm.
+``run(cfg, run_dir)`` is called by the Hydra entry point (:mod:`rl_scaling.sweep`) and by
+tests. It looks the algorithm, env family and model family up in the registry (it names
+none of them), builds the :class:`~rl_scaling.context.RunContext`, and calls the
+algorithm's ``train(cfg, ctx)``. The run record is opened only when the algorithm calls
+``ctx.restore(...)``: anything refused before that (a bad config value, a checkpoint of
+another model) leaves the record on disk as it was.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -22,50 +26,84 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import rl_scaling
-from rl_scaling.checkpoint import LATEST, CheckpointError, load_checkpoint, load_module_state
-from rl_scaling.context import RunContext, StopTraining, seed_everything
-from rl_scaling.flops import FlopAccountant, forward_flops
+from rl_scaling.checkpoint import LATEST, load_checkpoint
+from rl_scaling.config import BUDGET_COUNTERS
+from rl_scaling.context import EnvFactory, Interval, RunContext, StopTraining
 from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.logger import MetricsLogger, Progress
-from rl_scaling.record import RunRecord
+from rl_scaling.record import RunRecord, check_study, new_run_info, slurm_ids
+from rl_scaling.registry import ConfigError, algo_entry, env_entry, model_entry
 
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (they do not change what is learned).
-RESUMABLE_KEYS = ("algo.total_steps", "logger", "device", "torch_threads", "checkpoint_interval",
-                  "algo.eval_interval", "algo.eval_episodes", "keep_freed_memory")
+RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
+                  "eval_episodes", "checkpoint_every", "keep_freed_memory")
+EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
+
+__all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the key."""
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
-def validate(cfg: DictConfig) -> None:
-    """Cheap checks that name the bad key before anything is built or logged."""
+def _group_object(cfg: DictConfig, group: str, entry_cls: type) -> Any:
+    """The group's config as its owner's dataclass; its ``validate()`` names bad keys."""
+    fields = {f.name for f in dataclasses.fields(entry_cls)}
+    values = {k: v for k, v in _plain(cfg[group]).items() if k in fields}
+    obj = entry_cls(**values)
+    check = getattr(obj, "validate", None)
+    if callable(check):
+        try:
+            check()
+        except ConfigError:
+            raise
+        except ValueError as err:  # owners' messages name the key already
+            raise ConfigError(str(err)) from err
+    return obj
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Cheap checks that name the bad key before anything is built or logged. Returns the
+    algorithm's config object and the registry entries."""
+    algo = algo_entry(cfg.algo.name)
+    env = env_entry(cfg.env.family) if cfg.get("env") is not None else None
+    model = model_entry(cfg.model.family) if cfg.get("model") is not None else None
     checks = [
-        ("algo.total_steps", cfg.algo.total_steps > 0, "must be > 0"),
-        ("env.num_envs", cfg.env.num_envs > 0, "must be > 0"),
-        ("model.width", cfg.model.width > 0, "must be > 0"),
-        ("model.depth", cfg.model.depth is None or cfg.model.depth >= 1, "must be >= 1"),
-        ("checkpoint_interval", cfg.checkpoint_interval >= 0, "must be >= 0"),
-        ("logger.log_interval", cfg.logger.log_interval >= 1, "must be >= 1"),
+        ("budget.counter", cfg.budget.counter in BUDGET_COUNTERS,
+         f"must be one of {list(BUDGET_COUNTERS)}"),
+        ("budget.value", cfg.budget.value > 0, "must be > 0"),
+        ("eval_episodes", cfg.eval_episodes > 0, "must be > 0"),
     ]
-    if cfg.algo.name == "ppo":
-        checks += [
-            ("algo.num_steps", cfg.algo.num_steps > 0, "must be > 0"),
-            ("algo.lr", cfg.algo.lr > 0, "must be > 0"),
-            ("algo.gamma", 0 <= cfg.algo.gamma <= 1, "must be in [0, 1]"),
-            ("algo.gae_lambda", 0 <= cfg.algo.gae_lambda <= 1, "must be in [0, 1]"),
-            ("algo.num_minibatches",
-             cfg.algo.num_minibatches > 0
-             and (cfg.env.num_envs * cfg.algo.num_steps) % cfg.algo.num_minibatches == 0,
-             "must be > 0 and divide env.num_envs * algo.num_steps"),
-        ]
+    if env is not None:
+        checks.append(("env.num_envs", cfg.env.num_envs > 0, "must be > 0"))
     for key, ok, why in checks:
         if not ok:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {why}")
+    for key in ("log_every", "eval_every", "checkpoint_every"):
+        Interval(cfg[key], key)
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")
+    env_fields = {f.name for f in dataclasses.fields(env.config_cls)} if env else set()
+    for key in (_plain(cfg.env.eval) or {}) if env else {}:
+        if key not in env_fields or key in ("family", "eval"):
+            raise ConfigError(f"env.eval.{key} is not a field of env family "
+                              f"{cfg.env.family!r}; fields: {sorted(env_fields - {'eval'})}")
+    if cfg.get("study") is not None:
+        try:
+            study = check_study(_plain(cfg.study))
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
+        for role, key in study["axes"].items():
+            if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
+                raise ConfigError(f"study.axes.{role}={key!r} is not a key of this config")
+    algo_cfg = _group_object(cfg, "algo", algo.config_cls)
+    if env is not None:
+        _group_object(cfg, "env", env.config_cls)
+    if model is not None:
+        _group_object(cfg, "model", model.config_cls)
+    return {"algo": algo, "algo_cfg": algo_cfg, "env": env, "model": model}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -88,18 +126,6 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
-
-
-def _check_resumable(state: dict[str, Any], model: torch.nn.Module,
-                     accountant: FlopAccountant, path: Path) -> None:
-    """Raise a one-line :class:`CheckpointError` if ``state`` cannot continue this run (a
-    model of another shape, or FLOPs counted for another model), using the same checks the
-    loop's own loading makes later, but before anything in the record has changed."""
-    load_module_state(model, state["model"], path)
-    try:
-        accountant.load_state_dict(state["accountant"])
-    except ValueError as err:
-        raise CheckpointError(f"incompatible checkpoint {path}: {err}") from err
 
 
 def _config_mismatch(old: DictConfig, new: DictConfig) -> list[str]:
@@ -130,43 +156,60 @@ def _versions() -> dict[str, str]:
             "numpy": numpy.__version__, "rl_scaling": rl_scaling.__version__}
 
 
-def _env_kwargs(env_cfg: DictConfig) -> dict[str, Any]:
-    """Plain builder kwargs for the training envs, and for the held-out eval envs if any."""
-    kw = OmegaConf.to_container(env_cfg, resolve=True)
-    kw.pop("family")
-    kw.pop("num_envs")
-    name = kw.pop("id")
-    if env_cfg.family == "procgen":
-        for k in ("eval_num_levels", "eval_start_level", "eval_num_envs"):
-            kw.pop(k)
-        kw["env_id"] = name
-    elif env_cfg.family == "probe":
-        kw["name"] = name
-    return kw
+def _env_factories(cfg: DictConfig) -> dict[str, EnvFactory]:
+    """The train split and the held-out eval split (``env.eval`` overrides) of the envs."""
+    if cfg.get("env") is None:
+        return {}
+    train = dict(_plain(cfg.env))
+    overrides = dict(train.get("eval") or {})
+    eval_cfg = {**train, **overrides}
+    return {"train": EnvFactory(cfg.env.family, train, cfg.seed),
+            "eval": EnvFactory(cfg.env.family, eval_cfg, cfg.seed + EVAL_SEED_OFFSET)}
 
 
-def build_envs(cfg: DictConfig, seed: int):
-    """Training envs and (for Procgen) held-out test-level envs."""
-    from envs import make_env
+def _model_builder(cfg: DictConfig):
+    """``build(family, spec, knobs)`` for ``ctx.network``: the family's dataclass from the
+    ``model.*`` knobs (``knobs`` override them), validated, then the family's builder."""
+    base = _plain(cfg.model) if cfg.get("model") is not None else {}
 
-    kw = _env_kwargs(cfg.env)
-    envs = make_env(cfg.env.family, num_envs=cfg.env.num_envs, seed=seed, **kw)
-    eval_envs = None
-    if cfg.env.family == "procgen" and cfg.algo.get("eval_interval", 0) > 0:
-        eval_kw = dict(kw, num_levels=cfg.env.eval_num_levels, start_level=cfg.env.eval_start_level)
-        eval_envs = make_env("procgen", num_envs=cfg.env.eval_num_envs, seed=seed + 10_000,
-                             **eval_kw)
-    return envs, eval_envs
+    def build(family: str | None, spec, knobs: dict[str, Any]):
+        family = family or base.get("family")
+        if not family:
+            raise ConfigError("model.family is not set; choose a model (model=NAME)")
+        entry = model_entry(family)
+        fields = {f.name for f in dataclasses.fields(entry.config_cls)}
+        values = {k: v for k, v in base.items() if k in fields} if family == base.get(
+            "family") else {}
+        unknown = sorted(set(knobs) - fields)
+        if unknown:
+            raise ConfigError(f"model ({family}): unknown knob(s) {unknown}; "
+                              f"knobs: {sorted(fields - {'family'})}")
+        mcfg = entry.config_cls(**{**values, **knobs, "family": family})
+        try:
+            if callable(getattr(mcfg, "validate", None)):
+                mcfg.validate()
+            return entry.build(mcfg, spec)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"model ({family}): {err}") from err
+
+    return build
+
+
+def _budget_reached(cfg: DictConfig, state: dict[str, Any]) -> bool:
+    counters = state["counters"]
+    value = (state["accountant"]["total"] if cfg.budget.counter == "flops"
+             else counters.get(cfg.budget.counter, 0))
+    return value >= cfg.budget.value
 
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     """Train one run into ``run_dir``, resuming it if it holds a checkpoint. Returns the status."""
-    from agents import ALGOS
-    from agents.models import build_model, count_params
+    from rl_scaling.registry import load_plugins
 
-    validate(cfg)
-    if cfg.algo.name not in ALGOS:
-        raise ConfigError(f"algo.name={cfg.algo.name!r} is unknown; known: {sorted(ALGOS)}")
+    load_plugins()
+    entries = validate(cfg)
     record = RunRecord(run_dir)
     ckpt_path = record.checkpoint_dir / LATEST
     info = record.read_run_json()
@@ -179,12 +222,12 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     resume_state = None
     if ckpt_path.exists():
         resume_state = load_checkpoint(ckpt_path,
-                                       required=("counters", "model", "accountant", "rng"))
+                                       required=("counters", "objects", "accountant", "rng"))
     status_before = (info or {}).get("status")
     # A diverged run is final even if it diverged before its first checkpoint: training
     # it again would erase the curve it diverged on.
     finished = (status_before == "finished" and resume_state is not None
-                and resume_state["counters"]["env_steps"] >= cfg.algo.total_steps)
+                and _budget_reached(cfg, resume_state))
     if status_before == "diverged" or finished:
         log.info("%s already %s; nothing to do", record.run_dir, status_before)
         return status_before
@@ -196,53 +239,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    try:  # builders raise ValueError naming their argument; say which config group it was
-        envs, eval_envs = build_envs(cfg, cfg.seed)
-    except ValueError as err:
-        raise ConfigError(f"env ({cfg.env.family}): {err}") from err
-    obs_space, act_space = envs.single_observation_space, envs.single_action_space
-    try:
-        model = build_model(cfg.model.family, tuple(obs_space.shape), int(act_space.n),
-                            width=cfg.model.width, depth=cfg.model.depth).to(device)
-    except ValueError as err:
-        envs.close()
-        raise ConfigError(f"model ({cfg.model.family}): {err}") from err
-    example = torch.zeros((1, *obs_space.shape), dtype=torch.from_numpy(obs_space.sample()).dtype,
-                          device=device)
-    flops = {"total": forward_flops(model, example, effective=False),
-             "effective": forward_flops(model, example, effective=True)}
-    accountant = FlopAccountant(forward_flops=flops["effective"])
-    if resume_state is not None:
-        # Check the checkpoint against this model before anything in the record changes.
-        try:
-            _check_resumable(resume_state, model, accountant, ckpt_path)
-        except CheckpointError:
-            envs.close()
-            if eval_envs is not None:
-                eval_envs.close()
-            raise
-
-    if resume_state is not None:
-        log.info("resuming %s from %s (env_steps=%d)", record.run_dir, ckpt_path,
-                 resume_state["counters"]["env_steps"])
-        record.truncate_metrics(resume_state["counters"]["env_steps"])
-    else:
-        record.truncate_metrics(-1)  # killed before its first checkpoint: start the curve afresh
-    record.write_config(OmegaConf.to_yaml(cfg, resolve=True))
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    info = {
-        "id": (info or {}).get("id") or uuid.uuid4().hex[:12],
-        "experiment": cfg.experiment, "status": "running", "seed": cfg.seed,
-        "algo": cfg.algo.name, "env": cfg.env.id, "env_family": cfg.env.family,
-        "model": cfg.model.family, "width": cfg.model.width, "depth": cfg.model.depth,
-        "params": count_params(model), "flops_per_forward": flops,
-        "total_steps": cfg.algo.total_steps, "device": str(device),
-        "versions": _versions(), "git_rev": _git_rev(), "host": socket.gethostname(),
-        "start_time": (info or {}).get("start_time") or now, "end_time": None,
-        "resumed": resume_state is not None, "run_dir": str(record.run_dir.resolve()),
-    }
-    record.write_run_json(info)
 
     # Slurm signals a job before it kills it: SIGTERM on preemption or scancel, and
     # submitit asks for SIGUSR2 shortly before the time limit. Each one makes the loop
@@ -254,30 +250,69 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         log.warning("signal %d: checkpointing at the end of this iteration", signum)
         preempt["flag"], preempt["signal"] = True, signum
 
-    old_handlers = {}
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-        try:
-            old_handlers[sig] = signal.signal(sig, on_signal)
-        except ValueError:  # not the main thread (e.g. a joblib worker thread)
-            pass
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    run_id = (info or {}).get("id") or uuid.uuid4().hex[:12]
+    opened: dict[str, Any] = {}
 
-    logger = MetricsLogger(
-        record, backend=cfg.logger.backend,
-        progress=Progress(cfg.algo.total_steps, cfg.logger.progress),
-        wandb_kwargs={"project": cfg.logger.project, "entity": cfg.logger.entity,
-                      "group": cfg.logger.group, "tags": list(cfg.logger.tags), "id": info["id"],
-                      "name": record.run_dir.name,
-                      "config": OmegaConf.to_container(cfg, resolve=True)},
+    def begin(ctx: RunContext) -> MetricsLogger:
+        """Open the record: called by ``ctx.restore`` once the checkpoint is known to fit."""
+        if resume_state is not None:
+            log.info("resuming %s from %s (iteration %d, env_steps=%d)", record.run_dir,
+                     ckpt_path, ctx.counters.iterations, ctx.counters.env_steps)
+            record.truncate_metrics(ctx.counters.iterations)
+        else:
+            record.truncate_metrics(-1)  # killed before its first checkpoint: start afresh
+        record.write_config(OmegaConf.to_yaml(cfg, resolve=True))
+        new = new_run_info(
+            run_id=run_id, experiment=cfg.experiment, seed=cfg.seed,
+            study=_plain(cfg.study) if cfg.get("study") is not None else None,
+            error=None, algo=cfg.algo.name, env=OmegaConf.select(cfg, "env.id"),
+            env_family=OmegaConf.select(cfg, "env.family"),
+            model=OmegaConf.select(cfg, "model.family"),
+            width=OmegaConf.select(cfg, "model.width"),
+            depth=OmegaConf.select(cfg, "model.depth"),
+            **ctx.networks_info(),
+            budget={"counter": cfg.budget.counter, "value": cfg.budget.value},
+            device=str(device), versions=_versions(), git_rev=_git_rev(),
+            host=socket.gethostname(),
+            start_time=(info or {}).get("start_time") or now, end_time=None,
+            resumed=resume_state is not None, run_dir=str(record.run_dir.resolve()),
+            starts=(info or {}).get("starts", []),
+        )
+        record.write_run_json(new)
+        record.add_start({"time": now, "host": socket.gethostname(), "pid": os.getpid(),
+                          "iteration": ctx.counters.iterations, **slurm_ids()})
+        opened["logger"] = logger = MetricsLogger(
+            record, backend=cfg.logger.backend,
+            progress=Progress(cfg.budget.value, cfg.logger.progress,
+                              counter=cfg.budget.counter),
+            wandb_kwargs={"project": cfg.logger.project, "entity": cfg.logger.entity,
+                          "group": cfg.logger.group, "tags": list(cfg.logger.tags),
+                          "id": run_id, "name": record.run_dir.name,
+                          "config": OmegaConf.to_container(cfg, resolve=True)},
+        )
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            try:
+                old_handlers[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread (e.g. a joblib worker thread)
+                pass
+        return logger
+
+    old_handlers: dict[int, Any] = {}
+    ctx = RunContext(
+        device=device, seed=cfg.seed, budget_counter=cfg.budget.counter,
+        budget_value=cfg.budget.value, env_factories=_env_factories(cfg),
+        model=_plain(cfg.model) if cfg.get("model") is not None else {},
+        build_model=_model_builder(cfg),
+        effective_roles=(list(cfg.effective_roles) if cfg.effective_roles is not None
+                         else None),
+        log_every=cfg.log_every, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,
+        checkpoint_every=cfg.checkpoint_every, checkpoint_path=ckpt_path,
+        resume_state=resume_state, begin=begin, preempted=lambda: preempt["flag"],
     )
-    ctx = RunContext(logger=logger, accountant=accountant, device=device,
-                     checkpoint_path=ckpt_path, checkpoint_interval=cfg.checkpoint_interval,
-                     log_interval=cfg.logger.log_interval,
-                     width=cfg.model.width, resume_state=resume_state,
-                     preempted=lambda: preempt["flag"])
     status, error = "failed", None
     try:
-        algo_cfg = OmegaConf.to_object(cfg.algo)
-        status = ALGOS[cfg.algo.name](algo_cfg, envs, model, ctx, eval_envs=eval_envs)
+        status = entries["algo"].train(entries["algo_cfg"], ctx)
     except StopTraining as stop:
         status, error = stop.status, stop.reason
         log.warning("%s: %s", record.run_dir, stop.reason)
@@ -289,16 +324,17 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        logger.close(status)
-        record.update_run_json(
-            status=status, error=error,
-            end_time=None if status == "running"
-            else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            env_steps=ctx.counters.env_steps, flops=float(accountant.total),
-        )
-        envs.close()
-        if eval_envs is not None:
-            eval_envs.close()
+        ctx.close()
+        if "logger" in opened:  # the record was opened: say how the run ended
+            opened["logger"].close(status)
+            record.update_run_json(
+                status=status, error=error,
+                end_time=None if status == "running"
+                else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                env_steps=ctx.counters.env_steps, samples=ctx.counters.samples,
+                updates=ctx.counters.updates, flops=float(ctx.flops.total),
+                **ctx.networks_info(),
+            )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     chained = old_handlers.get(preempt["signal"])

@@ -1,7 +1,10 @@
 """Entry point: ``python -m rl_scaling.sweep [+experiment=NAME] [-m] [key=value ...]``.
 
-Composes the config (validated against :mod:`rl_scaling.config`), then runs one job
-in Hydra's job directory; with ``-m`` Hydra's launcher runs the experiment's grid.
+Composes the config (validated against :mod:`rl_scaling.config` and the schemas that
+algorithms, env and model families registered), then runs one job in Hydra's job directory;
+with ``-m`` Hydra's launcher runs the experiment's grid. Modules named in
+``RL_SCALING_PLUGINS`` (comma separated) are imported first, so an algorithm that lives
+outside this repository registers itself the same way the built-in ones do.
 """
 
 from __future__ import annotations
@@ -15,9 +18,14 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from rl_scaling.config import register_configs
+from rl_scaling.registry import ConfigError
 
-register_configs()
 log = logging.getLogger("rl_scaling")
+try:
+    register_configs()
+except (ConfigError, ImportError) as _err:  # a plugin that cannot be imported: one line
+    print(f"error: {_err}", file=sys.stderr)
+    sys.exit(2)
 
 
 def parallel_jobs(hydra_cfg: DictConfig) -> int:

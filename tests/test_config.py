@@ -5,9 +5,11 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from rl_scaling.config import register_configs
+from rl_scaling.record import STUDY_KINDS
 from rl_scaling.run import ConfigError, validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -33,6 +35,11 @@ def test_every_experiment_composes_and_validates(name):
     assert cfg.experiment == name
     assert cfg.hydra.sweeper.params, f"{name} has no sweep grid"
     validate(cfg)
+    # every experiment declares its study, and each axis names a key it sweeps or sets
+    assert cfg.study.kind in STUDY_KINDS, f"{name} declares no study"
+    swept = set(cfg.hydra.sweeper.params)
+    for role, key in cfg.study.axes.items():
+        assert key in swept or OmegaConf.select(cfg, key) is not None, (name, role, key)
 
 
 def test_required_experiments_exist():
@@ -67,12 +74,19 @@ def test_wrong_type_is_rejected():
 @pytest.mark.parametrize("override,key", [
     ("model.width=-1", "model.width"),
     ("model.depth=0", "model.depth"),
-    ("algo.total_steps=0", "algo.total_steps"),
+    ("budget.value=0", "budget.value"),
+    ("budget.counter=episodes", "budget.counter"),
     ("env.num_envs=0", "env.num_envs"),
-    ("algo.num_minibatches=7", "algo.num_minibatches"),
+    ("algo.num_minibatches=0", "algo.num_minibatches"),
     ("algo.gamma=1.5", "algo.gamma"),
     ("device=tpu", "device"),
-    ("logger.log_interval=0", "logger.log_interval"),
+    ("log_every=0 env_steps", "log_every"),
+    ("checkpoint_every=10 iterations", "checkpoint_every"),
+    ("eval_every=soon", "eval_every"),
+    ("++env.eval.levels=3", "env.eval.levels"),
+    ("study={kind:chinchilla}", "study.kind"),
+    ("study={kind:scaling,axes:{size:model.width}}", "study.axes.size"),
+    ("study={kind:scaling,axes:{width:model.widht}}", "study.axes.width"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
@@ -91,4 +105,4 @@ def test_launchers_compose_and_run_dirs_ignore_resumable_keys():
     assert "JoblibLauncher" in cfg.hydra.launcher._target_
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     # extending a sweep's budget must land in the same run dirs, so it resumes them
-    assert {"algo.total_steps", "checkpoint_interval", "logger"} <= excluded
+    assert {"budget.value", "checkpoint_every", "log_every", "logger"} <= excluded

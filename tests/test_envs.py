@@ -1,20 +1,29 @@
-"""Fast tests of envs/: interface, bookkeeping, seeding, the MNIST loaders, probes, procgen."""
+"""Fast tests of envs/: interface, bookkeeping, seeding, the MNIST loaders, probes, procgen,
+and the families' registration (config dataclasses, yaml files, train/eval builds)."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import gymnasium
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 
 from envs import PROBES, make_env
-from envs.base import EpisodeStats, check_actions
+from envs.base import MISSING, EnvConfig, EpisodeStats, check_actions
 from envs.mnist import _bilinear_matrix, load_sklearn_digits, make_mnist, read_idx
 from envs.probe import make_probe
+from rl_scaling import registry
+
+DISCRETE = gymnasium.spaces.Discrete
+BOX = gymnasium.spaces.Box
 
 # ---------------------------------------------------------------- helpers
 
@@ -107,13 +116,47 @@ def test_episode_stats_bookkeeping():
 
 
 def test_check_actions_rejects_bad_input():
-    check_actions(np.array([0, 1]), 2, 2)
+    check_actions(np.array([0, 1]), 2, DISCRETE(2))
     with pytest.raises(ValueError, match="shape"):
-        check_actions(np.array([0, 1, 1]), 2, 2)
+        check_actions(np.array([0, 1, 1]), 2, DISCRETE(2))
     with pytest.raises(ValueError, match="integer"):
-        check_actions(np.array([0.0, 1.0]), 2, 2)
+        check_actions(np.array([0.0, 1.0]), 2, DISCRETE(2))
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        check_actions(np.array([0, 2]), 2, 2)
+        check_actions(np.array([0, 2]), 2, DISCRETE(2))
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        check_actions(np.array([-1, 0]), 2, DISCRETE(2))
+
+
+def test_check_actions_box():
+    space = BOX(-1.0, 1.0, (2,), np.float32)
+    ok = np.array([[0.0, 0.5], [3.0, -7.0]])  # out of bounds is fine: the env clips
+    assert check_actions(ok, 2, space) is not None
+    check_actions(ok.astype(np.float32), 2, space)
+    bad = {
+        "integer": (np.zeros((2, 2), dtype=np.int64), r"float array of shape \(2, 2\)"),
+        "flat": (np.zeros(2), r"float array of shape \(2, 2\).*shape \(2,\)"),
+        "few envs": (np.zeros((1, 2)), r"shape \(2, 2\)"),
+        "nan": (np.array([[0.0, np.nan], [0.0, 0.0]]), "finite.*1 NaN"),
+        "inf": (np.array([[np.inf, -np.inf], [0.0, 0.0]]), "finite.*2 NaN"),
+    }
+    for actions, match in bad.values():
+        with pytest.raises(ValueError, match=match) as err:
+            check_actions(actions, 2, space)
+        assert "\n" not in str(err.value)
+    with pytest.raises(TypeError, match="Discrete or Box"):
+        check_actions(np.zeros(2), 2, gymnasium.spaces.MultiBinary(2))
+
+
+def test_episode_stats_final_obs_in_env_order():
+    stats = EpisodeStats(4)
+    final = np.arange(4 * 2 * 3, dtype=np.float32).reshape(4, 2, 3)
+    info = stats.update(np.ones(4), np.array([True, False, True, True]), final_obs=final)
+    np.testing.assert_array_equal(info["final_obs"], final[[0, 2, 3]])
+    assert len(info["final_obs"]) == len(info["episode_return"])
+    final[:] = -1  # the reported rows are copies
+    assert info["final_obs"].min() >= 0
+    assert "final_obs" not in stats.update(np.ones(4), np.zeros(4, bool), final_obs=final)
+    assert "final_obs" not in stats.update(np.ones(4), np.ones(4, bool))
 
 
 @pytest.mark.parametrize(
@@ -130,42 +173,57 @@ def test_step_before_reset_raises(family, kwargs):
 # ---------------------------------------------------------------- probes
 
 
+def random_actions(space, n: int, rng: np.random.Generator) -> np.ndarray:
+    if isinstance(space, DISCRETE):
+        return rng.integers(0, space.n, size=n)
+    return rng.uniform(-1.5, 1.5, size=(n, *space.shape))  # beyond the bounds on purpose
+
+
 @pytest.mark.parametrize("name", list(PROBES))
 def test_probe_spaces_and_rewards(name):
     probe = PROBES[name]
     env = make_env("probe", num_envs=8, seed=1, name=name)
-    assert env.single_observation_space == gymnasium.spaces.Box(-1, 1, (1,), np.float32)
-    assert env.single_action_space == gymnasium.spaces.Discrete(probe.num_actions)
+    assert env.single_observation_space == BOX(-1, 1, (1,), np.float32)
+    assert env.single_action_space == probe.action_space
+    if isinstance(probe.action_space, DISCRETE):
+        assert env.single_action_space == DISCRETE(probe.num_actions)
     rng = np.random.default_rng(0)
     obs = env.reset()
     t = np.zeros(8, dtype=int)
     for _ in range(20):
-        actions = rng.integers(0, probe.num_actions, size=8)
+        actions = random_actions(env.single_action_space, 8, rng)
         next_obs, reward, terminated, truncated, info = env.step(actions)
         check_step_types(env, next_obs, reward, terminated, truncated, info)
         x = obs[:, 0]
+        a = np.clip(actions, -1, 1)[:, 0] if actions.ndim == 2 else actions
         expected = {
             "constant_value": np.ones(8),
             "obs_reward": x,
             "two_step": (t == 1).astype(float),
             "action_reward": np.where(actions == 1, 1.0, -1.0),
             "obs_action_reward": np.where(actions == (x > 0), 1.0, -1.0),
+            "continuous_action": 1 - (a - 0.5) ** 2,
+            "continuous_obs_action": 1 - (a - 0.5 * x) ** 2,
+            "time_limit": np.ones(8),
         }[name]
-        np.testing.assert_array_equal(reward, expected)
-        assert set(np.unique(x)) <= ({-1.0, 1.0} if probe.random_obs else {0.0, 1.0})
-        if name == "two_step":
-            np.testing.assert_array_equal(x, t)  # obs is the step index
+        np.testing.assert_allclose(reward, expected, rtol=1e-6)
+        assert ((obs >= -1) & (obs <= 1)).all()
+        if probe.random_obs:
+            assert set(np.unique(x)) <= {-1.0, 1.0}
+        else:  # obs is the step index / obs_horizon
+            np.testing.assert_array_equal(x, np.float32(t) / np.float32(probe.obs_horizon))
         ended = t + 1 == probe.episode_length
-        np.testing.assert_array_equal(terminated, ended)
-        assert not truncated.any()
+        np.testing.assert_array_equal(truncated if probe.truncates else terminated, ended)
+        assert not (terminated if probe.truncates else truncated).any()
         np.testing.assert_array_equal(
-            info["episode_length"], np.full(ended.sum(), 2 if name == "two_step" else 1)
+            info["episode_length"], np.full(ended.sum(), probe.episode_length)
         )
+        assert ("final_obs" in info) == ended.any()
         t = np.where(ended, 0, t + 1)
         obs = next_obs
 
 
-@pytest.mark.parametrize("name", list(PROBES))
+@pytest.mark.parametrize("name", [n for n in PROBES if not PROBES[n].truncates])
 def test_probe_optimal_policy_earns_expected_value(name):
     probe = PROBES[name]
     gamma = 1.0  # undiscounted, so the episode return equals V(first obs)
@@ -178,6 +236,86 @@ def test_probe_optimal_policy_earns_expected_value(name):
         obs, _, _, _, info = env.step(probe.optimal_action(obs))
         returns.extend(info["episode_return"])
     np.testing.assert_allclose(np.concatenate(first_values), returns)
+
+
+@pytest.mark.parametrize("name", ["continuous_action", "continuous_obs_action"])
+def test_continuous_probe_optimum(name):
+    probe = PROBES[name]
+    assert probe.action_space == BOX(-1, 1, (1,), np.float32)
+    with pytest.raises(AttributeError, match="Box"):
+        _ = probe.num_actions
+    grid = np.linspace(-1, 1, 201)  # includes -0.5 and 0.5
+    for sign in (1.0, -1.0):
+        obs = np.full((len(grid), 1), sign, dtype=np.float32)
+        if name == "continuous_action":
+            obs[:] = 0.0
+        reward = probe.reward(obs, grid[:, None])
+        best = grid[np.argmax(reward)]
+        optimum = probe.optimal_action(obs[:1])
+        assert optimum.shape == (1, 1) and optimum.dtype == np.float32
+        assert best == pytest.approx(optimum[0, 0]) and reward.max() == pytest.approx(1.0)
+        assert best == pytest.approx(0.5 if name == "continuous_action" else 0.5 * sign)
+        np.testing.assert_allclose(probe.expected_value(obs[:1], 0.9), [reward.max()])
+    # the env clips actions to [-1, 1] before the reward
+    env = make_probe(num_envs=2, seed=0, name="continuous_action")
+    env.reset()
+    _, reward, *_ = env.step(np.array([[5.0], [1.0]]))
+    assert reward[0] == reward[1] == pytest.approx(1 - 0.5**2)
+
+
+def test_time_limit_truncates_with_final_obs():
+    probe = PROBES["time_limit"]
+    env = make_probe(num_envs=3, seed=0, name="time_limit")
+    assert env.provides_final_obs and probe.truncates
+    obs = env.reset()
+    np.testing.assert_array_equal(obs, 0.0)
+    seen = [obs]
+    for step in range(1, 7):
+        obs, reward, terminated, truncated, info = env.step(np.zeros(3, dtype=np.int64))
+        np.testing.assert_array_equal(reward, 1.0)
+        assert not terminated.any()
+        if step % 3:
+            assert not truncated.any() and "final_obs" not in info
+            assert len(info["episode_return"]) == 0
+            seen.append(obs)
+        else:
+            assert truncated.all()
+            np.testing.assert_array_equal(info["final_obs"], np.ones((3, 1), np.float32))
+            np.testing.assert_array_equal(obs, 0.0)  # already the next episode's first obs
+            np.testing.assert_array_equal(info["episode_return"], [3.0, 3.0, 3.0])
+            np.testing.assert_array_equal(info["episode_length"], [3, 3, 3])
+    np.testing.assert_allclose(np.stack(seen[:3])[:, 0], probe.observations())
+    np.testing.assert_allclose(probe.observations()[:, 0], [0, 1 / 3, 2 / 3], rtol=1e-6)
+    np.testing.assert_allclose(probe.expected_value(probe.observations(), 0.9), 10.0)
+
+
+def test_terminated_and_truncated_kept_apart():
+    """Terminating probes never truncate and vice versa; the two arrays are distinct."""
+    for name, ends_by in (("two_step", "terminated"), ("time_limit", "truncated")):
+        env = make_probe(num_envs=4, seed=0, name=name)
+        env.reset()
+        counts = {"terminated": 0, "truncated": 0}
+        for _ in range(6):
+            _, _, terminated, truncated, info = env.step(np.zeros(4, dtype=np.int64))
+            assert terminated is not truncated and not (terminated & truncated).any()
+            counts["terminated"] += terminated.sum()
+            counts["truncated"] += truncated.sum()
+            ended = np.flatnonzero(terminated | truncated)
+            assert len(info["episode_return"]) == len(ended)
+            if len(ended):
+                assert info["final_obs"].shape == (len(ended), 1)
+        assert counts[ends_by] > 0 and sum(counts.values()) == counts[ends_by]
+
+
+def test_final_obs_of_several_envs_in_env_order():
+    """Several envs end at one step: one final_obs row each, in env order."""
+    env = make_probe(num_envs=5, seed=0, name="obs_reward")
+    env.reset()
+    _, _, terminated, _, info = env.step(np.zeros(5, dtype=np.int64))
+    assert terminated.all()
+    assert info["final_obs"].shape == (5, 1) and info["final_obs"].dtype == np.float32
+    np.testing.assert_array_equal(info["final_obs"], 0.0)  # a terminal state
+    assert len(info["final_obs"]) == len(info["episode_return"])
 
 
 def test_probe_expected_values():
@@ -203,8 +341,17 @@ def test_probe_seeding():
 
 
 def test_unknown_probe_name():
-    with pytest.raises(ValueError, match="name 'nope'.*constant_value"):
+    with pytest.raises(ValueError, match="name 'nope'.*constant_value.*time_limit"):
         make_env("probe", num_envs=1, seed=0, name="nope")
+
+
+def test_probe_observations_lists_what_episodes_show():
+    for probe in PROBES.values():
+        shown = probe.observations()
+        assert shown.dtype == np.float32 and shown.shape[1] == 1
+        assert ((shown >= -1) & (shown <= 1)).all()
+    np.testing.assert_array_equal(PROBES["two_step"].observations(), [[0.0], [1.0]])
+    np.testing.assert_array_equal(PROBES["obs_reward"].observations(), [[1.0], [-1.0]])
 
 
 def test_probe_obs_not_aliased():
@@ -252,6 +399,7 @@ def test_mnist_from_idx_files(tmp_path, compress):
         # every step is a one-step "episode" for the statistics
         np.testing.assert_array_equal(info["episode_return"], reward)
         np.testing.assert_array_equal(info["episode_length"], np.ones(32))
+        assert "final_obs" not in info  # no episode ends for the learner
     test_env = make_mnist(num_envs=64, seed=0, data_path=tmp_path, split="test")
     assert set(np.unique(test_env.reset()[:, 0, 0, 0])) <= set(range(5))
 
@@ -340,6 +488,7 @@ def test_procgen_spaces_and_step(procgen):
     assert obs.shape == (4, 64, 64, 3) and obs.dtype == np.uint8
     out = env.step(np.arange(4))
     check_step_types(env, *out)
+    assert not env.provides_final_obs and "final_obs" not in out[-1]
     env.close()
     env.close()  # idempotent
 
@@ -405,3 +554,116 @@ def test_procgen_coinrun_episodes(procgen):
         if ended is not None and step >= 200:
             break
     assert ended is not None, "no CoinRun episode ended in 1000 random steps"
+
+
+# ---------------------------------------------------------------- registration and configs
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "env"
+FAMILIES = ("mnist", "probe", "procgen")
+
+
+def composed_env_config(family: str) -> dict:
+    """configs/env/<family>.yaml over its registered dataclass, as a plain dict (like Hydra)."""
+    entry = registry.env_entry(family)
+    data = OmegaConf.load(CONFIG_DIR / f"{family}.yaml")
+    assert list(data.pop("defaults")) == [f"{family}_schema", "_self_"]
+    merged = OmegaConf.merge(OmegaConf.structured(entry.config_cls), data)  # unknown keys fail
+    return OmegaConf.to_container(merged, resolve=True)
+
+
+def build_split(family: str, which: str, seed: int = 0, **changes):
+    """Build a family's envs the way the spine does, for the "train" or "eval" split."""
+    entry = registry.env_entry(family)
+    cfg_dict = {**composed_env_config(family), **changes}
+    if which == "eval":
+        cfg_dict = {**cfg_dict, **cfg_dict["eval"]}
+    cfg = entry.config_cls(**cfg_dict)
+    return cfg, entry.build(cfg, num_envs=cfg.num_envs, seed=seed)
+
+
+def test_missing_matches_omegaconf():
+    import omegaconf
+
+    assert MISSING == omegaconf.MISSING
+    assert OmegaConf.is_missing(OmegaConf.structured(EnvConfig), "family")
+
+
+def test_importing_envs_registers_families_without_torch():
+    code = "import sys, envs; from rl_scaling import registry; "
+    code += "assert 'torch' not in sys.modules, 'torch'; print(sorted(registry.ENVS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[0] == str(list(FAMILIES))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_config_round_trips_and_matches_its_yaml(family):
+    entry = registry.env_entry(family)
+    cls = entry.config_cls
+    assert issubclass(cls, EnvConfig) and entry.family == family
+    for f in dataclasses.fields(cls):  # every field documented in the class docstring
+        assert f"{f.name}:" in cls.__doc__, f"{cls.__name__}.{f.name} is not documented"
+    node = OmegaConf.structured(cls)
+    assert OmegaConf.to_object(node) == cls()
+    assert cls().family == family
+    # the yaml file sets exactly the dataclass defaults (the dataclass is the one source)
+    assert composed_env_config(family) == dataclasses.asdict(cls())
+    for key in cls().eval:  # eval keys are fields of the same config
+        assert key in {f.name for f in dataclasses.fields(cls)} - {"eval", "family"}
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_builds_through_registry(family, split, caplog):
+    if family == "procgen":
+        pytest.importorskip("procgen")
+    few = {"num_envs": 2}
+    changes = dict(few)
+    if family == "procgen":  # keep the eval envs small too
+        changes["eval"] = {**composed_env_config(family)["eval"], **few}
+    cfg, env = build_split(family, split, **changes)
+    with env:
+        assert env.num_envs == 2
+        obs = env.reset()
+        assert obs.shape == (2, *env.single_observation_space.shape)
+        space = env.single_action_space
+        actions = random_actions(space, 2, np.random.default_rng(0))
+        check_step_types(env, *env.step(actions))
+        if family == "procgen":
+            expected = (0, 100_000) if split == "eval" else (200, 0)
+            assert (cfg.num_levels, cfg.start_level) == expected
+            assert env._kwargs["num_levels"] == expected[0]
+        if family == "mnist":
+            assert cfg.split == ("test" if split == "eval" else "train")
+            assert len(env.labels) == (360 if split == "eval" else 1437)
+        if family == "probe":
+            assert env.probe.name == cfg.id == "constant_value"
+
+
+@pytest.mark.parametrize("family", ["probe", "procgen"])
+def test_registry_build_names_the_config_key(family):
+    entry = registry.env_entry(family)
+    with pytest.raises(ValueError, match="^id 'nope'"):
+        entry.build(entry.config_cls(id="nope"), num_envs=1, seed=0)
+
+
+@pytest.mark.parametrize(
+    "family,changes",
+    [
+        ("probe", {"id": "obs_action_reward"}),
+        ("probe", {"id": "continuous_obs_action"}),
+        ("mnist", {}),
+        ("mnist", {"split": "test"}),
+    ],
+)
+def test_registry_builds_are_reproducible(family, changes):
+    def stream(seed):
+        _, env = build_split(family, "train", seed=seed, num_envs=4, **changes)
+        rng = np.random.default_rng(0)
+        actions = np.stack([random_actions(env.single_action_space, 4, rng) for _ in range(8)])
+        return rollout(env, actions)
+
+    a, b, c = stream(3), stream(3), stream(4)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])

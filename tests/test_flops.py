@@ -257,22 +257,39 @@ def test_warns_on_parameterised_module_without_formula():
 # --- accountant and paper conventions ------------------------------------------------------
 
 
-def test_accountant_arithmetic_and_state_round_trip():
-    acc = FlopAccountant(forward_flops=1000)
-    assert acc.add_forward(64) == 64_000
-    assert acc.add_forward(64, passes=2) == 128_000
-    assert acc.add_forward_backward(2048, passes=3) == 3 * 3 * 1000 * 2048
-    expected = 1000 * (64 + 128) + 9 * 1000 * 2048
-    assert acc.total == expected
+def _accountant(policy_effective: int = 1000) -> FlopAccountant:
+    acc = FlopAccountant()
+    acc.register("policy", forward_total=1200, forward_effective=policy_effective)
+    acc.register("target", forward_total=500, forward_effective=400, effective=False)
+    return acc
+
+
+def test_accountant_arithmetic_per_role_and_state_round_trip():
+    acc = _accountant()
+    assert acc.add_forward("policy", 64) == 64_000
+    assert acc.add_forward("policy", 64, passes=2) == 128_000
+    assert acc.add_forward_backward("policy", 2048, passes=3) == 3 * 3 * 1000 * 2048
+    assert acc.add_forward("target", 10) == 0.0  # not part of the study's N
+    assert acc.total == 1000 * (64 + 128) + 9 * 1000 * 2048
+    # per role: every module, effective or not
+    assert acc.by_role() == {"policy": 1200 * (64 + 128 + 9 * 2048), "target": 500 * 10}
+    with pytest.raises(KeyError, match="critic"):
+        acc.add_forward("critic", 1)
+    with pytest.raises(ValueError, match="twice"):
+        acc.register("policy", forward_total=1, forward_effective=1)
 
     state = acc.state_dict()
-    restored = FlopAccountant(forward_flops=1000)
+    restored = _accountant()
     restored.load_state_dict(state)
-    assert restored == acc
-    assert isinstance(state["total"], float) and isinstance(state["forward_flops"], int)
+    assert restored.total == acc.total and restored.by_role() == acc.by_role()
+    assert isinstance(state["total"], float)
 
     with pytest.raises(ValueError, match="FLOPs per forward"):
-        FlopAccountant(forward_flops=999).load_state_dict(state)
+        _accountant(policy_effective=999).load_state_dict(state)
+    other = FlopAccountant()
+    other.register("policy", forward_total=1200, forward_effective=1000)
+    with pytest.raises(ValueError, match="roles"):
+        other.load_state_dict(state)
 
 
 def test_paper_conventions():

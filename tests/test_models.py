@@ -151,6 +151,6 @@ def test_incompatible_obs_shape(family, obs_shape, match):
         build_model(family, obs_shape, 4)
 
 
-def test_count_params_needs_scaled_modules():
-    with pytest.raises(TypeError, match="scaled_modules"):
-        count_params(nn.Linear(3, 4))
+def test_count_params_without_scaled_modules_counts_everything():
+    # a network that names no scaled parts (e.g. an algorithm's own) is scaled as a whole
+    assert count_params(nn.Linear(3, 4)) == {"total": 16, "effective": 16}

@@ -1,82 +1,137 @@
-"""PPO reaches the known solution of each classic probe environment, and learns CoinRun."""
+"""PPO reaches the known solution of each classic probe environment, keeps the curve it had
+before the seam, and learns CoinRun. Every run goes through the real entry path
+(config -> ``rl_scaling.run.run`` -> ``agents.ppo.train`` with a run context)."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
-from agents.models import build_model
-from agents.ppo import evaluate, learning_rate, train
-from envs import PROBES, make_env
-from rl_scaling.config import PPOConfig
-from rl_scaling.context import RunContext
-from rl_scaling.flops import FlopAccountant, forward_flops
-from rl_scaling.logger import MetricsLogger
+from agents.evaluation import evaluate
+from agents.ppo import PPOConfig, learning_rate
+from envs import PROBES
+from rl_scaling.checkpoint import load_checkpoint
+from rl_scaling.config import register_configs
 from rl_scaling.record import RunRecord
+from rl_scaling.registry import ConfigError
+from rl_scaling.run import run
 
-PROBE_CFG = PPOConfig(total_steps=8 * 16 * 80, num_steps=16, num_epochs=4, num_minibatches=4,
-                      gamma=0.9, gae_lambda=0.95, ent_coef=0.0, lr=3e-3, lr_width_rule=False,
-                      norm_reward=False, max_grad_norm=1.0)
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+register_configs()
+# 8 envs x 16 steps, 4 epochs of 4 minibatches, 80 iterations
+PROBE = ["env=probe", "env.num_envs=8", "model=mlp", "budget.value=10240", "algo.num_steps=16",
+         "algo.num_epochs=4", "algo.num_minibatches=4", "algo.gamma=0.9", "algo.gae_lambda=0.95",
+         "algo.ent_coef=0.0", "algo.lr=3e-3", "algo.lr_width_rule=false",
+         "algo.norm_reward=false", "algo.max_grad_norm=1.0", "logger.progress=none",
+         "checkpoint_every=null", "seed=0"]
+DISCRETE_PROBES = [n for n, p in PROBES.items()
+                   if isinstance(p.action_space, gymnasium.spaces.Discrete) and not p.truncates]
 
 
-def _context(tmp_path, model, obs_shape, dtype=torch.float32):
-    example = torch.zeros((1, *obs_shape), dtype=dtype)
-    return RunContext(logger=MetricsLogger(RunRecord(tmp_path), progress=None),
-                      accountant=FlopAccountant(forward_flops=forward_flops(model, example)),
-                      device=torch.device("cpu"), checkpoint_path=tmp_path / "ckpt.pt",
-                      checkpoint_interval=0)
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
-@pytest.mark.parametrize("name", list(PROBES))
+def _policy(run_dir: Path, obs_dim: int, num_actions: int, width: float = 1.0):
+    """The trained model, rebuilt from the run's final checkpoint."""
+    from agents.models import build_model
+
+    model = build_model("mlp", (obs_dim,), num_actions, width=width)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints/latest.pt")["objects"]["model"])
+    return model
+
+
+@pytest.mark.parametrize("name", DISCRETE_PROBES)
 def test_probe_reaches_known_solution(name, tmp_path):
-    torch.manual_seed(0)
     probe = PROBES[name]
-    envs = make_env("probe", num_envs=8, seed=0, name=name)
-    model = build_model("mlp", envs.single_observation_space.shape, probe.num_actions, width=1.0)
-    ctx = _context(tmp_path, model, envs.single_observation_space.shape)
-    assert train(PROBE_CFG, envs, model, ctx) == "finished"
-
-    # every observation the probe can show: +-1 for random probes, step index otherwise
-    obs = (np.array([[1.0], [-1.0]]) if probe.random_obs
-           else np.arange(probe.episode_length, dtype=np.float64)[:, None])
+    assert run(_cfg([*PROBE, f"env.id={name}"]), tmp_path) == "finished"
+    model = _policy(tmp_path, 1, probe.num_actions)
+    obs = probe.observations()
     with torch.no_grad():
         logits, value = model(torch.as_tensor(obs, dtype=torch.float32))
-    expected = probe.expected_value(obs, PROBE_CFG.gamma)
+    expected = probe.expected_value(obs, 0.9)
     np.testing.assert_allclose(value.numpy(), expected, atol=0.1, err_msg=f"{name}: V(obs)")
     if probe.num_actions > 1:
         best = torch.softmax(logits, -1)[torch.arange(len(obs)), probe.optimal_action(obs)]
         assert (best > 0.9).all(), f"{name}: pi(optimal action) = {best.tolist()}"
 
 
+def test_same_seed_same_curve_as_before_the_seam(tmp_path):
+    """The first iterations' returns and losses of three runs, recorded with the PPO that
+    predates the run context (global RNG, iteration cadence), are reproduced exactly: the
+    per-run generators draw the same streams in the same order."""
+    pinned = json.loads((Path(__file__).parent / "data/ppo_pinned_curves.json").read_text())
+    common = ["logger.progress=none", "torch_threads=1"]
+    runs = {
+        "smoke": ["+experiment=smoke", "seed=3"],
+        "procgen": ["env=procgen", "model=impala_cnn", "algo=ppo", "env.num_envs=8",
+                    "algo.num_steps=32", "budget.value=768", "algo.num_minibatches=4",
+                    "model.width=0.25", "seed=5", "env.num_levels=10"],
+        "probe": ["env=probe", "env.id=obs_action_reward", "model=mlp", "budget.value=1536",
+                  "algo.num_steps=64", "algo.num_minibatches=4", "seed=2"],
+    }
+    if not _has_procgen():
+        runs.pop("procgen")
+    for name, overrides in runs.items():
+        run_dir = tmp_path / name
+        assert run(_cfg([*overrides, *common]), run_dir) == "finished"
+        rows = RunRecord(run_dir).read_metrics()
+        assert len(rows) == len(pinned[name])
+        for old, new in zip(pinned[name], rows, strict=True):
+            for key in ("env_steps", "updates", "samples", "flops", "iteration"):
+                assert new[key] == old[key], (name, key)
+            for key in ("loss", "policy_loss", "value_loss", "entropy", "return_mean"):
+                assert new.get(key) == pytest.approx(old.get(key), rel=1e-5, abs=1e-7), (
+                    name, key)
+
+
+def _has_procgen() -> bool:
+    try:
+        import procgen  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def test_counters_and_flops_follow_the_schedule(tmp_path):
-    envs = make_env("probe", num_envs=4, seed=0, name="constant_value")
-    model = build_model("mlp", (1,), 1, width=0.5)
-    ctx = _context(tmp_path, model, (1,))
-    cfg = replace(PROBE_CFG, total_steps=4 * 16 * 3, num_epochs=2, num_minibatches=2)
-    train(cfg, envs, model, ctx)
+    overrides = [*PROBE, "env.id=constant_value", "env.num_envs=4", "budget.value=192",
+                 "algo.num_epochs=2", "algo.num_minibatches=2", "model.width=0.5"]
+    assert run(_cfg(overrides), tmp_path) == "finished"
     rows = RunRecord(tmp_path).read_metrics()
     assert [r["env_steps"] for r in rows] == [64, 128, 192]
     assert [r["updates"] for r in rows] == [4, 8, 12]
     assert [r["samples"] for r in rows] == [128, 256, 384]
-    f = ctx.accountant.forward_flops
+    info = json.loads((tmp_path / "run.json").read_text())
+    f = info["networks"]["policy"]["flops_per_forward"]["effective"]
+    assert info["effective_roles"] == ["policy"] and f == info["flops_per_forward"]["effective"]
     # per iteration: 64 acting forwards + 4 bootstrap-value forwards (one per env)
     # + 2 epochs x 64 samples x (forward + 2x backward)
     assert rows[-1]["flops"] == pytest.approx(3 * (64 * f + 4 * f + 2 * 64 * 3 * f))
+    f_all = info["networks"]["policy"]["flops_per_forward"]["total"]
+    assert rows[-1]["flops.policy"] == pytest.approx(3 * (64 + 4 + 2 * 64 * 3) * f_all)
     assert all(r["wall_time"] >= 0 for r in rows)
 
 
-def test_log_interval_thins_the_curve_but_keeps_the_last_point(tmp_path):
-    envs = make_env("probe", num_envs=4, seed=0, name="constant_value")
-    model = build_model("mlp", (1,), 1, width=0.5)
-    ctx = _context(tmp_path, model, (1,))
-    ctx.log_interval = 2
-    train(replace(PROBE_CFG, total_steps=4 * 16 * 5, num_epochs=1, num_minibatches=1),
-          envs, model, ctx)
+def test_log_every_thins_the_curve_but_keeps_the_last_point(tmp_path):
+    overrides = [*PROBE, "env.id=constant_value", "env.num_envs=4", "budget.value=320",
+                 "algo.num_epochs=1", "algo.num_minibatches=1", "log_every=128 env_steps"]
+    assert run(_cfg(overrides), tmp_path) == "finished"
     rows = RunRecord(tmp_path).read_metrics()
     assert [r["env_steps"] for r in rows] == [128, 256, 320]  # iterations 2, 4 and the last
     assert [r["updates"] for r in rows] == [2, 4, 5]
+    assert [r["iteration"] for r in rows] == [2, 4, 5]
+
+
+def test_minibatches_that_do_not_divide_the_batch_are_refused_before_the_record(tmp_path):
+    with pytest.raises(ConfigError, match=r"^algo\.num_minibatches=7"):
+        run(_cfg([*PROBE, "algo.num_minibatches=7"]), tmp_path)
+    assert not (tmp_path / "run.json").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
 def test_learning_rate_width_rule():
@@ -87,18 +142,15 @@ def test_learning_rate_width_rule():
     assert learning_rate(replace(cfg, lr_width_rule=False), 4.0) == 5e-4
 
 
-def test_non_finite_loss_stops_with_diverged(tmp_path):
-    from rl_scaling.context import StopTraining
-
-    envs = make_env("probe", num_envs=4, seed=0, name="obs_reward")
-    model = build_model("mlp", (1,), 1)
-    with torch.no_grad():  # a poisoned weight makes every value NaN
-        next(model.parameters()).fill_(float("nan"))
-    ctx = _context(tmp_path, model, (1,))
-    with pytest.raises(StopTraining) as stop:
-        train(replace(PROBE_CFG, total_steps=4 * 16 * 5), envs, model, ctx)
-    assert stop.value.status == "diverged"
-    assert len(RunRecord(tmp_path).read_metrics()) == 1  # the curve up to divergence is kept
+def test_non_finite_loss_ends_the_run_as_diverged_and_keeps_the_curve(tmp_path):
+    # a learning rate this large sends the weights to inf within a few updates
+    overrides = [*PROBE, "env.id=obs_reward", "algo.lr=1e30", "algo.max_grad_norm=1e30"]
+    assert run(_cfg(overrides), tmp_path) == "diverged"
+    rows = RunRecord(tmp_path).read_metrics()
+    assert 1 <= len(rows) < 80  # the curve up to divergence is kept, and it stopped early
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["status"] == "diverged" and "non-finite" in info["error"]
+    assert run(_cfg(overrides), tmp_path) == "diverged"  # final: a relaunch leaves it
 
 
 class _TwoSpeedEnvs:
@@ -124,8 +176,7 @@ class _TwoSpeedEnvs:
 def test_evaluation_weights_every_env_equally():
     """Long episodes count as much as short ones: 3 per env, not the first 6 to end (which
     would all come from the fast env)."""
-    model = build_model("mlp", (1,), 2, width=0.25)
-    out = evaluate(model, _TwoSpeedEnvs(), episodes=6, device=torch.device("cpu"))
+    out = evaluate(lambda obs: np.zeros(len(obs), np.int64), _TwoSpeedEnvs(), episodes=6)
     assert out["eval_return"] == pytest.approx(0.5)
     assert out["eval_success"] == pytest.approx(0.5)
 
@@ -135,24 +186,16 @@ def test_coinrun_return_improves_and_held_out_levels_are_evaluated(tmp_path):
     98k steps): the episode-weighted mean return of the last third of the iterations beats
     the first third's (measured +1.3 to +3.0 over seeds 1-3), and evaluation on 10 held-out
     levels is logged."""
-    from hydra import compose, initialize_config_dir
-
-    from rl_scaling.config import register_configs
-    from rl_scaling.run import run
-
     pytest.importorskip("procgen")
-    register_configs()
-    configs = str(Path(__file__).resolve().parents[1] / "configs")
     iterations, num_envs = 24, 32
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "+experiment=procgen_width", "model.width=0.125", f"env.num_envs={num_envs}",
-            "env.num_levels=10", "algo.num_steps=128", "algo.num_minibatches=4",
-            f"algo.total_steps={iterations * num_envs * 128}", "algo.eval_interval=12",
-            "algo.eval_episodes=8", "env.eval_num_envs=8", "env.eval_num_levels=10",
-            "env.eval_start_level=1000", "checkpoint_interval=0", "logger.progress=none",
-            "seed=1",
-        ])
+    cfg = _cfg([
+        "+experiment=procgen_width", "model.width=0.125", f"env.num_envs={num_envs}",
+        "env.num_levels=10", "algo.num_steps=128", "algo.num_minibatches=4",
+        f"budget.value={iterations * num_envs * 128}",
+        f"eval_every={12 * num_envs * 128} env_steps", "eval_episodes=8",
+        "env.eval.num_envs=8", "env.eval.num_levels=10", "env.eval.start_level=1000",
+        "checkpoint_every=null", "logger.progress=none", "seed=1",
+    ])
     assert run(cfg, tmp_path) == "finished"
     rows = RunRecord(tmp_path).read_metrics()
     m = [r for r in rows if r.get("return_mean") is not None]
@@ -174,22 +217,14 @@ def test_coinrun_return_improves_and_held_out_levels_are_evaluated(tmp_path):
 def test_coinrun_return_improves_over_first_iterations(tmp_path):
     """A short CoinRun run (the real config path, a small level set so progress shows early):
     the mean return of the last iterations beats that of the first ones."""
-    from hydra import compose, initialize_config_dir
-
-    from rl_scaling.config import register_configs
-    from rl_scaling.run import run
-
     pytest.importorskip("procgen")
-    register_configs()
-    configs = str(Path(__file__).resolve().parents[1] / "configs")
     iterations = 24
-    with initialize_config_dir(config_dir=configs, version_base="1.3"):
-        cfg = compose("config", overrides=[
-            "+experiment=procgen_width", "model.width=0.5", "env.num_envs=32",
-            "env.num_levels=20", "algo.num_steps=128", "algo.num_minibatches=4",
-            f"algo.total_steps={iterations * 32 * 128}", "algo.eval_interval=0",
-            "checkpoint_interval=0", "logger.progress=none", "seed=1",
-        ])
+    cfg = _cfg([
+        "+experiment=procgen_width", "model.width=0.5", "env.num_envs=32",
+        "env.num_levels=20", "algo.num_steps=128", "algo.num_minibatches=4",
+        f"budget.value={iterations * 32 * 128}", "eval_every=null",
+        "checkpoint_every=null", "logger.progress=none", "seed=1",
+    ])
     assert run(cfg, tmp_path) == "finished"
     returns = [r["return_mean"] for r in RunRecord(tmp_path).read_metrics()
                if r.get("return_mean") is not None]

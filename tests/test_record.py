@@ -23,15 +23,39 @@ def test_metrics_lines_carry_counters_and_are_flushed(tmp_path):
 
 
 def test_truncate_drops_points_after_checkpoint_and_torn_line(tmp_path):
+    """The cut is on ``iteration``: a dataset-only run logs env_steps 0 on every line."""
     rec = RunRecord(tmp_path)
-    for steps in (100, 200, 300):
-        rec.append_metrics({"env_steps": steps, **COUNTERS})
+    for it in (1, 2, 3):
+        rec.append_metrics({**COUNTERS, "env_steps": 0, "samples": 64 * it, "iteration": it})
     rec.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
-        f.write('{"env_steps": 400, "upd')  # killed mid-write
-    assert [r["env_steps"] for r in rec.read_metrics()] == [100, 200, 300]
-    assert rec.truncate_metrics(200) == 2
-    assert [r["env_steps"] for r in rec.read_metrics()] == [100, 200]
+        f.write('{"iteration": 4, "upd')  # killed mid-write
+    assert [r["iteration"] for r in rec.read_metrics()] == [1, 2, 3]
+    assert rec.truncate_metrics(2) == 2
+    assert [r["samples"] for r in rec.read_metrics()] == [64, 128]
+
+
+def test_run_info_carries_a_checked_study_and_every_start(tmp_path):
+    from rl_scaling.record import RECORD_FORMAT, check_study, new_run_info, slurm_ids
+
+    info = new_run_info(run_id="abc", experiment="e", seed=1,
+                        study={"kind": "utd", "axes": {"sigma": "algo.utd"}})
+    assert info["format"] == RECORD_FORMAT
+    assert info["study"] == {"kind": "utd", "axes": {"sigma": "algo.utd"}, "metric": None}
+    for bad, key in (({"kind": "x"}, "study.kind"), ({"kind": "utd", "axes": {"ratio": "a"}},
+                                                     "study.axes.ratio"),
+                     ({"kind": "utd", "metrics": "x"}, "study.metrics")):
+        with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+            check_study(bad)
+    rec = RunRecord(tmp_path)
+    rec.write_run_json(info)
+    env = {"SLURM_JOB_ID": "77", "SLURM_ARRAY_JOB_ID": "70", "SLURM_ARRAY_TASK_ID": "3",
+           "SLURM_RESTART_COUNT": "1"}
+    rec.add_start({"pid": 1, **slurm_ids(env)})
+    rec.add_start({"pid": 2, **slurm_ids({})})
+    starts = rec.read_run_json()["starts"]
+    assert starts == [{"pid": 1, "job_id": "77", "array_job_id": "70", "array_task_id": "3",
+                       "restart_count": "1"}, {"pid": 2}]
 
 
 def test_run_json_status_is_validated(tmp_path):

@@ -59,6 +59,7 @@ def test_smoke_sweep_on_slurm(tmp_path: Path) -> None:
         run_dir = sweep_dir / f"model.width={width}"
         info = json.loads((run_dir / "run.json").read_text())
         assert info["status"] == "finished", info
+        assert info["starts"][-1].get("job_id"), info["starts"]  # Slurm ids of every start
         lines = (run_dir / "metrics.jsonl").read_text().splitlines()
         assert len(lines) == 4, lines
         assert (run_dir / "checkpoints" / "latest.pt").exists()

@@ -45,10 +45,10 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 def _long_smoke(run_dir: Path, iterations: int, checkpoint_interval: int) -> list[str]:
     """The command line of a smoke run at width 1, long enough to be interrupted."""
+    every = f"{checkpoint_interval * ITER_STEPS} env_steps" if checkpoint_interval else "null"
     return [sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=1",
-            f"hydra.run.dir={run_dir}", f"algo.total_steps={iterations * ITER_STEPS}",
-            f"checkpoint_interval={checkpoint_interval}", "logger.progress=none",
-            "torch_threads=1"]
+            f"hydra.run.dir={run_dir}", f"budget.value={iterations * ITER_STEPS}",
+            f"checkpoint_every={every}", "logger.progress=none", "torch_threads=1"]
 
 
 def _start_and_wait_for_lines(args: list[str], run_dir: Path, lines: int) -> subprocess.Popen:
@@ -92,6 +92,11 @@ def test_smoke_sweep_end_to_end_then_analysis(tmp_path):
         assert info["status"] == "finished" and info["experiment"] == "smoke"
         assert info["env_steps"] == 2048 and info["flops"] > 0
         assert info["params"]["effective"] <= info["params"]["total"]
+        assert info["study"] == {"kind": "scaling", "axes": {"width": "model.width"},
+                                 "metric": None}
+        assert info["effective_roles"] == ["policy"]
+        assert info["networks"]["policy"]["params"] == info["params"]
+        assert len(info["starts"]) == 1 and info["starts"][0]["pid"] > 0
         params.append(info["params"]["effective"])
         rows = _metrics(run_dir)
         _check_curve(rows, 4)
@@ -160,12 +165,12 @@ def test_sigkill_then_resume_continues_counters(tmp_path):
 
 def test_finished_run_is_not_rerun_and_can_be_extended(tmp_path):
     run_dir = tmp_path / "run"
-    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "algo.total_steps=1024",
+    base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "budget.value=1024",
             "logger.progress=none"]
     assert sweep(*base).returncode == 0
     assert sweep(*base).returncode == 0
     assert len(_metrics(run_dir)) == 2  # the second call found it finished
-    proc = sweep(*base[:-2], "algo.total_steps=2048", "logger.progress=none")
+    proc = sweep(*base[:-2], "budget.value=2048", "logger.progress=none")
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_curve(_metrics(run_dir), 4)  # extended from its checkpoint
 
@@ -173,11 +178,11 @@ def test_finished_run_is_not_rerun_and_can_be_extended(tmp_path):
 def test_corrupt_checkpoint_is_one_line_and_keeps_the_curve(tmp_path):
     run_dir = tmp_path / "run"
     base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none"]
-    assert sweep(*base, "algo.total_steps=1024").returncode == 0
+    assert sweep(*base, "budget.value=1024").returncode == 0
     before = (run_dir / "metrics.jsonl").read_text()
     ckpt = run_dir / "checkpoints" / "latest.pt"
     ckpt.write_bytes(b"not a checkpoint")
-    proc = sweep(*base, "algo.total_steps=2048")
+    proc = sweep(*base, "budget.value=2048")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: corrupt checkpoint") and str(ckpt) in last
@@ -188,12 +193,12 @@ def test_corrupt_checkpoint_is_one_line_and_keeps_the_curve(tmp_path):
 def test_checkpoint_of_another_model_is_one_line_and_changes_nothing(tmp_path):
     """A valid checkpoint of another width: refused before the record is touched."""
     other, run_dir = tmp_path / "other", tmp_path / "run"
-    base = ["+experiment=smoke", "logger.progress=none", "algo.total_steps=1024"]
+    base = ["+experiment=smoke", "logger.progress=none", "budget.value=1024"]
     assert sweep(*base, f"hydra.run.dir={other}", "model.width=0.125").returncode == 0
     assert sweep(*base, f"hydra.run.dir={run_dir}").returncode == 0
     shutil.copy(other / "checkpoints" / "latest.pt", run_dir / "checkpoints" / "latest.pt")
     before = {f: (run_dir / f).read_text() for f in ("metrics.jsonl", "run.json", "config.yaml")}
-    proc = sweep(*base[:-1], f"hydra.run.dir={run_dir}", "algo.total_steps=2048")
+    proc = sweep(*base[:-1], f"hydra.run.dir={run_dir}", "budget.value=2048")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: incompatible checkpoint") and "latest.pt" in last, last
@@ -204,7 +209,7 @@ def test_checkpoint_of_another_model_is_one_line_and_changes_nothing(tmp_path):
 def test_corrupt_run_json_is_one_line(tmp_path):
     run_dir = tmp_path / "run"
     base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
-            "algo.total_steps=512"]
+            "budget.value=512"]
     assert sweep(*base).returncode == 0
     (run_dir / "run.json").write_text('{"status": "finis')
     proc = sweep(*base)
@@ -216,7 +221,7 @@ def test_corrupt_run_json_is_one_line(tmp_path):
 def test_run_that_diverged_before_its_first_checkpoint_keeps_its_curve(tmp_path):
     run_dir = tmp_path / "run"
     base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
-            "algo.total_steps=512"]
+            "budget.value=512"]
     assert sweep(*base).returncode == 0
     shutil.rmtree(run_dir / "checkpoints")  # as if it diverged before checkpointing
     info = json.loads((run_dir / "run.json").read_text())
@@ -246,7 +251,7 @@ def test_missing_optional_package_is_one_line(tmp_path):
 def test_changed_config_in_same_dir_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     base = ["+experiment=smoke", f"hydra.run.dir={run_dir}", "logger.progress=none",
-            "algo.total_steps=512"]
+            "budget.value=512"]
     assert sweep(*base).returncode == 0
     proc = sweep(*base, "algo.lr=0.1")
     assert proc.returncode == 2
@@ -274,7 +279,7 @@ def test_wandb_offline_mirrors_metrics(tmp_path):
     run_dir = tmp_path / "run"
     env = {k: v for k, v in _env().items() if k != "WANDB_SILENT"}  # it prints its summary
     proc = subprocess.run([sys.executable, "-m", "rl_scaling.sweep", "+experiment=smoke",
-                           "logger=wandb", f"hydra.run.dir={run_dir}", "algo.total_steps=1024",
+                           "logger=wandb", f"hydra.run.dir={run_dir}", "budget.value=1024",
                            "logger.progress=none"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -337,7 +342,7 @@ def test_sigterm_checkpoints_at_once_and_the_rerun_finishes(tmp_path):
     assert proc.wait(timeout=120) == 0
     counters = load_checkpoint(run_dir / "checkpoints" / "latest.pt")["counters"]
     logged = _metrics(run_dir)
-    # checkpoint_interval=0 means "only at the end", so this checkpoint is the signal's
+    # checkpoint_every=null means "only at the end", so this checkpoint is the signal's
     assert 3 <= counters["iterations"] < iterations
     assert logged[-1]["env_steps"] == counters["env_steps"]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"

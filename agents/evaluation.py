@@ -1,0 +1,75 @@
+"""The one evaluation loop and the one episode-statistics helper every algorithm uses.
+
+``evaluate(policy, envs, episodes)`` runs a policy on (held-out) envs; ``EpisodeLog`` turns
+the ``info`` of training steps into the return/length/success metrics of a log line.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+class EpisodeLog:
+    """Collects the episodes that end during an iteration (from each step's ``info``)."""
+
+    def __init__(self) -> None:
+        self.returns: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.success: list[np.ndarray] = []
+
+    def add(self, info: dict[str, Any]) -> None:
+        """Record the episodes a step's ``info`` reports (possibly none)."""
+        self.returns.append(info["episode_return"])
+        self.lengths.append(info["episode_length"])
+        if "episode_success" in info:
+            self.success.append(info["episode_success"])
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """``return_mean``, ``episode_length``, ``episodes`` and ``success_rate`` (when the
+        env reports success) of the episodes collected; empty if none ended."""
+        out: dict[str, float] = {}
+        returns = np.concatenate(self.returns) if self.returns else np.zeros(0)
+        if returns.size:
+            out[f"{prefix}return_mean"] = float(returns.mean())
+            out[f"{prefix}episode_length"] = float(np.concatenate(self.lengths).mean())
+            out[f"{prefix}episodes"] = int(returns.size)
+        success = np.concatenate(self.success) if self.success else np.zeros(0)
+        if success.size:
+            out[f"{prefix}success_rate"] = float(success.mean())
+        return out
+
+    def clear(self) -> None:
+        self.returns.clear()
+        self.lengths.clear()
+        self.success.clear()
+
+
+def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) -> dict[str, float]:
+    """Mean return (and success rate, if the env reports one) of ``policy`` over at least
+    ``episodes`` episodes: the first ``ceil(episodes / num_envs)`` of every env.
+
+    ``policy`` maps a batch of observations (num_envs, ...) to actions. Taking the first
+    episodes to end across all envs instead would over-sample short episodes (e.g. early
+    deaths). The envs are reset first.
+    """
+    per_env = math.ceil(episodes / envs.num_envs)
+    returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
+    successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
+    obs = envs.reset()
+    while min(len(r) for r in returns) < per_env:
+        obs, _, terminated, truncated, info = envs.step(policy(obs))
+        ended = np.flatnonzero(np.logical_or(terminated, truncated))  # info is in env order
+        success = info.get("episode_success")
+        for j, env_index in enumerate(ended):
+            if len(returns[env_index]) < per_env:
+                returns[env_index].append(float(info["episode_return"][j]))
+                if success is not None:
+                    successes[env_index].append(float(success[j]))
+    out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
+    if any(successes):
+        out["eval_success"] = float(np.mean([x for s in successes for x in s]))
+    return out
