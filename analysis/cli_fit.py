@@ -41,17 +41,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analysis import laws
 from analysis.fitting import (
     FIT_FAILURES,
     FitError,
     FitResult,
-    fit_chinchilla,
     fit_loglog,
     fit_power_offset,
     one_blas_thread,
     one_line,
 )
+from analysis.isoflop import fit_chinchilla, fit_isoflop
+from analysis.scaling import fit_intrinsic
+from analysis.utd import fit_utd
 
 ROLES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # law: (required roles, optional roles)
@@ -125,9 +126,9 @@ def _fit_chinchilla(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitRe
 
 
 def _fit_isoflop(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
-    f = laws.fit_isoflop(v["N"], v["C"], v["loss"], D=v.get("D"), level=args.level,
-                         flops_per_param_sample=args.flops_per_param_sample,
-                         loss_offset=args.offset)
+    f = fit_isoflop(v["N"], v["C"], v["loss"], D=v.get("D"), level=args.level,
+                    flops_per_param_sample=args.flops_per_param_sample,
+                    loss_offset=args.offset)
     if not args.offset:  # a pure power law is the plus-constant one with L_inf fixed at 0
         f.params["L_inf"] = 0.0
         f.ci["L_inf"] = (0.0, 0.0)
@@ -146,13 +147,13 @@ def _fit_power(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
 
 
 def _fit_utd(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
-    return laws.fit_utd(v["sigma"], v["D"], level=args.level, n_boot=args.n_boot,
-                        groups=v.get("run"), seed=args.seed)
+    return fit_utd(v["sigma"], v["D"], level=args.level, n_boot=args.n_boot,
+                   groups=v.get("run"), seed=args.seed)
 
 
 def _fit_intrinsic(v: dict[str, np.ndarray], args: argparse.Namespace) -> FitResult:
-    return laws.fit_intrinsic(v["N"], v["E"], v["return"], C=v.get("C"), groups=v.get("run"),
-                              n_boot=args.n_boot, level=args.level, seed=args.seed)
+    return fit_intrinsic(v["N"], v["E"], v["return"], C=v.get("C"), groups=v.get("run"),
+                         n_boot=args.n_boot, level=args.level, seed=args.seed)
 
 
 FITTERS: dict[str, Callable[[dict[str, np.ndarray], argparse.Namespace], FitResult]] = {

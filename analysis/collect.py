@@ -11,8 +11,14 @@ at any depth under a runs root. Each row carries
   -1 for a run with no log point yet, which still gets one row so it is listed),
   ``n_points``, ``finished`` (status is ``finished``), ``truncated`` (a malformed line was
   skipped, typically the last line of a killed run);
-- the log point itself: ``env_steps``, ``updates``, ``samples``, ``flops``, ``wall_time``
-  and whichever metrics the line has (``return_mean``, ``eval_return``, ``val_loss``, ...);
+- the log point itself: the counters ``env_steps``, ``updates``, ``samples``, ``flops``,
+  ``wall_time`` and ``iteration`` (NaN where a record lacks one; ``iteration`` is new in
+  record format 2) and whichever metrics the line has (``return_mean``, ``eval_return``,
+  ``val_loss``, ...);
+- the rest of ``run.json`` flattened the same way: the declared study as ``study.kind``,
+  ``study.metric`` and ``study.axes.<role>`` (the config key of each role; all missing for
+  a record without a declaration), ``networks.<role>.params.total`` ..., ``budget.counter``,
+  ``budget.value``, ``format``, and ``starts`` as a JSON string;
 - the resolved config, flattened with dots (``model.width``, ``algo.lr``, ``env.id``).
   Lists become JSON strings so every cell is a scalar. Where a config key repeats a
   ``run.json`` field (``seed``, ``experiment``) the ``run.json`` value wins.
@@ -21,6 +27,9 @@ at any depth under a runs root. Each row carries
 (size, mtime) per run file and re-reads only the runs whose files changed. The index
 carries the cache format (:data:`CACHE_FORMAT`); a cache written in another format (by an
 older collector, whose rows may lack columns or mean other things) is read from scratch.
+
+The record format itself (counters, how ``metrics.jsonl`` is parsed) is defined once, in
+:mod:`rl_scaling.record`; this module only turns records into rows.
 """
 
 from __future__ import annotations
@@ -35,14 +44,19 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from rl_scaling.record import COUNTERS, ORDER_COUNTER, RunRecord, read_metrics_file
+
 log = logging.getLogger(__name__)
 
 RUN_FILES = ("run.json", "config.yaml", "metrics.jsonl")
-COUNTERS = ("env_steps", "updates", "samples", "flops", "wall_time")
+# Every row has these columns (NaN where a record lacks one): the record's counters and the
+# per-line order counter (absent from records written before record format 2).
+ROW_COUNTERS = (*COUNTERS, ORDER_COUNTER)
 # Format of the Parquet cache and its index. Bump it whenever read_run's rows change (new or
 # renamed columns, other units): a cache in another format is ignored and rebuilt, since
-# reusing its rows would silently mix old and new rows. 1: index was a bare {run_dir: sig}.
-CACHE_FORMAT = 2
+# reusing its rows would silently mix old and new rows. 1: index was a bare {run_dir: sig};
+# 2: format-1 records; 3: record format 2 (study.*, networks.*, budget.*, starts, iteration).
+CACHE_FORMAT = 3
 # Directories inside a run or a sweep that never hold other runs; skipping them keeps the
 # walk fast on roots full of checkpoints and wandb caches.
 _SKIP_DIRS = {"checkpoints", "wandb", ".hydra", "__pycache__", ".git"}
@@ -92,32 +106,20 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], int]:
-    """Parse ``metrics.jsonl``; return the log points and how many lines were skipped.
+    """Parse ``metrics.jsonl`` (:func:`rl_scaling.record.read_metrics_file`); return the log
+    points and how many lines were skipped.
 
     A malformed line (the last one of a killed run is often cut mid-write) is skipped with
     a warning rather than failing the whole analysis.
     """
     path = Path(path)
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    if not path.exists():
-        return rows, 0
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.read().splitlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            obj = None
-        if not isinstance(obj, dict):
-            skipped += 1
-            where = "last line" if lineno == len(lines) else f"line {lineno}"
+    rows, skipped = read_metrics_file(path)
+    if skipped:
+        n_lines = len(path.read_text(encoding="utf-8", errors="replace").splitlines())
+        for lineno in skipped:
+            where = "last line" if lineno == n_lines else f"line {lineno}"
             log.warning("skipping malformed %s of %s", where, path)
-            continue
-        rows.append(obj)
-    return rows, skipped
+    return rows, len(skipped)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -140,11 +142,10 @@ def read_run(run_dir: str | Path, root: str | Path | None = None) -> pd.DataFram
     """
     run_dir = Path(run_dir)
     try:
-        with open(run_dir / "run.json") as f:
-            record = json.load(f)
+        record = RunRecord(run_dir).read_run_json()
         if not isinstance(record, dict):
             raise ValueError("run.json is not an object")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # RecordError (corrupt JSON) is a ValueError
         log.warning("skipping run %s: unreadable run.json (%s)", run_dir, err)
         return pd.DataFrame()
     meta = flatten(record)
@@ -172,7 +173,7 @@ def read_run(run_dir: str | Path, root: str | Path | None = None) -> pd.DataFram
     else:
         # One placeholder row so a run with no log point yet is still listed and counted.
         frame = pd.DataFrame({"step": [-1]})
-    for name in COUNTERS:
+    for name in ROW_COUNTERS:
         if name not in frame:
             frame[name] = float("nan")
     extra = {k: v for k, v in {**config, **meta}.items() if k not in frame.columns}
@@ -195,7 +196,7 @@ def _signature(run_dir: Path) -> list[list[int] | None]:
 def _order_columns(df: pd.DataFrame) -> pd.DataFrame:
     """Identity first, then counters, metrics, and the dotted config columns."""
     first = ["run_id", "experiment", "status", "seed", "algo", "env", "model", "step",
-             *COUNTERS]
+             *ROW_COUNTERS]
     first = [c for c in first if c in df.columns]
     rest = [c for c in df.columns if c not in first]
     undotted = [c for c in rest if "." not in c]
@@ -220,7 +221,7 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 def _concat(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     frames = [f for f in frames if not f.empty]
     if not frames:
-        return pd.DataFrame(columns=["run_id", "run_dir", "status", "step", *COUNTERS])
+        return pd.DataFrame(columns=["run_id", "run_dir", "status", "step", *ROW_COUNTERS])
     return pd.concat(frames, ignore_index=True, sort=False)
 
 

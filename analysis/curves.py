@@ -3,7 +3,7 @@
 Every function takes and returns plain arrays or tidy frames (one row per log point), so
 a study can chain them: drop the warm-up, smooth, average seeds, make monotone, then read
 off the data and compute to reach a threshold or the value at given FLOP budgets.
-Nothing here fits a law; fits live in ``analysis.fitting`` / ``analysis.laws``.
+Nothing here fits a law; fits live in ``analysis.fitting`` and the study modules.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ IGNORED_CONFIG = re.compile(
     r"(^|\.)(seed|seeds)$|^(logger|hydra|paths|launcher|wandb)\.|(_dir|\.dir|_path|\.path)$"
     r"|(^|\.)(device|num_workers|resume|name_suffix)$"
 )
-META_PREFIXES = ("params.", "flops_per_forward.", "versions.")
+# run.json fields flattened into dotted columns that are not config keys (a declared study,
+# per-role network sizes, versions): never part of a configuration's identity.
+META_PREFIXES = ("params.", "flops_per_forward.", "versions.", "study.", "networks.")
 
 
 def config_columns(table: pd.DataFrame) -> list[str]:

@@ -317,3 +317,74 @@ def plot_scatter(
             ax.plot(fit_curve[0], fit_curve[1], "-", color=FIT_COLOR, lw=1.2, label=fit_label)
         return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
                       logx=logx, logy=logy, legend={} if fit_curve is not None else None)
+
+
+def plot_per_task(
+    best: pd.DataFrame,
+    col: str,
+    lines: Mapping[str, np.ndarray],
+    xg: np.ndarray,
+    out_dir: str | Path,
+    name: str,
+    *,
+    ylabel: str,
+    title: str,
+    xlabel: str = "UTD ratio sigma",
+) -> list[Path]:
+    """Best hyperparameter per sigma (``best``: columns ``task``, ``sigma``, ``col`` and
+    optionally ``col_low``/``col_high``) with bootstrap bars and the fitted law
+    (``lines[task]`` on the grid ``xg``), one colour per task, log-log."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        for i, (t, g) in enumerate(best.groupby("task", sort=True)):
+            y = g[col].to_numpy(float)
+            lo = g.get(f"{col}_low", pd.Series(np.nan, index=g.index)).to_numpy(float)
+            hi = g.get(f"{col}_high", pd.Series(np.nan, index=g.index)).to_numpy(float)
+            err = np.vstack([np.where(np.isfinite(lo), y - lo, 0),
+                             np.where(np.isfinite(hi), hi - y, 0)])
+            ax.errorbar(g["sigma"], y, yerr=np.clip(err, 0, None), fmt="o", color=f"C{i}",
+                        capsize=2, label=str(t))
+            if str(t) in lines:
+                ax.plot(xg, lines[str(t)], "-", color=f"C{i}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize="small")
+        return save(fig, out_dir, name)
+
+
+def plot_data_to_threshold(
+    lines: Mapping[tuple[float, str], tuple[np.ndarray, np.ndarray, str]],
+    points: Mapping[tuple[float, str], tuple[np.ndarray, np.ndarray]],
+    thresholds: Sequence[float],
+    tasks: Sequence[str],
+    out_dir: str | Path,
+    name: str,
+    *,
+    title: str,
+    xlabel: str = "UTD ratio sigma",
+    ylabel: str = "data to threshold D_J (env steps)",
+) -> list[Path]:
+    """Data to threshold vs UTD ratio: per (threshold J, task) the fitted law
+    (``lines[(J, task)] = (x, y, label)``) and its points (``points[(J, task)] = (x, y)``);
+    one colour per threshold, one line style and marker per task, log-log."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        for i, j in enumerate(thresholds):
+            for ti, t in enumerate(tasks):
+                if (j, t) not in lines:
+                    continue
+                x, y, label = lines[(j, t)]
+                ax.plot(x, y, ["-", "--", ":", "-."][ti % 4], color=f"C{i}", label=label)
+                if (j, t) in points:
+                    px, py = points[(j, t)]
+                    ax.plot(px, py, "osd^v"[ti % 5], color=f"C{i}", alpha=0.7)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend(loc="best", fontsize="small")
+        return save(fig, out_dir, name)

@@ -1,6 +1,7 @@
 """Fit primitives: one implementation of each statistical building block.
 
-Every study law in :mod:`analysis.laws` and the ``fit`` CLI is built from these:
+Every study's laws (:mod:`analysis.scaling`, :mod:`analysis.isoflop`, :mod:`analysis.utd`,
+:mod:`analysis.generalization`) and the ``fit`` CLI are built from these:
 
 - :func:`fit_loglog` -- ordinary least squares of ``log y`` on ``log x`` (``y = c x^k``) with
   t-based confidence intervals for the parameters and, through :func:`loglog_intervals`,
@@ -10,9 +11,7 @@ Every study law in :mod:`analysis.laws` and the ``fit`` CLI is built from these:
   bootstrap.
 - :func:`fit_fixed_effects` -- one shared slope, one intercept per group (``y = c_g x^k`` in
   log-log space), OLS t-intervals.
-- :func:`fit_chinchilla` -- Hoffmann et al.'s Approach 3 ``L = E + A/N^alpha + B/D^beta`` fitted
-  as Epoch's replication does: Huber loss (delta 1e-3) on ``log L`` through the log-sum-exp
-  parameterisation, L-BFGS from a grid of starts, bootstrap intervals.
+- :func:`forecast_power` -- a fitted power law's value at new ``x`` with its interval.
 - :func:`bootstrap` -- nonparametric bootstrap over points, runs or seeds (cluster resampling,
   optionally stratified).
 - :func:`delta_method` -- first-order intervals for any smooth function of fitted parameters.
@@ -28,15 +27,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from scipy import optimize, special, stats
+from scipy import optimize, stats
 
 try:
     from threadpoolctl import threadpool_limits
@@ -54,13 +52,9 @@ __all__ = [
     "predict_power",
     "fit_power_offset",
     "power_offset_intervals",
+    "forecast_power",
     "fit_fixed_effects",
     "predict_fixed_effects",
-    "CHINCHILLA_GRID",
-    "chinchilla_objective",
-    "fit_chinchilla",
-    "predict_chinchilla",
-    "chinchilla_allocation",
     "bootstrap",
     "delta_method",
     "rolling_cv",
@@ -610,6 +604,17 @@ def power_offset_intervals(
     return {"y": m, "conf_low": m - t * se, "conf_high": m + t * se}
 
 
+def forecast_power(fit: FitResult, x: float, *, level: float = LEVEL) -> dict[str, float]:
+    """Value of a fitted power law (``fit_loglog`` or ``fit_power_offset``) at ``x`` with its
+    confidence interval."""
+    if "offset" in fit.params and "_cov_theta" in fit.extra:
+        iv = power_offset_intervals(fit, [x], level=level)
+    else:
+        iv = loglog_intervals(fit, [x], level=level)
+    return {"value": float(iv["y"][0]), "low": float(iv["conf_low"][0]),
+            "high": float(iv["conf_high"][0])}
+
+
 # --------------------------------------------------------------------------- fixed effects
 
 
@@ -711,212 +716,6 @@ def predict_fixed_effects(
     if log_y:
         return c * (x ** params["k"] if log_x else np.exp(params["k"] * x))
     return c + params["k"] * (np.log(x) if log_x else x)
-
-
-# ------------------------------------------------------------------ Chinchilla (Approach 3)
-
-#: Epoch / Hoffmann starting grid: alpha, beta in 0..2 step 0.5; e in -1..1 step 0.5;
-#: a, b (log A, log B) in 0..25 step 5 -> 5*5*5*6*6 = 4500 starts.
-CHINCHILLA_GRID: dict[str, np.ndarray] = {
-    "a": np.arange(0.0, 25.0 + 1e-9, 5.0),
-    "b": np.arange(0.0, 25.0 + 1e-9, 5.0),
-    "e": np.arange(-1.0, 1.0 + 1e-9, 0.5),
-    "alpha": np.arange(0.0, 2.0 + 1e-9, 0.5),
-    "beta": np.arange(0.0, 2.0 + 1e-9, 0.5),
-}
-
-
-def chinchilla_objective(
-    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float = 1e-3
-) -> np.ndarray:
-    """Sum over points of ``Huber_delta(LSE(a - alpha logN, b - beta logD, e) - log L)``.
-
-    ``theta`` is ``[a, b, e, alpha, beta]`` (``A = e^a, B = e^b, E = e^e``) or a 2-D array of
-    such rows; evaluation is vectorised over rows (used to score the whole start grid at once).
-    """
-    th = np.atleast_2d(theta)
-    a, b, e, al, be = (th[:, i : i + 1] for i in range(5))
-    terms = np.stack(
-        [a - al * logN[None, :], b - be * logD[None, :], np.broadcast_to(e, (th.shape[0], 1))
-         * np.ones_like(logN)[None, :]],
-        axis=0,
-    )
-    pred = special.logsumexp(terms, axis=0)
-    out = special.huber(delta, pred - logL[None, :]).sum(axis=1)
-    return out if np.ndim(theta) == 2 else out[0]
-
-
-def _chinchilla_value_grad(
-    theta: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float
-) -> tuple[float, np.ndarray]:
-    a, b, e, al, be = theta
-    t1 = a - al * logN
-    t2 = b - be * logD
-    t3 = np.full_like(logN, e)
-    m = np.maximum(np.maximum(t1, t2), t3)
-    w1, w2, w3 = np.exp(t1 - m), np.exp(t2 - m), np.exp(t3 - m)
-    s = w1 + w2 + w3
-    r = m + np.log(s) - logL
-    w1, w2, w3 = w1 / s, w2 / s, w3 / s
-    absr = np.abs(r)
-    hub = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
-    psi = np.clip(r, -delta, delta)
-    grad = np.array(
-        [
-            (psi * w1).sum(),
-            (psi * w2).sum(),
-            (psi * w3).sum(),
-            -(psi * w1 * logN).sum(),
-            -(psi * w2 * logD).sum(),
-        ]
-    )
-    return float(hub.sum()), grad
-
-
-def _chinchilla_lbfgs(
-    start: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float
-) -> tuple[np.ndarray, float]:
-    # The Huber sum is O(delta * n); divide by delta so L-BFGS's absolute gradient tolerance
-    # is meaningful (same argmin).
-    def f(th: np.ndarray) -> tuple[float, np.ndarray]:
-        v, g = _chinchilla_value_grad(th, logN, logD, logL, delta)
-        return v / delta, g / delta
-
-    res = optimize.minimize(
-        f, start, jac=True, method="L-BFGS-B", options={"maxiter": 2000, "gtol": 1e-9,
-                                                       "ftol": 1e-14}
-    )
-    return res.x, float(res.fun * delta)
-
-
-def _chinchilla_params(theta: np.ndarray) -> dict[str, float]:
-    a, b, e, al, be = (float(v) for v in theta)
-    A, B, E = math.exp(a), math.exp(b), math.exp(e)
-    s = al + be
-    p = {"E": E, "A": A, "B": B, "alpha": al, "beta": be}
-    if s > 0 and al > 0 and be > 0:
-        p["a"] = be / s
-        p["b"] = al / s
-        # N_opt = G (C/k)^a, D_opt = (C/k)^b / G  (Hoffmann eq. 4)
-        p["G"] = math.exp((math.log(al) + a - math.log(be) - b) / s)
-    else:
-        p["a"] = p["b"] = p["G"] = float("nan")
-    return p
-
-
-@single_blas_thread
-def fit_chinchilla(
-    N: Any,
-    D: Any,
-    loss: Any,
-    *,
-    delta: float = 1e-3,
-    n_starts: int | None = 32,
-    grid: Mapping[str, Sequence[float]] | None = None,
-    n_boot: int = 100,
-    groups: Any = None,
-    level: float = LEVEL,
-    seed: int = 0,
-) -> FitResult:
-    """Chinchilla Approach 3: ``L(N, D) = E + A / N^alpha + B / D^beta``.
-
-    Form and loss (Hoffmann et al. 2022; Besiroglu et al. 2024, Epoch's replication): with
-    ``A = e^a, B = e^b, E = e^e`` minimise
-    ``sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i)``, delta = 1e-3.
-
-    Optimiser and starts: L-BFGS-B (analytic gradient) from a grid of starts
-    (:data:`CHINCHILLA_GRID`: alpha, beta in 0..2 step 0.5, e in -1..1 step 0.5, a, b in 0..25
-    step 5; 4500 starts). The objective is first evaluated on the whole grid in one vectorised
-    pass and L-BFGS is run only from the ``n_starts`` best starts (``n_starts=None`` runs all
-    4500, as Epoch did); the best optimum is kept. Pruning is safe in practice because
-    neighbouring starts converge to the same basin; the test-suite checks the pruned fit against
-    the full grid.
-
-    Uncertainty: percentile bootstrap over points (or over ``groups``, e.g. run ids, so all
-    points of a run are resampled together), ``n_boot`` resamples, each refitted with L-BFGS
-    warm-started at the full-data optimum. ``n_boot=0`` gives NaN intervals.
-
-    Parameters reported: ``E, A, B, alpha, beta`` and the compute-optimal allocation exponents
-    ``a = beta / (alpha + beta)`` (``N_opt ~ C^a``), ``b = alpha / (alpha + beta)``
-    (``D_opt ~ C^b``) and the prefactor ``G`` (``N_opt = G (C/k)^a`` for ``C = k N D``).
-    ``loss`` is the minimised Huber sum. ``extra`` states ``form``, ``method`` (Huber delta,
-    log-sum-exp, grid size, refined starts, intervals) and ``theta`` (``log_A``, ``log_B``,
-    ``log_E`` at the optimum). Exponents do not depend on the units of N and D.
-    Needs >= 6 points.
-    """
-    N = as_array(N, "N", positive=True, min_len=6)
-    D = as_array(D, "D", positive=True, min_len=6)
-    L = as_array(loss, "loss", positive=True, min_len=6)
-    _same_length(N=N, D=D, loss=L)
-    logN, logD, logL = np.log(N), np.log(D), np.log(L)
-    g = {k: np.asarray(v, dtype=float) for k, v in (grid or CHINCHILLA_GRID).items()}
-    starts = np.array(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"], g["beta"])))
-    # Score the whole grid in chunks (keeps memory at a few MB for large data sets).
-    vals = np.concatenate(
-        [chinchilla_objective(starts[i : i + 512], logN, logD, logL, delta)
-         for i in range(0, len(starts), 512)]
-    )
-    order = np.argsort(vals, kind="stable")
-    if n_starts is not None:
-        order = order[:n_starts]
-    best_theta, best_val = None, np.inf
-    for i in order:
-        th, v = _chinchilla_lbfgs(starts[i], logN, logD, logL, delta)
-        if np.isfinite(v) and v < best_val:
-            best_theta, best_val = th, v
-    if best_theta is None:
-        raise FitError("chinchilla: no start converged")
-    params = _chinchilla_params(best_theta)
-    names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"]
-    fit_desc = (f"Huber loss (delta {delta:g}) on log L, prediction by log-sum-exp of "
-                f"(log A - alpha log N, log B - beta log D, log E); L-BFGS-B from a "
-                f"{len(starts)}-start grid scored in one pass, best {len(order)} refined")
-    extra: dict[str, Any] = {
-        "level": level,
-        "form": "L = E + A/N^alpha + B/D^beta",
-        "delta": delta,
-        "n_starts_grid": int(len(starts)),
-        "n_starts_refined": int(len(order)),
-        "method": f"{fit_desc}; no intervals (n_boot=0)",
-        # log-parameters at the optimum; not "a"/"b", which are the allocation exponents
-        "theta": {"log_A": best_theta[0], "log_B": best_theta[1], "log_E": best_theta[2]},
-    }
-    ci = {k: (float("nan"), float("nan")) for k in names}
-    if n_boot > 0:
-
-        def boot_fn(idx: np.ndarray) -> dict[str, float]:
-            th, _ = _chinchilla_lbfgs(best_theta, logN[idx], logD[idx], logL[idx], delta)
-            return _chinchilla_params(th)
-
-        bs = bootstrap(boot_fn, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
-        ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in names}
-        extra["method"] = (f"{fit_desc}; percentile bootstrap over {bs.unit} ({n_boot} draws, "
-                           "warm-started)")
-        extra["bootstrap"] = bs.summary()
-        extra["_draws"] = bs.draws
-    return FitResult(
-        law="chinchilla", params=params, ci=ci, n_points=N.size, loss=best_val, extra=extra
-    )
-
-
-def predict_chinchilla(params: Mapping[str, float], N: Any, D: Any) -> np.ndarray:
-    """``E + A / N^alpha + B / D^beta``."""
-    N = np.asarray(N, dtype=float)
-    D = np.asarray(D, dtype=float)
-    return params["E"] + params["A"] / N ** params["alpha"] + params["B"] / D ** params["beta"]
-
-
-def chinchilla_allocation(
-    params: Mapping[str, float], C: Any, *, flops_per_param_sample: float = 6.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Compute-optimal ``(N_opt, D_opt, L_opt)`` at budget ``C = k N D`` (k = 6 for BC)."""
-    C = np.asarray(C, dtype=float)
-    al, be = params["alpha"], params["beta"]
-    G = (al * params["A"] / (be * params["B"])) ** (1.0 / (al + be))
-    Ck = C / flops_per_param_sample
-    N_opt = G * Ck ** (be / (al + be))
-    D_opt = Ck / N_opt
-    return N_opt, D_opt, predict_chinchilla(params, N_opt, D_opt)
 
 
 # --------------------------------------------------------------------------- bootstrap

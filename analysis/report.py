@@ -26,15 +26,18 @@ LAWS_SCHEMA = "rl-scaling/laws/v1"
 class StudyResult:
     """What one study produced: fitted laws, forecasts, figures and what was skipped.
 
-    ``key`` is ``"<experiment>/<study>"`` (unique in laws.json); ``skipped`` maps a law's
-    name to the one-line reason it was not fitted; ``tables`` holds small frames shown in
-    the report (e.g. data to threshold per UTD ratio).
+    ``key`` is ``"<experiment>/<study>"`` (unique in laws.json); ``source`` says whether
+    the study was ``"declared"`` in the runs' ``run.json`` or ``"guessed"`` from config key
+    names; ``skipped`` maps a law's name to the one-line reason it was not fitted;
+    ``tables`` holds small frames shown in the report (e.g. data to threshold per UTD
+    ratio).
     """
 
     key: str
     study: str
     experiment: str
     title: str
+    source: str = ""
     description: str = ""
     context: dict[str, Any] = field(default_factory=dict)
     fits: dict[str, Any] = field(default_factory=dict)  # name -> fitting.FitResult
@@ -184,6 +187,7 @@ def laws_payload(
         "studies": {
             st.key: {
                 "study": st.study,
+                "source": st.source,
                 "experiment": st.experiment,
                 "context": st.context,
                 "fits": st.fits,

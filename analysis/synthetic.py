@@ -1,8 +1,12 @@
 """Synthetic run records drawn from known scaling laws.
 
 The analysis must be testable (and demonstrable) without training anything, so this
-module writes run directories in exactly the format the trainer writes (see DESIGN.md,
-"A run record") whose curves follow laws with known constants:
+module writes run directories through the trainer's own record module
+(:mod:`rl_scaling.record`: ``RunRecord``, ``new_run_info``; DESIGN.md, "A run record"), whose
+curves follow laws with known constants. Each sweep declares its study in ``run.json``
+(``study: {kind, axes, metric}``, :func:`declared_study`) unless called with
+``study=False``, which writes records as the trainer did before studies were declared (the
+analysis then guesses the study from config key names):
 
 - ``hilton_width_sweep``: PPO on a Procgen-like task over IMPALA widths; the return is a
   monotone function of Hilton et al.'s intrinsic performance
@@ -17,7 +21,11 @@ module writes run directories in exactly the format the trainer writes (see DESI
 - ``generalization_sweep``: runs over a problem-complexity parameter with 20 held-out test
   tasks (``test/task_<i>``); the data to reach any criterion grows as ``complexity^1.5``.
 
-``python -m analysis synth --out DIR`` writes all four plus ``truth.json``.
+- ``trainer_like_sweep``: the trainer's default MNIST width study as the trainer wrote it
+  before record format 2 (no ``study``, no ``format``): the guessing fallback's test case.
+
+``python -m analysis synth --out DIR [--undeclared]`` writes the first four plus
+``truth.json``.
 """
 
 from __future__ import annotations
@@ -26,12 +34,14 @@ import argparse
 import itertools
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
+
+from rl_scaling.record import ORDER_COUNTER, RunRecord, check_study, new_run_info
 
 # The constants each generator draws from; tests compare fitted values with these.
 HILTON_TRUTH: dict[str, float] = {
@@ -94,6 +104,39 @@ IMPALA_FLOPS = 61.2e6
 PPO_FORWARDS_PER_STEP = 10
 
 
+# The study each sweep declares by default (``study=True``); ``axes`` name config keys.
+STUDIES: dict[str, dict[str, Any]] = {
+    "hilton": {"kind": "scaling", "axes": {"width": "model.width"}, "metric": "return_mean"},
+    "bc_isoflop": {"kind": "isoflop", "axes": {"width": "model.width"}, "metric": "val_loss"},
+    "utd": {"kind": "utd", "axes": {"sigma": "algo.utd", "batch_size": "algo.batch_size",
+                                    "lr": "algo.lr", "task": "env.id"},
+            "metric": "return_mean"},
+    "generalization": {"kind": "generalization", "axes": {"complexity": "env.complexity"},
+                       "metric": "return_mean"},
+}
+
+
+def declared_study(study: Mapping[str, Any] | bool, default: str,
+                   **axes: str) -> dict[str, Any] | None:
+    """The ``study`` block a sweep writes: ``True`` its default (``STUDIES[default]``, with
+    ``axes`` overriding roles' config keys), ``False`` none, a mapping that block."""
+    if study is False:
+        return None
+    if study is True:
+        base = STUDIES[default]
+        study = {**base, "axes": {**base["axes"], **axes}}
+    return check_study(dict(study))
+
+
+def _set_key(config: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted config key (``algo.replay_ratio``) in a nested config."""
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+        node = node.setdefault(part, {})
+    node[last] = value
+
+
 def write_run(
     run_dir: str | Path,
     config: dict[str, Any],
@@ -103,39 +146,63 @@ def write_run(
     params: int,
     flops_per_forward: int,
     truncate_last: bool = False,
+    study: Mapping[str, Any] | None = None,
+    budget: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write one run record (``config.yaml``, ``run.json``, ``metrics.jsonl``) to ``run_dir``.
+    """Write one run record (``config.yaml``, ``run.json``, ``metrics.jsonl``) to ``run_dir``
+    through :class:`rl_scaling.record.RunRecord`, as the trainer does.
 
-    ``truncate_last`` cuts the last metrics line in half, as a run killed mid-write leaves it.
+    Every metrics line must carry the record's counters (``env_steps``, ``updates``,
+    ``samples``, ``flops``, ``wall_time``); ``iteration`` (1, 2, ...) is added where a line
+    lacks it. ``study`` is the declared study (written into ``run.json`` and the config,
+    as a resolved config carries it); ``None`` declares none. ``budget``: ``{counter,
+    value}`` of ``run.json``. ``truncate_last`` cuts the last metrics line in half, as a run
+    killed mid-write leaves it. One network role, ``model``, holds all the parameters.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "config.yaml", "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    lines = [json.dumps(m) for m in metrics]
-    if truncate_last and lines:
-        lines[-1] = lines[-1][: len(lines[-1]) // 2]
-    with open(run_dir / "metrics.jsonl", "w") as f:
-        f.write("".join(line + "\n" for line in lines))
-    record = {
-        "id": run_dir.name,
-        "experiment": config.get("experiment", ""),
-        "status": status,
-        "seed": config.get("seed", 0),
-        "algo": config.get("algo", {}).get("name", ""),
-        "env": config.get("env", {}).get("id", ""),
-        "model": config.get("model", {}).get("family", ""),
-        "params": {"total": int(params * 1.05), "effective": int(params)},
-        "flops_per_forward": {"total": int(flops_per_forward * 1.02),
-                              "effective": int(flops_per_forward)},
-        "versions": {"python": "3.11", "rl_scaling": "synthetic"},
-        "git_rev": None,
-        "start_time": "2025-01-01T00:00:00",
-        "end_time": None if status == "running" else "2025-01-02T00:00:00",
-        "run_dir": str(run_dir),
-    }
-    with open(run_dir / "run.json", "w") as f:
-        json.dump(record, f, indent=2)
+    record = RunRecord(run_dir)
+    if study is not None and "study" not in config:
+        config = {**config, "study": dict(study)}
+    record.write_config(yaml.safe_dump(config, sort_keys=False))
+    record.metrics_path.unlink(missing_ok=True)  # a fresh record, never appended to
+    record.metrics_path.touch()
+    try:
+        for i, m in enumerate(metrics, 1):
+            row = dict(m)
+            row.setdefault(ORDER_COUNTER, i)
+            record.append_metrics(row)
+    finally:
+        record.close()
+    if truncate_last:
+        lines = record.metrics_path.read_text().splitlines()
+        if lines:
+            lines[-1] = lines[-1][: len(lines[-1]) // 2]
+            record.metrics_path.write_text("".join(line + "\n" for line in lines))
+    sizes = {"params": {"total": int(params * 1.05), "effective": int(params)},
+             "flops_per_forward": {"total": int(flops_per_forward * 1.02),
+                                   "effective": int(flops_per_forward)}}
+    info = new_run_info(
+        run_id=run_dir.name,
+        experiment=config.get("experiment", ""),
+        seed=config.get("seed", 0),
+        status=status,
+        study=dict(study) if study is not None else None,
+        algo=config.get("algo", {}).get("name", ""),
+        env=config.get("env", {}).get("id", ""),
+        model=config.get("model", {}).get("family", ""),
+        networks={"model": {**sizes, "effective": True}},
+        effective_roles=["model"],
+        **sizes,
+        **({"budget": dict(budget)} if budget is not None else {}),
+        versions={"python": "3.11", "rl_scaling": "synthetic"},
+        git_rev=None,
+        start_time="2025-01-01T00:00:00",
+        end_time=None if status == "running" else "2025-01-02T00:00:00",
+        starts=[{"host": "synthetic", "pid": 0, "time": "2025-01-01T00:00:00"}],
+        run_dir=str(run_dir),
+    )
+    record.write_run_json(info)
     return run_dir
 
 
@@ -167,15 +234,18 @@ def hilton_width_sweep(
     rng: int | np.random.Generator = 0,
     running: bool = True,
     failed: bool = True,
+    study: Mapping[str, Any] | bool = True,
 ) -> dict[str, float]:
     """Write a PPO width sweep whose returns follow Hilton's law; return the truth.
 
     With ``running``/``failed`` the largest width's last seed is still running (stops at
     60% of training) and the smallest width's last seed failed at 30% with a truncated
-    final line, as a real sweep looks mid-flight.
+    final line, as a real sweep looks mid-flight. ``study``: see :func:`declared_study`
+    (default: kind ``scaling``, axes ``{width: model.width}``).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
+    declared = declared_study(study, "hilton")
     for w in widths:
         n_params = round(IMPALA_PARAMS * w**2)
         fpf = round(IMPALA_FLOPS * w**2)
@@ -215,7 +285,8 @@ def hilton_width_sweep(
                 "logger": {"wandb": False, "log_every": total_steps // n_points},
             }
             write_run(out / f"model.width={w},seed={s}", config, metrics, status=status,
-                      params=n_params, flops_per_forward=fpf, truncate_last=trunc)
+                      params=n_params, flops_per_forward=fpf, truncate_last=trunc,
+                      study=declared, budget={"counter": "env_steps", "value": total_steps})
     return dict(HILTON_TRUTH)
 
 
@@ -235,14 +306,18 @@ def bc_isoflop_sweep(
     noise: float = 0.01,
     experiment: str = "atari_bc_isoflop",
     rng: int | np.random.Generator = 1,
+    study: Mapping[str, Any] | bool = True,
 ) -> dict[str, float]:
     """Write BC runs whose ``val_loss`` follows the Chinchilla-style surface; return the truth.
 
     Each model size trains up to ``max_flops`` (6 N D) and logs at log-spaced sample counts,
     so one run fills every isoFLOP budget for its size (DESIGN.md's FLOP snapshots).
+    ``study``: see :func:`declared_study` (default: kind ``isoflop``, axes
+    ``{width: model.width}``, metric ``val_loss``).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
+    declared = declared_study(study, "bc_isoflop")
     for w in widths:
         n_params = round(250_000 * w**2)
         d_max = max_flops / (6 * n_params)
@@ -274,7 +349,8 @@ def bc_isoflop_sweep(
                 "logger": {"wandb": False},
             }
             write_run(out / f"model.width={w},seed={s}", config, metrics,
-                      params=n_params, flops_per_forward=2 * n_params)
+                      params=n_params, flops_per_forward=2 * n_params, study=declared,
+                      budget={"counter": "samples", "value": int(d_max)})
     return dict(BC_TRUTH)
 
 
@@ -305,6 +381,8 @@ def utd_sweep(
     experiment: str = "mujoco_utd",
     tasks: Sequence[str] = tuple(UTD_TASKS),
     rng: int | np.random.Generator = 2,
+    study: Mapping[str, Any] | bool = True,
+    utd_key: str = "algo.utd",
 ) -> dict[str, Any]:
     """Write SAC-like runs over (task, sigma, B, eta) following Rybkin et al.'s laws; return
     the truth (``UTD_TRUTH`` plus ``tasks``: each task's ``B0``, ``lr0``, ``beta_J``).
@@ -312,10 +390,13 @@ def utd_sweep(
     Every task (``env.id``) shares the slopes and ``D_min`` and has its own intercepts
     (``UTD_TASKS``). Returns rise as ``R_max (1 - exp(-(D/tau)^p))`` with tau set so that
     the curve crosses ``J`` exactly at ``utd_data_to_threshold``; ``flops = 10 N B sigma D``
-    (SAC convention).
+    (SAC convention). The UTD ratio is the config key ``utd_key``; ``study``: see
+    :func:`declared_study` (default: kind ``utd``, axes ``{sigma: utd_key, batch_size:
+    algo.batch_size, lr: algo.lr, task: env.id}``).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
+    declared = declared_study(study, "utd", sigma=utd_key)
     t = UTD_TRUTH
     n_params = 140_000
     truth: dict[str, Any] = dict(UTD_TRUTH)
@@ -344,16 +425,18 @@ def utd_sweep(
             config = {
                 "experiment": experiment,
                 "seed": int(s),
-                "algo": {"name": "sac", "utd": float(sigma), "batch_size": int(batch),
-                         "lr": float(lr), "total_steps": total},
+                "algo": {"name": "sac", "batch_size": int(batch), "lr": float(lr),
+                         "total_steps": total},
                 "env": {"family": "mujoco", "id": task},
                 "model": {"family": "mlp", "width": 1.0, "depth": 2},
                 "logger": {"wandb": False},
             }
-            name = (f"env.id={task},algo.utd={sigma},algo.batch_size={batch},"
+            _set_key(config, utd_key, float(sigma))
+            name = (f"env.id={task},{utd_key}={sigma},algo.batch_size={batch},"
                     f"algo.lr={lr},seed={s}")
             write_run(out / name, config, metrics, params=n_params,
-                      flops_per_forward=2 * n_params)
+                      flops_per_forward=2 * n_params, study=declared,
+                      budget={"counter": "env_steps", "value": total})
     return truth
 
 
@@ -370,6 +453,8 @@ def generalization_sweep(
     noise: float = 0.01,
     experiment: str = "pointmass_gen",
     rng: int | np.random.Generator = 4,
+    study: Mapping[str, Any] | bool = True,
+    complexity_key: str = "env.complexity",
 ) -> dict[str, float]:
     """Write runs over a problem-complexity parameter with per-test-task scores.
 
@@ -378,9 +463,13 @@ def generalization_sweep(
     data to reach any criterion built from the task scores (e.g. >= J on 95% of the tasks)
     is ``D ∝ k^gamma`` exactly. Runs last ``8 tau0 k^gamma max(d)`` steps so that every
     task saturates (its best seen score is ~1). Returns ``GEN_TRUTH`` plus the difficulties.
+    The complexity is the config key ``complexity_key``; ``study``: see
+    :func:`declared_study` (default: kind ``generalization``, axes ``{complexity:
+    complexity_key}``).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
+    declared = declared_study(study, "generalization", complexity=complexity_key)
     t = GEN_TRUTH
     diff = np.exp(0.4 * rng.standard_normal(n_test_tasks))
     for k in complexities:
@@ -397,10 +486,11 @@ def generalization_sweep(
                 m.update({f"test/task_{i}": float(v) for i, v in enumerate(row)})
                 metrics.append(m)
             config = {"experiment": experiment, "seed": int(s),
-                      "algo": {"name": "ppo"}, "env": {"family": "pointmass", "complexity": k},
+                      "algo": {"name": "ppo"}, "env": {"family": "pointmass"},
                       "model": {"family": "mlp", "width": 1.0}}
-            write_run(out / f"env.complexity={k},seed={s}", config, metrics, params=10_000,
-                      flops_per_forward=20_000)
+            _set_key(config, complexity_key, k)
+            write_run(out / f"{complexity_key}={k},seed={s}", config, metrics,
+                      params=10_000, flops_per_forward=20_000, study=declared)
     return {**t, "n_test_tasks": n_test_tasks, "difficulties": diff.tolist()}
 
 
@@ -422,8 +512,10 @@ def trainer_like_sweep(
     the resolved Hydra tree; ``metrics.jsonl`` has one line per PPO iteration with
     ``iteration``, ``return_mean`` (accuracy rising from ~0.1 towards ~0.9, faster and
     higher for wider nets), ``loss`` and the timing fields. The largest width's last seed
-    is still running, so the sweep looks like one mid-flight. Returns the generating law's
-    constants (accuracy = 0.1 + 0.85 (1 - exp(-E / tau_w)) with tau_w = tau0 w^-0.3).
+    is still running, so the sweep looks like one mid-flight. The records are format 1 (no
+    ``study``): the analysis guesses their study (``scaling``, from ``model.width``).
+    Returns the generating law's constants (accuracy = 0.1 + 0.85 (1 - exp(-E / tau_w))
+    with tau_w = tau0 w^-0.3).
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
@@ -460,36 +552,45 @@ def trainer_like_sweep(
             run_dir = write_run(out / f"model.width={w},seed={s}", config, metrics,
                                 status="running" if running else "finished",
                                 params=n_params, flops_per_forward=fpf)
-            with open(run_dir / "run.json") as f:
-                record = json.load(f)
-            record.update(id=f"{abs(hash((w, s))) % 16**12:012x}", width=float(w), depth=1,
-                          env_family="mnist", total_steps=total_steps, device="cpu",
-                          resumed=False)
-            with open(run_dir / "run.json", "w") as f:
-                json.dump(record, f, indent=2)
+            # what the trainer wrote before record format 2: no format, study, networks,
+            # effective roles or starts
+            record = RunRecord(run_dir)
+            info = record.read_run_json() or {}
+            for key in ("format", "study", "networks", "effective_roles", "starts"):
+                info.pop(key, None)
+            info.update(id=f"{abs(hash((w, s))) % 16**12:012x}", width=float(w), depth=1,
+                        env_family="mnist", total_steps=total_steps, device="cpu",
+                        resumed=False)
+            record.write_run_json(info)
     return {"tau0": tau0, "tau_exp": -0.3, "ceiling": ceiling}
 
 
-def synth_all(out: str | Path, *, small: bool = False) -> dict[str, dict[str, Any]]:
+def synth_all(out: str | Path, *, small: bool = False,
+              declare: bool = True) -> dict[str, dict[str, Any]]:
     """Write all four synthetic studies under ``out`` plus ``truth.json``; return the truth.
 
-    ``small`` writes fewer seeds, widths and log points (fast tests).
+    ``small`` writes fewer seeds, widths and log points (fast tests). ``declare=False``
+    writes the same records without a ``study`` block (the analysis then guesses each
+    study; it must find the same ones).
     """
     out = Path(out)
     if small:
         truth = {
-            "procgen_width": hilton_width_sweep(out, seeds=(0, 1), n_points=32),
-            "atari_bc_isoflop": bc_isoflop_sweep(out, n_points=32),
+            "procgen_width": hilton_width_sweep(out, seeds=(0, 1), n_points=32,
+                                                study=declare),
+            "atari_bc_isoflop": bc_isoflop_sweep(out, n_points=32, study=declare),
             "mujoco_utd": utd_sweep(out, sigmas=(1, 2, 4, 8), batches=(32, 64, 128, 256),
-                                    lrs=(5e-4, 1e-3, 2e-3), seeds=(0,), n_points=24),
-            "pointmass_gen": generalization_sweep(out, seeds=(0,), n_points=40),
+                                    lrs=(5e-4, 1e-3, 2e-3), seeds=(0,), n_points=24,
+                                    study=declare),
+            "pointmass_gen": generalization_sweep(out, seeds=(0,), n_points=40,
+                                                  study=declare),
         }
     else:
         truth = {
-            "procgen_width": hilton_width_sweep(out),
-            "atari_bc_isoflop": bc_isoflop_sweep(out),
-            "mujoco_utd": utd_sweep(out),
-            "pointmass_gen": generalization_sweep(out),
+            "procgen_width": hilton_width_sweep(out, study=declare),
+            "atari_bc_isoflop": bc_isoflop_sweep(out, study=declare),
+            "mujoco_utd": utd_sweep(out, study=declare),
+            "pointmass_gen": generalization_sweep(out, study=declare),
         }
     with open(out / "truth.json", "w") as f:
         json.dump(truth, f, indent=2)
@@ -497,11 +598,14 @@ def synth_all(out: str | Path, *, small: bool = False) -> dict[str, dict[str, An
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m analysis synth --out DIR [--small]``: write synthetic run records."""
+    """``python -m analysis synth --out DIR [--small] [--undeclared]``: write synthetic run
+    records."""
     parser = argparse.ArgumentParser(prog="python -m analysis synth", description=main.__doc__)
     parser.add_argument("--out", required=True, help="runs root to write into")
     parser.add_argument("--small", action="store_true", help="fewer seeds and log points")
+    parser.add_argument("--undeclared", action="store_true",
+                        help="write no study block in run.json (the analysis guesses it)")
     args = parser.parse_args(argv)
-    synth_all(args.out, small=args.small)
+    synth_all(args.out, small=args.small, declare=not args.undeclared)
     print(f"wrote synthetic run records under {args.out}")
     return 0

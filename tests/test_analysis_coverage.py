@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from analysis import fitting, laws, synthetic
+from analysis import fitting, isoflop, scaling, synthetic, utd
 
 Draw = Callable[[np.random.Generator], dict[str, bool]]
 
@@ -53,14 +53,14 @@ def _fixed_effects(rng: np.random.Generator) -> dict[str, bool]:
 
 
 QUAD_COEF = np.array([1.0, -0.3, -0.2, 0.05, 0.04, 0.02])  # log L, centred log N and log D
-QUAD_A = laws.quadratic_surface_optimum(QUAD_COEF)[0]
+QUAD_A = isoflop.quadratic_surface_optimum(QUAD_COEF)[0]
 
 
 def _quadratic_surface(rng: np.random.Generator) -> dict[str, bool]:
     N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e5, 1e8, 5), np.geomspace(1e7, 1e10, 5)))
     u, v = np.log(N) - np.log(N).mean(), np.log(D) - np.log(D).mean()
-    log_l = laws._quad_design(u, v) @ QUAD_COEF + 0.02 * rng.standard_normal(N.size)
-    f = laws.fit_quadratic_surface(N, D, np.exp(log_l))
+    log_l = isoflop._quad_design(u, v) @ QUAD_COEF + 0.02 * rng.standard_normal(N.size)
+    f = isoflop.fit_quadratic_surface(N, D, np.exp(log_l))
     return {"a": covers(f.ci["a"], QUAD_A)}
 
 
@@ -77,8 +77,8 @@ def _isoflop_profiles(rng: np.random.Generator) -> dict[str, bool]:
         N += list(sizes)
         C += [budget] * sizes.size
         L += list(loss * np.exp(0.01 * rng.standard_normal(sizes.size)))
-    f = laws.fit_isoflop(N, C, L)
-    fc = laws.forecast_isoflop(f, ISO_TARGET)["N_opt"]
+    f = isoflop.fit_isoflop(N, C, L)
+    fc = isoflop.forecast_isoflop(f, ISO_TARGET)["N_opt"]
     return {"a": covers(f.ci["a"], ISO_A), "L_exponent": covers(f.ci["L_exponent"], ISO_L_EXP),
             "N_opt forecast": covers((fc["low"], fc["high"]), 0.1 * ISO_TARGET**ISO_A)}
 
@@ -90,13 +90,13 @@ def _utd(rng: np.random.Generator, n_boot: int = 0) -> dict[str, bool]:
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
     D = synthetic.utd_best_data(sigma, UTD) * np.exp(
         0.05 * rng.standard_normal(sigma.size))
-    f = laws.fit_utd(sigma, D, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
+    f = utd.fit_utd(sigma, D, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
     return {"alpha": covers(f.ci["alpha"], UTD["alpha_J"]),
             "beta": covers(f.ci["beta"], UTD["beta_J"]),
             "D_min": covers(f.ci["D_min"], UTD["D_min"])}
 
 
-UTD_OPT = laws.optimal_utd({"D_min": UTD["D_min"], "beta": UTD["beta_J"],
+UTD_OPT = utd.optimal_utd({"D_min": UTD["D_min"], "beta": UTD["beta_J"],
                             "alpha": UTD["alpha_J"]}, {"c[all]": 256.0, "k": -0.6}, 1.4e5, 1e9)
 
 
@@ -108,7 +108,7 @@ def _utd_forecast(rng: np.random.Generator) -> dict[str, bool]:
         0.05 * rng.standard_normal(sigma.size))
     grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     best_b = 256.0 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(grid.size))
-    fc = laws.forecast_utd(laws.fit_utd(sigma, D), laws.fit_hparam_law(grid, best_b), 1.4e5,
+    fc = utd.forecast_utd(utd.fit_utd(sigma, D), utd.fit_hparam_law(grid, best_b), 1.4e5,
                            1e9, seed=int(rng.integers(1 << 30)))
     return {k: covers((fc[k]["low"], fc[k]["high"]), UTD_OPT[k]) for k in ("sigma", "B", "F")}
 
@@ -116,7 +116,7 @@ def _utd_forecast(rng: np.random.Generator) -> dict[str, bool]:
 def _return_vs_loss(rng: np.random.Generator) -> dict[str, bool]:
     loss = np.geomspace(0.6, 3, 12)
     ret = 10.0 - 4.0 * loss**-1.5 + 0.05 * rng.standard_normal(loss.size)
-    f = laws.fit_return_vs_loss(loss, ret)
+    f = isoflop.fit_return_vs_loss(loss, ret)
     return {"k": covers(f.ci["k"], -1.5), "offset": covers(f.ci["offset"], 10.0)}
 
 
@@ -146,7 +146,7 @@ BC = synthetic.BC_TRUTH
 def _chinchilla(rng: np.random.Generator, n_boot: int) -> dict[str, bool]:
     N, D = (a.ravel() for a in np.meshgrid(np.geomspace(1e5, 1e9, 6), np.geomspace(1e7, 1e11, 6)))
     L = synthetic.bc_loss(N, D) * np.exp(0.01 * rng.standard_normal(N.size))
-    f = fitting.fit_chinchilla(N, D, L, n_boot=n_boot, n_starts=8,
+    f = isoflop.fit_chinchilla(N, D, L, n_boot=n_boot, n_starts=8,
                                seed=int(rng.integers(1 << 30)))
     return {k: covers(f.ci[k], BC[k]) for k in ("alpha", "beta", "E")}
 
@@ -158,7 +158,7 @@ def _intrinsic(rng: np.random.Generator, n_boot: int) -> dict[str, bool]:
     N = np.repeat(np.geomspace(1e4, 1e7, 6), 12)
     E = np.tile(np.geomspace(1e5, 1e8, 12), 6)
     ret = synthetic.hilton_return(N, E) + 0.1 * rng.standard_normal(N.size)
-    f = laws.fit_intrinsic(N, E, ret, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
+    f = scaling.fit_intrinsic(N, E, ret, n_boot=n_boot, seed=int(rng.integers(1 << 30)))
     return {k: covers(f.ci[k], HILTON[k]) for k in ("alpha_N", "alpha_E", "k")}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from analysis import fitting
+from analysis import fitting, isoflop
 from analysis.fitting import FitError
 
 PF_DAY = 1e15 * 86400  # FLOPs in one petaFLOP/s-day
@@ -88,7 +88,7 @@ def _chinchilla_data(rng, noise=0.01):
 
 def test_chinchilla_approach3_recovers_surface():
     N, D, L = _chinchilla_data(np.random.default_rng(5))
-    fit = fitting.fit_chinchilla(N, D, L, n_boot=6, n_starts=8)
+    fit = isoflop.fit_chinchilla(N, D, L, n_boot=6, n_starts=8)
     p = fit.params
     assert p["alpha"] == pytest.approx(0.34, abs=0.06)
     assert p["beta"] == pytest.approx(0.28, abs=0.05)
@@ -96,7 +96,7 @@ def test_chinchilla_approach3_recovers_surface():
     assert p["a"] == pytest.approx(0.28 / 0.62, abs=0.06)
     assert fit.ci["alpha"][0] <= p["alpha"] <= fit.ci["alpha"][1]
     # allocation obeys C = 6 N D
-    n_opt, d_opt, _ = fitting.chinchilla_allocation(p, [1e20])
+    n_opt, d_opt, _ = isoflop.chinchilla_allocation(p, [1e20])
     assert 6 * n_opt[0] * d_opt[0] == pytest.approx(1e20, rel=1e-9)
 
 
@@ -104,8 +104,8 @@ def test_chinchilla_approach3_recovers_surface():
 def test_chinchilla_pruned_starts_match_full_grid(n_full):
     """Refining only the best-scored starts finds the optimum of many (None: all 4500)."""
     N, D, L = _chinchilla_data(np.random.default_rng(6))
-    pruned = fitting.fit_chinchilla(N, D, L, n_boot=0, n_starts=4)
-    full = fitting.fit_chinchilla(N, D, L, n_boot=0, n_starts=n_full)
+    pruned = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=4)
+    full = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=n_full)
     assert pruned.loss == pytest.approx(full.loss, rel=1e-3, abs=1e-9)
     assert pruned.params["alpha"] == pytest.approx(full.params["alpha"], abs=1e-3)
 
@@ -124,8 +124,8 @@ def test_unit_rescaling_leaves_exponents_unchanged():
     assert p1.params["k"] == pytest.approx(p2.params["k"], abs=1e-5)
     assert p1.params["offset"] == pytest.approx(p2.params["offset"], rel=1e-4)
     N2, D2, L2 = _chinchilla_data(np.random.default_rng(8))
-    c1 = fitting.fit_chinchilla(N2, D2, L2, n_boot=0, n_starts=4)
-    c2 = fitting.fit_chinchilla(N2 / 1e6, D2 / 1e9, L2, n_boot=0, n_starts=4)
+    c1 = isoflop.fit_chinchilla(N2, D2, L2, n_boot=0, n_starts=4)
+    c2 = isoflop.fit_chinchilla(N2 / 1e6, D2 / 1e9, L2, n_boot=0, n_starts=4)
     assert c1.params["a"] == pytest.approx(c2.params["a"], abs=0.01)
 
 
@@ -171,7 +171,7 @@ def test_errors_are_one_line_and_name_the_input():
     with pytest.raises(FitError, match=r"^y: 1 non-positive value"):
         fitting.fit_loglog([1, 2, 3], [1, -2, 3])
     with pytest.raises(FitError, match=r"N: 1 NaN"):
-        fitting.fit_chinchilla([1, 2, np.nan, 4, 5, 6], [1] * 6, [1] * 6)
+        isoflop.fit_chinchilla([1, 2, np.nan, 4, 5, 6], [1] * 6, [1] * 6)
     with pytest.raises(FitError, match="differ in length"):
         fitting.fit_loglog([1, 2, 3], [1, 2, 3, 4])
     with pytest.raises(FitError, match=r"^x: 1 distinct value, at least 2 needed; the slope"):
@@ -230,7 +230,7 @@ def test_fits_state_form_loss_space_starts_and_intervals():
     assert m.startswith("least squares on y (linear residuals)")
     assert "24 starts (one per k" in m and "percentile bootstrap over points (5" in m
     N, D, L = _chinchilla_data(np.random.default_rng(12))
-    ch = fitting.fit_chinchilla(N, D, L, n_boot=0, n_starts=3)
+    ch = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=3)
     assert ch.extra["form"] == "L = E + A/N^alpha + B/D^beta"
     m = ch.extra["method"]
     for part in ("Huber loss (delta 0.001) on log L", "log-sum-exp", "4500-start grid",
@@ -240,9 +240,9 @@ def test_fits_state_form_loss_space_starts_and_intervals():
     assert set(ch.extra["theta"]) == {"log_A", "log_B", "log_E"}
     assert ch.extra["theta"]["log_E"] == pytest.approx(np.log(ch.params["E"]))
     assert "form" in ch.to_json()["extra"]
-    from analysis import laws
+    from analysis import utd
 
-    utd = laws.fit_utd(np.repeat([0.5, 1, 2, 4, 8], 2), 1e5 + (3e6 / np.repeat(
+    law = utd.fit_utd(np.repeat([0.5, 1, 2, 4, 8], 2), 1e5 + (3e6 / np.repeat(
         [0.5, 1, 2, 4, 8], 2)) ** 0.8)
-    assert utd.extra["method"].startswith("least squares on log y (log-space residuals)")
-    assert "25 starts" not in utd.extra["method"] and "k = -alpha" in utd.extra["method"]
+    assert law.extra["method"].startswith("least squares on log y (log-space residuals)")
+    assert "25 starts" not in law.extra["method"] and "k = -alpha" in law.extra["method"]

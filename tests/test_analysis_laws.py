@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 
-from analysis import fitting, laws, synthetic
+from analysis import fitting, generalization, isoflop, scaling, synthetic, utd
 from analysis.fitting import FitError
 
 PF_DAY = 1e15 * 86400
@@ -32,13 +32,13 @@ def _isoflop_data(rng, noise=0.005, n_sizes=9, n_budgets=6):
 
 def test_isoflop_profiles_recover_allocation_exponent():
     N, C, D, L = _isoflop_data(np.random.default_rng(0))
-    fit = laws.fit_isoflop(N, C, L, D=D)
+    fit = isoflop.fit_isoflop(N, C, L, D=D)
     assert fit.params["a"] == pytest.approx(A_TRUE, abs=0.05)
     assert fit.params["b"] == pytest.approx(1 - A_TRUE, abs=0.05)
     assert fit.params["a"] + fit.params["b"] == pytest.approx(1.0, abs=1e-6)
     assert fit.ci["a"][0] < fit.params["a"] < fit.ci["a"][1]
     assert fit.params["L_exponent"] < 0
-    fc = laws.forecast_isoflop(fit, 1e19)
+    fc = isoflop.forecast_isoflop(fit, 1e19)
     assert fc["N_opt"]["low"] < fc["N_opt"]["value"] < fc["N_opt"]["high"]
     n_true = synthetic.bc_loss  # the true optimum at 1e19, by brute force over N
     grid = np.geomspace(1e5, 1e10, 4000)
@@ -48,12 +48,12 @@ def test_isoflop_profiles_recover_allocation_exponent():
 
 def test_isoflop_surfaces_and_envelope_agree_with_truth():
     N, C, D, L = _isoflop_data(np.random.default_rng(1))
-    quad = laws.fit_quadratic_surface(N, D, L)
+    quad = isoflop.fit_quadratic_surface(N, D, L)
     assert quad.params["a"] == pytest.approx(A_TRUE, abs=0.07)
     assert quad.ci["a"][0] < quad.params["a"] < quad.ci["a"][1]
-    env = laws.fit_envelope(N, C, L)
+    env = isoflop.fit_envelope(N, C, L)
     assert env.params["a"] == pytest.approx(A_TRUE, abs=0.15)  # coarse: sizes 3.2x apart
-    cmp_ = laws.compare_isoflop_methods(N, C, L, D, n_starts=4)
+    cmp_ = isoflop.compare_isoflop_methods(N, C, L, D, n_starts=4)
     assert set(cmp_["rmse"]) == {"isoflop_profiles", "envelope", "chinchilla",
                                  "quadratic_surface"}
     assert cmp_["best"] in cmp_["rmse"]
@@ -63,14 +63,14 @@ def test_isoflop_surfaces_and_envelope_agree_with_truth():
 
 def test_isoflop_unit_rescaling_and_errors():
     N, C, D, L = _isoflop_data(np.random.default_rng(2))
-    a = laws.fit_isoflop(N, C, L, D=D)
-    b = laws.fit_isoflop(N, C / PF_DAY, L, D=D)
+    a = isoflop.fit_isoflop(N, C, L, D=D)
+    b = isoflop.fit_isoflop(N, C / PF_DAY, L, D=D)
     assert a.params["a"] == pytest.approx(b.params["a"], abs=1e-9)
     assert a.params["L_exponent"] == pytest.approx(b.params["L_exponent"], abs=1e-9)
     with pytest.raises(FitError, match="budgets with an interior minimum"):
-        laws.fit_isoflop(N[C < 2e15], C[C < 2e15], L[C < 2e15])
+        isoflop.fit_isoflop(N[C < 2e15], C[C < 2e15], L[C < 2e15])
     with pytest.raises(FitError, match="C: 1 non-positive"):
-        laws.fit_isoflop(N, np.where(np.arange(N.size) == 0, -1.0, C), L)
+        isoflop.fit_isoflop(N, np.where(np.arange(N.size) == 0, -1.0, C), L)
 
 
 def _hilton_data(rng, noise=0.1, seeds=2):
@@ -87,29 +87,29 @@ def _hilton_data(rng, noise=0.1, seeds=2):
 
 def test_intrinsic_performance_joint_fit_recovers_exponents():
     N, E, ret, C, t = _hilton_data(np.random.default_rng(3))
-    fit = laws.fit_intrinsic(N, E, ret, C=C)
+    fit = scaling.fit_intrinsic(N, E, ret, C=C)
     p = fit.params
     assert p["alpha_N"] == pytest.approx(t["alpha_N"], abs=0.04)
     assert p["alpha_E"] == pytest.approx(t["alpha_E"], abs=0.04)
     assert p["k"] == pytest.approx(t["k"], abs=0.02)
     # the scale: I equals compute on the frontier, so N_c/E_c match the truth normalised so
-    nc, ec = laws._normalise_intrinsic(t["N_c"], t["E_c"], t["alpha_N"], t["alpha_E"],
+    nc, ec = scaling._normalise_intrinsic(t["N_c"], t["E_c"], t["alpha_N"], t["alpha_E"],
                                        fit.extra["kappa"])
     assert math.log(p["N_c"] / nc) == pytest.approx(0, abs=0.5)
     assert math.log(p["E_c"] / ec) == pytest.approx(0, abs=0.5)
     # on the frontier I = C: the best N at a budget has I close to that budget
     budget = 1e16
     n = np.geomspace(1e4, 1e9, 3000)
-    i_best = laws.intrinsic_performance(p, n, budget / (fit.extra["kappa"] * n)).max()
+    i_best = scaling.intrinsic_performance(p, n, budget / (fit.extra["kappa"] * n)).max()
     assert i_best == pytest.approx(budget, rel=1e-3)
     # N_opt forecast: the closed form is the argmax of I along the budget line, and it is
     # close to the truth's (which depends only on the exponents and N_c^aN / E_c^aE)
     kappa = fit.extra["kappa"]
-    n_best = n[np.argmax(laws.intrinsic_performance(p, n, budget / (kappa * n)))]
-    f = laws.forecast_intrinsic(fit, budget)
+    n_best = n[np.argmax(scaling.intrinsic_performance(p, n, budget / (kappa * n)))]
+    f = scaling.forecast_intrinsic(fit, budget)
     assert f["value"] == pytest.approx(n_best, rel=0.01)
     assert math.isnan(f["low"])  # no bootstrap draws: no interval
-    n_true = float(laws.intrinsic_n_opt(t, budget, kappa))
+    n_true = float(scaling.intrinsic_n_opt(t, budget, kappa))
     assert math.log(f["value"] / n_true) == pytest.approx(0, abs=0.7)
 
 
@@ -117,48 +117,48 @@ def test_intrinsic_search_reaches_the_truth_on_noiseless_returns():
     """Without noise the only error left is the 12-knot map's: the exponents come out within
     0.01 (a search on PAVA's piecewise-constant loss stopped at alpha_N 0.62 here)."""
     N, E, ret, C, t = _hilton_data(np.random.default_rng(0), noise=0.0, seeds=1)
-    p = laws.fit_intrinsic(N, E, ret, C=C).params
+    p = scaling.fit_intrinsic(N, E, ret, C=C).params
     for k in ("alpha_N", "alpha_E", "k"):
         assert p[k] == pytest.approx(t[k], abs=0.01), k
 
 
 def test_intrinsic_units_do_not_change_exponents_and_bootstrap_intervals():
     N, E, ret, C, _ = _hilton_data(np.random.default_rng(4), seeds=1)
-    a = laws.fit_intrinsic(N, E, ret, C=C)
-    b = laws.fit_intrinsic(N, E, ret, C=C / PF_DAY)
+    a = scaling.fit_intrinsic(N, E, ret, C=C)
+    b = scaling.fit_intrinsic(N, E, ret, C=C / PF_DAY)
     assert a.params["alpha_N"] == pytest.approx(b.params["alpha_N"], abs=1e-9)
     assert a.params["beta"] == pytest.approx(b.params["beta"], abs=1e-9)
     assert b.extra["kappa"] == pytest.approx(a.extra["kappa"] / PF_DAY)
     groups = np.repeat(np.arange(30), 6)  # one "run" per interaction row of the grid
-    bs = laws.fit_intrinsic(N, E, ret, C=C, groups=groups, n_boot=8)
+    bs = scaling.fit_intrinsic(N, E, ret, C=C, groups=groups, n_boot=8)
     lo, hi = bs.ci["alpha_N"]
     assert lo <= hi and math.isfinite(lo)
-    f = laws.forecast_intrinsic(bs, 1e16)  # interval from the same bootstrap draws
+    f = scaling.forecast_intrinsic(bs, 1e16)  # interval from the same bootstrap draws
     assert f["low"] < f["high"] and "bootstrap" in f["method"]
     d = bs.extra["_draws"]
-    per_draw = [float(laws.intrinsic_n_opt({k: d[k][i] for k in d}, 1e16, bs.extra["kappa"]))
+    per_draw = [float(scaling.intrinsic_n_opt({k: d[k][i] for k in d}, 1e16, bs.extra["kappa"]))
                 for i in range(len(d["k"]))]
     assert min(per_draw) <= f["low"] < f["high"] <= max(per_draw)
     with pytest.raises(FitError, match="one model size"):
-        laws.fit_intrinsic(np.full(20, 1e6), np.geomspace(1, 1e3, 20), np.arange(20.0))
+        scaling.fit_intrinsic(np.full(20, 1e6), np.geomspace(1, 1e3, 20), np.arange(20.0))
 
 
 def test_intrinsic_forecasts_n_opt_and_d_opt_from_the_same_draws():
     """D_opt = C / (kappa N_opt) at the budget, with a percentile interval over the same
     bootstrap draws as N_opt's (so its ends are the images of N_opt's: D falls as N rises)."""
     N, E, ret, C, _ = _hilton_data(np.random.default_rng(4), seeds=1)
-    fit = laws.fit_intrinsic(N, E, ret, C=C, groups=np.repeat(np.arange(30), 6), n_boot=6)
+    fit = scaling.fit_intrinsic(N, E, ret, C=C, groups=np.repeat(np.arange(30), 6), n_boot=6)
     budget, kappa = 1e16, fit.extra["kappa"]
-    fc = laws.forecast_intrinsic_allocation(fit, budget)
+    fc = scaling.forecast_intrinsic_allocation(fit, budget)
     n, d = fc["N_opt"], fc["D_opt"]
-    assert n == laws.forecast_intrinsic(fit, budget)
+    assert n == scaling.forecast_intrinsic(fit, budget)
     assert d["value"] == pytest.approx(budget / (kappa * n["value"]), rel=1e-12)
-    assert d["value"] == pytest.approx(float(laws.intrinsic_d_opt(fit.params, budget, kappa)))
+    assert d["value"] == pytest.approx(float(scaling.intrinsic_d_opt(fit.params, budget, kappa)))
     assert d["low"] < d["value"] < d["high"] and d["method"] == n["method"]
     assert d["low"] == pytest.approx(budget / (kappa * n["high"]), rel=1e-9)
     assert d["high"] == pytest.approx(budget / (kappa * n["low"]), rel=1e-9)
     fit.extra.pop("_draws")  # no bootstrap: point values, NaN intervals
-    fc = laws.forecast_intrinsic_allocation(fit, budget)
+    fc = scaling.forecast_intrinsic_allocation(fit, budget)
     assert math.isnan(fc["D_opt"]["low"]) and fc["D_opt"]["value"] == d["value"]
 
 
@@ -168,7 +168,7 @@ def test_utd_data_to_threshold_law():
     sigma = np.repeat([0.5, 1, 2, 4, 8, 16, 32], 3)
     D = synthetic.utd_best_data(sigma, t) * np.exp(
         0.03 * rng.standard_normal(sigma.size))
-    fit = laws.fit_utd(sigma, D)
+    fit = utd.fit_utd(sigma, D)
     p = fit.params
     assert p["alpha"] == pytest.approx(t["alpha_J"], abs=0.1)
     assert math.log(p["beta"] / t["beta_J"]) == pytest.approx(0, abs=0.5)
@@ -176,7 +176,7 @@ def test_utd_data_to_threshold_law():
     for k, truth in (("alpha", t["alpha_J"]), ("beta", t["beta_J"])):
         assert fit.ci[k][0] < truth < fit.ci[k][1], k
     with pytest.raises(FitError, match="sigma: 2 distinct values"):
-        laws.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
+        utd.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
 
 
 def test_utd_law_on_flat_or_rising_data_fails_with_one_clear_line():
@@ -185,16 +185,16 @@ def test_utd_law_on_flat_or_rising_data_fails_with_one_clear_line():
     error' that stopped the whole UTD study), or interval ends of 0 / inf, never a crash."""
     sigma = np.repeat([0.5, 1, 2, 4, 8], 2)
     with pytest.raises(FitError, match="all 10 values equal"):
-        laws.fit_utd(sigma, np.full(sigma.size, 1e5))
+        utd.fit_utd(sigma, np.full(sigma.size, 1e5))
     rising = 1e5 * sigma**0.3  # beta would overflow
     tiny_flat = 1e-3 * np.exp(1e-3 * np.random.default_rng(0).standard_normal(sigma.size))
     for D in (rising, tiny_flat):  # tiny_flat: beta would underflow to 0, then log(0)
         for n_boot in (0, 5):
             with pytest.raises(FitError, match="beta = 10\\^.* out of floating-point range"):
-                laws.fit_utd(sigma, D, n_boot=n_boot)
+                utd.fit_utd(sigma, D, n_boot=n_boot)
     # barely falling, 0.1% noise: beta is fine, but its interval's ends overflowed exp()
     D = (1e5 + 50 / sigma) * np.exp(1e-3 * np.random.default_rng(3).standard_normal(sigma.size))
-    fit = laws.fit_utd(sigma, D)
+    fit = utd.fit_utd(sigma, D)
     assert math.isfinite(fit.params["beta"]) and fit.params["beta"] > 0
     assert fit.ci["beta"][0] == 0.0 and fit.ci["beta"][1] == math.inf
 
@@ -207,18 +207,18 @@ def test_best_hparams_and_their_power_laws():
     sig, bs, lrs = (np.repeat(a.ravel(), 2) for a in (sig, bs, lrs))
     D = synthetic.utd_data_to_threshold(sig, bs, lrs) * np.exp(
         0.02 * rng.standard_normal(sig.size))
-    best = laws.best_hparams(D, sig, bs, lrs, n_boot=20)
+    best = utd.best_hparams(D, sig, bs, lrs, n_boot=20)
     assert [b["sigma"] for b in best] == [1, 2, 4, 8, 16]
     s = np.array([b["sigma"] for b in best])
-    fb = laws.fit_hparam_law(s, [b["B"] for b in best], name="B")
-    fl = laws.fit_hparam_law(s, [b["lr"] for b in best], name="lr")
+    fb = utd.fit_hparam_law(s, [b["B"] for b in best], name="B")
+    fl = utd.fit_hparam_law(s, [b["lr"] for b in best], name="lr")
     assert fb.params["k"] == pytest.approx(t["B_exp"], abs=0.15)  # grid of B is 2x apart
     assert fl.params["k"] == pytest.approx(t["lr_exp"], abs=0.1)
     # sigma*(F): the minimiser of C + delta D agrees with a brute-force search
-    utd = {"D_min": t["D_min"], "beta": t["beta_J"], "alpha": t["alpha_J"]}
-    opt = laws.optimal_utd(utd, fb.params, 1.4e5, delta=1e9)
+    law = {"D_min": t["D_min"], "beta": t["beta_J"], "alpha": t["alpha_J"]}
+    opt = utd.optimal_utd(law, fb.params, 1.4e5, delta=1e9)
     grid = np.geomspace(1e-2, 1e3, 200_000)
-    F = laws.utd_compute(utd, fb.params, grid, 1.4e5) + 1e9 * laws.predict_utd(utd, grid)
+    F = utd.utd_compute(law, fb.params, grid, 1.4e5) + 1e9 * utd.predict_utd(law, grid)
     assert opt["sigma"] == pytest.approx(grid[np.argmin(F)], rel=1e-3)
     assert opt["F"] == pytest.approx(F.min(), rel=1e-6)
 
@@ -230,13 +230,13 @@ def test_utd_forecast_point_is_the_optimum_and_draws_follow_the_fit():
     D = synthetic.utd_best_data(sigma, t) * np.exp(
         0.05 * rng.standard_normal(sigma.size))
     grid = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    fb = laws.fit_hparam_law(grid, 256 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(5)))
-    fl = laws.fit_hparam_law(grid, 1e-3 * grid**-0.5 * np.exp(0.1 * rng.standard_normal(5)),
+    fb = utd.fit_hparam_law(grid, 256 * grid**-0.6 * np.exp(0.1 * rng.standard_normal(5)))
+    fl = utd.fit_hparam_law(grid, 1e-3 * grid**-0.5 * np.exp(0.1 * rng.standard_normal(5)),
                              name="lr")
     for n_boot, source in ((0, "multivariate t"), (60, "bootstrap")):
-        fit = laws.fit_utd(sigma, D, n_boot=n_boot)
-        fc = laws.forecast_utd(fit, fb, 1.4e5, 1e9, lr_law=fl)
-        opt = laws.optimal_utd(fit.params, fb.params, 1.4e5, 1e9)
+        fit = utd.fit_utd(sigma, D, n_boot=n_boot)
+        fc = utd.forecast_utd(fit, fb, 1.4e5, 1e9, lr_law=fl)
+        opt = utd.optimal_utd(fit.params, fb.params, 1.4e5, 1e9)
         for k in ("sigma", "B", "F", "C", "D"):
             assert fc[k]["value"] == pytest.approx(opt[k]), k
             assert fc[k]["low"] < fc[k]["value"] < fc[k]["high"], (k, fc[k])
@@ -244,9 +244,9 @@ def test_utd_forecast_point_is_the_optimum_and_draws_follow_the_fit():
                                                   rel=0.1)
         assert f"D_J(sigma) {source}" in fc["sigma"]["method"]
     # more noise in the B* law: a wider interval on B*(sigma*)
-    fb_noisy = laws.fit_hparam_law(grid, fb.params["c[all]"] * grid ** fb.params["k"]
+    fb_noisy = utd.fit_hparam_law(grid, fb.params["c[all]"] * grid ** fb.params["k"]
                                    * np.exp(0.4 * rng.standard_normal(5)))
-    wide = laws.forecast_utd(fit, fb_noisy, 1.4e5, 1e9)["B"]
+    wide = utd.forecast_utd(fit, fb_noisy, 1.4e5, 1e9)["B"]
     assert np.log(wide["high"] / wide["low"]) > np.log(fc["B"]["high"] / fc["B"]["low"])
 
 
@@ -267,7 +267,7 @@ def test_utd_workflow_several_tasks_shared_slope_and_bootstrap():
         for k, v in (("sigma", sig), ("B", bs), ("lr", lrs), ("D", D)):
             cols[k].extend(v)
         cols["task"].extend([task] * sig.size)
-    wf = laws.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
+    wf = utd.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
                                task=cols["task"], n_boot=20)
     fb, fl = wf.hparam_fits["B"], wf.hparam_fits["lr"]
     assert fb.params["k"] == pytest.approx(t["B_exp"], abs=0.15)  # B grid is 2x apart
@@ -298,7 +298,7 @@ def test_utd_workflow_several_tasks_shared_slope_and_bootstrap():
         for k in ("B", "lr"):
             assert r[f"{k}_low"] * (1 - 1e-9) <= r[k] <= r[f"{k}_high"] * (1 + 1e-9)
     # with n_boot=0 the intervals are the delta-method ones and the point fits are identical
-    wf0 = laws.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
+    wf0 = utd.fit_utd_workflow({t["J"]: cols["D"]}, cols["sigma"], cols["B"], cols["lr"],
                                 task=cols["task"], n_boot=0)
     assert wf0.utd_fits[(t["J"], h)].params == pytest.approx(wf.utd_fits[(t["J"], h)].params)
     assert "delta" in wf0.utd_fits[(t["J"], h)].extra["method"]
@@ -307,14 +307,14 @@ def test_utd_workflow_several_tasks_shared_slope_and_bootstrap():
 def test_pareto_front_keeps_only_non_dominated_points():
     x = np.array([1.0, 2.0, 3.0, 1.5, 4.0])
     y = np.array([5.0, 3.0, 4.0, 6.0, 1.0])
-    assert list(laws.pareto_front(x, y)) == [0, 1, 4]
+    assert list(utd.pareto_front(x, y)) == [0, 1, 4]
 
 
 def test_return_vs_loss_inverse_power_law():
     rng = np.random.default_rng(7)
     L = np.geomspace(0.6, 2.0, 30)
     R = 100 + BC["R0"] * L ** -BC["kappa"] * np.exp(0.02 * rng.standard_normal(L.size))
-    fit = laws.fit_return_vs_loss(L, R)
+    fit = isoflop.fit_return_vs_loss(L, R)
     assert fit.params["k"] == pytest.approx(-BC["kappa"], abs=0.3)
     assert fit.params["c"] == pytest.approx(BC["R0"], rel=0.25)
 
@@ -322,36 +322,36 @@ def test_return_vs_loss_inverse_power_law():
 def test_complexity_law_and_frontier_size_law():
     k = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
     D = 1e5 * k**1.5 * np.exp(0.05 * np.random.default_rng(8).standard_normal(k.size))
-    fit = laws.fit_complexity(k, D)
+    fit = generalization.fit_complexity(k, D)
     assert fit.params["k"] == pytest.approx(1.5, abs=0.15)
     # frontier: size s is best on a compute range centred at 1e10 s^2 -> N_opt ~ C^0.5
     sizes = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 10)
     C = np.concatenate([np.geomspace(0.5, 2, 10) * 1e10 * (s / 1e5) ** 2
                         for s in (1e5, 4e5, 1.6e6, 6.4e6)])
-    fr = laws.frontier_size_law(C, sizes)
+    fr = scaling.frontier_size_law(C, sizes)
     assert fr.params["k"] == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(FitError, match="2 sizes on the efficient frontier"):
-        laws.frontier_size_law(C[:20], sizes[:20])
+        scaling.frontier_size_law(C[:20], sizes[:20])
 
 
 def test_generalization_score_criteria():
     s = np.arange(1, 21) / 20.0  # 20 test tasks scoring 0.05 ... 1.0
     rows = np.vstack([s, s[::-1]])
     # >= J on 95% of 20 tasks = 19 tasks: the 19th largest score (the 2nd smallest)
-    assert laws.generalization_score(rows, fraction=0.95) == pytest.approx([0.1, 0.1])
-    assert laws.generalization_score(rows, fraction=0.9) == pytest.approx([0.15, 0.15])
-    assert laws.generalization_score(rows, fraction=1.0) == pytest.approx([0.05, 0.05])
+    assert generalization.generalization_score(rows, fraction=0.95) == pytest.approx([0.1, 0.1])
+    assert generalization.generalization_score(rows, fraction=0.9) == pytest.approx([0.15, 0.15])
+    assert generalization.generalization_score(rows, fraction=1.0) == pytest.approx([0.05, 0.05])
     # mean of the lowest 10% (2 tasks)
-    lo = laws.generalization_score(rows, criterion="lowest", percentile=10)
+    lo = generalization.generalization_score(rows, criterion="lowest", percentile=10)
     assert lo == pytest.approx([0.075, 0.075])
     # NaN tasks (not evaluated at that point) are ignored
     r = s.copy()
     r[0] = np.nan
-    assert laws.generalization_score(r[None], fraction=1.0) == pytest.approx([0.1])
+    assert generalization.generalization_score(r[None], fraction=1.0) == pytest.approx([0.1])
     with pytest.raises(FitError, match="criterion must be"):
-        laws.generalization_score(rows, criterion="median")
+        generalization.generalization_score(rows, criterion="median")
     with pytest.raises(FitError, match="fraction"):
-        laws.generalization_score(rows, fraction=1.5)
+        generalization.generalization_score(rows, fraction=1.5)
 
 
 # ------------------------------------------------------------------ units and bad input
@@ -369,7 +369,7 @@ def _rescale_case(name: str):
         D = synthetic.utd_best_data(sig, t) * np.exp(
             0.03 * rng.standard_normal(sig.size))
         s, d = 0.5, 1 / MILLION
-        return (laws.fit_utd, (sig, D), (s * sig, d * D),
+        return (utd.fit_utd, (sig, D), (s * sig, d * D),
                 lambda p: {"alpha": p["alpha"], "D_min": d * p["D_min"],
                            "beta": s * d ** (1 / p["alpha"]) * p["beta"]})
     if name == "fit_hparam_law":  # batch size in thousands, sigma doubled
@@ -378,29 +378,29 @@ def _rescale_case(name: str):
         B = np.where(task == "a", 256.0, 512.0) * sig**-0.6 * np.exp(
             0.05 * rng.standard_normal(sig.size))
         s, v = 2.0, 1e-3
-        return (lambda x, y: laws.fit_hparam_law(x, y, task), (sig, B), (s * sig, v * B),
+        return (lambda x, y: utd.fit_hparam_law(x, y, task), (sig, B), (s * sig, v * B),
                 lambda p: {"k": p["k"], **{f"c[{g}]": v * s ** -p["k"] * p[f"c[{g}]"]
                                            for g in ("a", "b")}})
     N, C, D, L = _isoflop_data(rng)
     if name == "fit_quadratic_surface":  # parameters in millions, samples in billions
-        return (laws.fit_quadratic_surface, (N, D, L), (N / MILLION, D / 1e9, 3 * L),
+        return (isoflop.fit_quadratic_surface, (N, D, L), (N / MILLION, D / 1e9, 3 * L),
                 lambda p: {"a": p["a"], "b": p["b"]})
     if name == "fit_envelope":  # FLOPs -> PF-days
-        return (laws.fit_envelope, (N, C, L), (N / MILLION, C / PF_DAY, 3 * L),
+        return (isoflop.fit_envelope, (N, C, L), (N / MILLION, C / PF_DAY, 3 * L),
                 lambda p: {"a": p["a"], "L_exponent": p["L_exponent"],
                            "N_coef": p["N_coef"] / MILLION * PF_DAY ** p["a"]})
     if name == "fit_return_vs_loss":  # loss in millinats
         loss = np.geomspace(0.6, 2.0, 20)
         ret = 100 + BC["R0"] * loss ** -BC["kappa"] * np.exp(
             0.02 * rng.standard_normal(loss.size))
-        return (laws.fit_return_vs_loss, (loss, ret), (1e3 * loss, ret),
+        return (isoflop.fit_return_vs_loss, (loss, ret), (1e3 * loss, ret),
                 lambda p: {"k": p["k"], "offset": p["offset"],
                            "c": p["c"] * 1e3 ** -p["k"]})
     if name == "frontier_size_law":  # FLOPs -> PF-days, parameters in millions
         sizes = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 10)
         comp = np.concatenate([np.geomspace(0.5, 2, 10) * 1e10 * (q / 1e5) ** 2.2
                                for q in (1e5, 4e5, 1.6e6, 6.4e6)])
-        return (laws.frontier_size_law, (comp, sizes), (comp / PF_DAY, sizes / MILLION),
+        return (scaling.frontier_size_law, (comp, sizes), (comp / PF_DAY, sizes / MILLION),
                 lambda p: {"k": p["k"]})
     raise KeyError(name)
 
@@ -437,15 +437,15 @@ def _bad_input_case(law: str, kind: str):
 
     # per law: the call, its inputs, (index of the input spoiled, its name) per kind
     calls = {
-        "fit_chinchilla": (lambda n, d, y: fitting.fit_chinchilla(n, d, y, n_boot=0, n_starts=2),
+        "fit_chinchilla": (lambda n, d, y: isoflop.fit_chinchilla(n, d, y, n_boot=0, n_starts=2),
                            [N, D, L], {"few": (0, "N", 6), "nonpositive": (1, "D"),
                                        "nan": (2, "loss")}),
-        "fit_quadratic_surface": (laws.fit_quadratic_surface, [N, D, L],
+        "fit_quadratic_surface": (isoflop.fit_quadratic_surface, [N, D, L],
                                   {"few": (0, "N", 8), "nonpositive": (2, "loss"),
                                    "nan": (0, "N")}),
-        "fit_envelope": (laws.fit_envelope, [N, C, L],
+        "fit_envelope": (isoflop.fit_envelope, [N, C, L],
                          {"few": (0, "N", 3), "nonpositive": (1, "C"), "nan": (2, "loss")}),
-        "fit_return_vs_loss": (laws.fit_return_vs_loss, [loss, ret],
+        "fit_return_vs_loss": (isoflop.fit_return_vs_loss, [loss, ret],
                                {"few": (0, "loss", 4), "nonpositive": (0, "loss"),
                                 "nan": (1, "return")}),
         "fit_fixed_effects": (lambda x, y: fitting.fit_fixed_effects(x, y, task[:len(x)]),
@@ -485,9 +485,9 @@ def test_more_bad_input_lines():
     with pytest.raises(FitError, match=r"^groups: 1 missing label\(s\)"):
         fitting.fit_fixed_effects(x, x, np.array(["a", None, "a", "b", "b", "b"], dtype=object))
     with pytest.raises(FitError, match=r"^loss: 1 distinct value, at least 3 needed"):
-        laws.fit_return_vs_loss(np.full(6, 1.5), np.arange(6.0))
+        isoflop.fit_return_vs_loss(np.full(6, 1.5), np.arange(6.0))
     with pytest.raises(FitError, match=r"^sigma: 2 distinct values, at least 3 needed"):
-        laws.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
+        utd.fit_utd([1, 1, 2, 2], [5, 6, 3, 4])
 
 
 # ------------------------------------------------------------------ forecasts at a budget
@@ -500,43 +500,43 @@ def test_chinchilla_forecast_interval_uses_the_fits_level():
     N = np.repeat(np.geomspace(1e5, 1e8, 6), 6)
     D = np.tile(np.geomspace(1e6, 1e10, 6), 6)
     L = synthetic.bc_loss(N, D) * np.exp(0.01 * rng.standard_normal(N.size))
-    fit = fitting.fit_chinchilla(N, D, L, n_boot=12, n_starts=4, level=0.5)
-    fc = laws.forecast_chinchilla(fit, 1e20, flops_per_param_sample=6.0)
+    fit = isoflop.fit_chinchilla(N, D, L, n_boot=12, n_starts=4, level=0.5)
+    fc = isoflop.forecast_chinchilla(fit, 1e20, flops_per_param_sample=6.0)
     d = fit.extra["_draws"]
-    per = np.array([fitting.chinchilla_allocation({k: d[k][i] for k in ("E", "A", "B", "alpha",
+    per = np.array([isoflop.chinchilla_allocation({k: d[k][i] for k in ("E", "A", "B", "alpha",
                                                                      "beta")}, [1e20])
                     for i in range(len(d["alpha"]))])[:, :, 0]
     for j, name in enumerate(("N_opt", "D_opt", "L_opt")):
         assert fc[name]["value"] == pytest.approx(
-            float(fitting.chinchilla_allocation(fit.params, [1e20])[j][0]))
+            float(isoflop.chinchilla_allocation(fit.params, [1e20])[j][0]))
         assert (fc[name]["low"], fc[name]["high"]) == pytest.approx(
             tuple(np.percentile(per[:, j], [25, 75])), rel=1e-12), name
         assert "50% percentiles" in fc[name]["method"]
-    wide = laws.forecast_chinchilla(fit, 1e20, level=0.95)["N_opt"]
+    wide = isoflop.forecast_chinchilla(fit, 1e20, level=0.95)["N_opt"]
     assert wide["low"] <= fc["N_opt"]["low"] <= fc["N_opt"]["high"] <= wide["high"]
     fit.extra.pop("_draws")
-    assert math.isnan(laws.forecast_chinchilla(fit, 1e20)["L_opt"]["low"])
+    assert math.isnan(isoflop.forecast_chinchilla(fit, 1e20)["L_opt"]["low"])
 
 
 def test_forecast_by_isoflop_method_matches_each_methods_own_law():
     N, C, D, L = _isoflop_data(np.random.default_rng(24))
     target = 1e19
-    quad = laws.fit_quadratic_surface(N, D, L)
-    fq = laws.forecast_isoflop_method("quadratic_surface", quad, target)
-    n_opt, l_opt = laws._quad_predict_opt(quad, np.array([target]))
+    quad = isoflop.fit_quadratic_surface(N, D, L)
+    fq = isoflop.forecast_isoflop_method("quadratic_surface", quad, target)
+    n_opt, l_opt = isoflop._quad_predict_opt(quad, np.array([target]))
     assert fq["N_opt"]["value"] == pytest.approx(n_opt[0], rel=1e-9)
     assert fq["L_opt"]["value"] == pytest.approx(l_opt[0], rel=1e-9)
     for name in ("N_opt", "L_opt"):
         assert fq[name]["low"] < fq[name]["value"] < fq[name]["high"], name
-    dq = laws.forecast_quadratic_surface(quad, target)["D_opt"]
+    dq = isoflop.forecast_quadratic_surface(quad, target)["D_opt"]
     assert dq["value"] == pytest.approx(target / (6 * fq["N_opt"]["value"]))
     assert dq["low"] == pytest.approx(target / (6 * fq["N_opt"]["high"]))
-    iso = laws.fit_isoflop(N, C, L, D=D)
-    fi = laws.forecast_isoflop_method("isoflop_profiles", iso, target)
-    assert fi["L_opt"]["value"] == laws.forecast_isoflop(iso, target)["L_opt"]["value"]
-    env = laws.fit_envelope(N, C, L)
-    fe = laws.forecast_isoflop_method("envelope", env, target)
+    iso = isoflop.fit_isoflop(N, C, L, D=D)
+    fi = isoflop.forecast_isoflop_method("isoflop_profiles", iso, target)
+    assert fi["L_opt"]["value"] == isoflop.forecast_isoflop(iso, target)["L_opt"]["value"]
+    env = isoflop.fit_envelope(N, C, L)
+    fe = isoflop.forecast_isoflop_method("envelope", env, target)
     assert fe["N_opt"]["value"] == pytest.approx(
         env.params["N_coef"] * target ** env.params["a"], rel=1e-9)
     with pytest.raises(FitError, match="unknown isoFLOP method"):
-        laws.forecast_isoflop_method("nope", env, target)
+        isoflop.forecast_isoflop_method("nope", env, target)

@@ -9,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis import laws as laws_mod
-from analysis import pipeline, synthetic
+from analysis import collect, detect, isoflop, pipeline, synthetic, utd
 from analysis.report import StudyResult
+from analysis.study import attempt
+from rl_scaling.record import RunRecord
 
 
 def _laws(out: Path) -> dict:
@@ -39,6 +40,9 @@ def test_trainer_like_width_sweep(tmp_path: Path):
     assert "no log point yet" in report
     assert "compute-efficient frontier" in report
     study = _laws(out)["studies"]["mnist_width/scaling"]
+    # records without a study block (as the trainer wrote them before): guessed
+    assert study["source"] == "guessed"
+    assert study["context"]["study"].startswith("guessed from config key names")
     assert "optimal size vs compute (frontier)" in study["fits"]
     assert study["fits"]["optimal size vs compute (frontier)"]["params"]["k"] > 0
     assert (out / "table.parquet").exists()
@@ -90,7 +94,7 @@ def test_all_synthetic_studies(tmp_path: Path):
     assert ch["form"] == "L = E + A/N^alpha + B/D^beta" and "4500-start grid" in ch["method"]
     # the headline: L_opt (and N_opt) from the method chosen by held-out RMSE, listed first
     best = iso["context"]["method chosen by held-out RMSE"]
-    assert best in laws_mod.ISOFLOP_METHODS
+    assert best in isoflop.ISOFLOP_METHODS
     heads = [k for k in iso["forecasts"] if "(best method: " in k]
     assert heads == [f"L_opt (best method: {best})", f"N_opt (best method: {best})"]
     assert list(iso["forecasts"])[:2] == heads
@@ -104,17 +108,17 @@ def test_all_synthetic_studies(tmp_path: Path):
     if own is not None:  # the same number as that method's own forecast
         assert iso["forecasts"][heads[0]]["value"] == pytest.approx(
             iso["forecasts"][f"L_opt ({own})"]["value"], rel=1e-12)
-    utd = st["mujoco_utd/utd"]
+    ustudy = st["mujoco_utd/utd"]
     u = truth["mujoco_utd"]
     for task, tt in u["tasks"].items():  # D_J(sigma) per task, with its own beta_J
-        d_j = utd["fits"][f"D_J(sigma) J={u['J']:.4g} [{task}]"]
+        d_j = ustudy["fits"][f"D_J(sigma) J={u['J']:.4g} [{task}]"]
         assert d_j["params"]["alpha"] == pytest.approx(u["alpha_J"], abs=0.3)
         sig = np.array([1.0, 2.0, 4.0, 8.0])  # beta and alpha trade off: check the curve
         true_d = u["D_min"] + (tt["beta_J"] / sig) ** u["alpha_J"]
-        fit_d = laws_mod.predict_utd(d_j["params"], sig)
+        fit_d = utd.predict_utd(d_j["params"], sig)
         assert np.abs(np.log(fit_d / true_d)).max() < 0.25
         assert "bootstrap" in d_j["extra"]["method"]
-    b_law = utd["fits"]["B*(sigma)"]["params"]  # one slope, one intercept per task
+    b_law = ustudy["fits"]["B*(sigma)"]["params"]  # one slope, one intercept per task
     assert b_law["k"] == pytest.approx(u["B_exp"], abs=0.25)
     (h, th), (w, tw) = u["tasks"].items()
     assert b_law[f"c[{w}]"] / b_law[f"c[{h}]"] == pytest.approx(tw["B0"] / th["B0"], rel=0.4)
@@ -122,15 +126,39 @@ def test_all_synthetic_studies(tmp_path: Path):
     # (here one seed and 4 sigma per task: D_J(sigma) has 1 dof, so draws can fail)
     for task in u["tasks"]:
         for name in ("sigma*", "B*(sigma*)", "eta*(sigma*)", "F(sigma*)"):
-            f = utd["forecasts"][f"{name} at main J [{task}]"]
+            f = ustudy["forecasts"][f"{name} at main J [{task}]"]
             assert f["value"] > 0 and "joint draws" in f["method"], (name, task, f)
             if f["low"] is None:
                 assert "too many for an interval" in f["method"]
             else:
                 assert f["low"] <= f["value"] <= f["high"], (name, task, f)
+    # every study was declared in run.json (synthetic records declare theirs)
+    assert {k: v["source"] for k, v in st.items()} == dict.fromkeys(st, "declared")
+    # the numbers the pipeline gave on these records before it was split into one module
+    # per study (same seeds): closed-form fits to 1e-6, optimiser-based ones to 1e-4
+    pinned = {
+        ("atari_bc_isoflop/isoflop", "isoFLOP profiles", "a"): (0.4059916956155175, 1e-6),
+        ("atari_bc_isoflop/isoflop", "quadratic surface", "a"): (0.4108743069800565, 1e-6),
+        ("atari_bc_isoflop/isoflop", "Chinchilla Approach 3", "a"): (0.45169905910595776,
+                                                                     1e-4),
+        ("mujoco_utd/utd", "B*(sigma)", "k"): (-0.6000000000000005, 1e-6),
+        ("mujoco_utd/utd", "lr*(sigma)", "c[Walker2d-v4]"): (0.002034959384205374, 1e-6),
+        ("mujoco_utd/utd", "D_J(sigma) J=5000 [HalfCheetah-v4]", "alpha"): (
+            0.7556097969378979, 1e-4),
+        ("pointmass_gen/generalization", "D to sufficient generalization vs complexity",
+         "k"): (1.514997991423718, 1e-6),
+        ("procgen_width/scaling", "optimal size vs compute (frontier)", "k"): (
+            0.6648794735308919, 1e-6),
+        ("procgen_width/scaling", "intrinsic performance (Hilton et al.)", "alpha_N"): (
+            0.4492217774627611, 1e-4),
+    }
+    for (key, law, param), (value, rel) in pinned.items():
+        assert st[key]["fits"][law]["params"][param] == pytest.approx(value, rel=rel), (
+            key, law, param)
     report = (out / "report.md").read_text()
     for title in ("isoFLOP profiles", "UTD-ratio", "intrinsic performance"):
         assert title in report
+    assert "- study: declared in run.json (kind utd; axes sigma=algo.utd, " in report
     assert len(list((out / "figures").glob("*.png"))) >= 10
     assert (out / "figures" / "atari_bc_isoflop_isoflop_extrapolation_check.png").exists()
     for j in (j_main, j_low):  # one Pareto figure per threshold and task
@@ -147,7 +175,7 @@ def test_attempt_records_numeric_failures(exc: type[Exception]):
     def fit() -> None:
         raise exc("math range error")
 
-    assert pipeline.attempt(st, "law", fit) is None
+    assert attempt(st, "law", fit) is None
     assert st.skipped["law"] == f"{exc.__name__}: math range error"
 
 
@@ -155,16 +183,17 @@ def test_isoflop_loss_offset_and_an_overflowing_law(tmp_path: Path, monkeypatch)
     """``--loss-offset`` fits L_opt = L_inf + c C^k (L_inf near the surface's floor E);
     a law that overflows is reported as not fitted while the rest of the study goes on."""
     runs = tmp_path / "runs"
-    synthetic.bc_isoflop_sweep(runs, n_points=24)
+    synthetic.bc_isoflop_sweep(runs, n_points=24, study=False)  # guessed: no env steps
 
     def overflow(*_: object, **__: object) -> None:
         raise OverflowError("math range error")
 
-    monkeypatch.setattr(laws_mod, "fit_envelope", overflow)
+    monkeypatch.setattr(isoflop, "fit_envelope", overflow)
     out = tmp_path / "out"
     assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "0",
                           "--formats", "png", "--no-cache", "--loss-offset"]) == 0
     st = _laws(out)["studies"]["atari_bc_isoflop/isoflop"]
+    assert st["source"] == "guessed"
     iso = st["fits"]["isoFLOP profiles"]
     assert iso["params"]["L_inf"] == pytest.approx(synthetic.BC_TRUTH["E"], abs=0.1)
     assert iso["ci"]["L_inf"][0] <= iso["params"]["L_inf"] <= iso["ci"]["L_inf"][1]
@@ -254,3 +283,99 @@ def test_defaults_are_the_make_analysis_paths(tmp_path: Path, monkeypatch, capsy
     assert pipeline.main([]) == 2
     assert "runs" in capsys.readouterr().err.strip().splitlines()[-1]
 
+
+
+def test_declared_studies_match_what_guessing_finds(tmp_path: Path):
+    """On the synthetic studies, the declared study (kind and each role's column) is what
+    guessing from key names finds on the same records without a declaration."""
+    found = {}
+    for declare in (True, False):
+        root = tmp_path / str(declare)
+        synthetic.synth_all(root, small=True, declare=declare)
+        table = collect.collect(root)
+        found[declare] = {exp: detect.detect(df) for exp, df in table.groupby("experiment")}
+    assert found[True].keys() == found[False].keys() and len(found[True]) == 4
+    for exp, specs in found[True].items():
+        guessed = found[False][exp]
+        assert [s.kind for s in specs] == [s.kind for s in guessed], exp
+        assert all(s.declared and not s.notes for s in specs)
+        assert not any(s.declared for s in guessed)
+        for spec, g in zip(specs, guessed, strict=True):
+            assert spec.axes == {r: c for r, c in g.axes.items() if r in spec.axes}, exp
+            assert spec.axes, exp
+
+
+def test_declared_study_with_keys_the_guesser_does_not_know(tmp_path: Path):
+    """A UTD ratio named ``algo.replay_ratio`` and a complexity named ``env.num_objects``:
+    declared, both studies run; the same records without the declaration fall back to
+    learning curves (the guesser only knows ``*utd`` and ``*complexity*`` keys)."""
+    grid = {"sigmas": (1, 2, 4, 8), "batches": (64, 128, 256), "lrs": (5e-4, 1e-3, 2e-3),
+            "seeds": (0,), "n_points": 24, "tasks": ("HalfCheetah-v4",)}
+    outs = {}
+    for declare in (True, False):
+        runs = tmp_path / f"runs{declare}"
+        truth = synthetic.utd_sweep(runs, utd_key="algo.replay_ratio", study=declare, **grid)
+        synthetic.generalization_sweep(runs, seeds=(0,), n_points=40,
+                                       complexity_key="env.num_objects", study=declare)
+        out = outs[declare] = tmp_path / f"out{declare}"
+        assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "0",
+                              "--formats", "png", "--no-cache",
+                              "--threshold", str(truth["J"])]) == 0
+    st = _laws(outs[True])["studies"]
+    assert set(st) == {"mujoco_utd/utd", "pointmass_gen/generalization"}
+    u = st["mujoco_utd/utd"]
+    assert u["source"] == "declared" and "sigma=algo.replay_ratio" in u["context"]["study"]
+    d_j = u["fits"][f"D_J(sigma) J={truth['J']:.4g}"]
+    assert d_j["params"]["alpha"] == pytest.approx(truth["alpha_J"], abs=0.3)
+    assert u["fits"]["B*(sigma)"]["params"]["k"] == pytest.approx(truth["B_exp"], abs=0.25)
+    g = st["pointmass_gen/generalization"]
+    assert g["source"] == "declared"
+    assert g["fits"]["D to sufficient generalization vs complexity"]["params"]["k"] == \
+        pytest.approx(synthetic.GEN_TRUTH["gamma"], abs=0.1)
+    guessed = _laws(outs[False])["studies"]
+    assert set(guessed) == {"mujoco_utd/curves", "pointmass_gen/curves"}
+    assert all(v["source"] == "guessed" for v in guessed.values())
+
+
+def test_declared_curves_study_is_not_fitted_as_scaling(tmp_path: Path):
+    """Width varies, but the experiment declares ``curves``: learning curves only, no
+    frontier or law; one run declaring another kind is noted and outvoted."""
+    runs = tmp_path / "runs"
+    curves_only = {"kind": "curves", "axes": {"width": "model.width"}, "metric": None}
+    synthetic.hilton_width_sweep(runs, widths=(0.5, 1.0, 2.0), seeds=(0, 1), n_points=12,
+                                 study=curves_only, running=False, failed=False)
+    odd = RunRecord(runs / "procgen_width" / "model.width=2.0,seed=1")
+    odd.update_run_json(study={"kind": "scaling", "axes": {"width": "model.width"},
+                               "metric": None})
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "0",
+                          "--formats", "png", "--no-cache"]) == 0
+    st = _laws(out)["studies"]
+    assert set(st) == {"procgen_width/curves"}
+    c = st["procgen_width/curves"]
+    assert c["source"] == "declared" and c["fits"] == {} and c["forecasts"] == {}
+    assert "sizes" not in c["context"]  # set by the frontier only
+    assert c["context"]["metric"] == "return_mean"  # no declared metric: the RL default
+    assert any("return_mean_vs_env_steps" in f for f in c["figures"])
+    report = (out / "report.md").read_text()
+    assert "runs declare different study kinds (curves: 5, scaling: 1 runs); using curves" \
+        in report
+    assert "compute-efficient frontier" not in report
+
+
+def test_detect_notes_invalid_and_partial_declarations():
+    """An invalid declaration is ignored with a note; a declared axis whose key is not in
+    the config is dropped with a note; with no valid declaration the study is guessed."""
+    df = pd.DataFrame({"run_dir": ["a", "b", "c"], "study.kind": ["utd", "utd", "bogus"],
+                       "study.axes.sigma": ["algo.ratio"] * 3,
+                       "study.axes.lr": ["algo.eta"] * 3, "study.metric": [None] * 3,
+                       "algo.ratio": [1.0, 2.0, 4.0], "env_steps": [1.0, 2.0, 3.0]})
+    [spec] = detect.detect(df)
+    assert spec.kind == "utd" and spec.declared and spec.axes == {"sigma": "algo.ratio"}
+    notes = " | ".join(spec.notes)
+    assert "1 run(s) declare an invalid study" in notes
+    assert "1 of 3 run(s) declare no valid study" in notes
+    assert "study.axes.lr=algo.eta is not a config key of these runs" in notes
+    [guessed] = detect.detect(df.assign(**{"study.kind": "bogus"}))
+    assert guessed.kind == "curves" and not guessed.declared
+    assert "3 run(s) declare an invalid study" in guessed.notes[0]

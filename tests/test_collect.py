@@ -52,7 +52,8 @@ def test_collects_every_run_with_flags(runs: Path, caplog: pytest.LogCaptureFixt
 
 def test_malformed_middle_line_and_bad_run_json(tmp_path: Path):
     run = synthetic.write_run(tmp_path / "r", {"experiment": "e", "seed": 1},
-                              [{"env_steps": i, "flops": i, "return_mean": i} for i in range(3)],
+                              [{"env_steps": i, "updates": i, "samples": i, "flops": i,
+                                "wall_time": i, "return_mean": i} for i in range(3)],
                               params=1, flops_per_forward=1)
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
@@ -136,3 +137,31 @@ def test_cache_from_another_format_is_read_from_scratch(runs: Path, tmp_path: Pa
     assert len(collect.collect(runs, cache=cache).attrs["collect"]["read"]) == 7
     reused = collect.collect(runs, cache=cache)
     assert reused.attrs["collect"]["read"] == [] and len(reused.attrs["collect"]["cached"]) == 7
+
+
+def test_record_format_2_fields_become_columns(runs: Path):
+    """run.json's declared study, per-role networks, budget and starts are flattened into
+    usable columns; every line's ``iteration`` is a counter column (NaN where a record
+    predates it); none of the study columns counts as a config key."""
+    from analysis import curves
+    from rl_scaling.record import RECORD_FORMAT, read_metrics_file
+
+    table = collect.collect(runs)
+    run = table[table["run_id"] == "model.width=1.0,seed=0"]
+    assert (run["study.kind"] == "scaling").all()
+    assert (run["study.axes.width"] == "model.width").all()
+    assert (run["study.metric"] == "return_mean").all()
+    assert (run["format"] == RECORD_FORMAT).all()
+    assert (run["networks.model.params.effective"] == run["params.effective"]).all()
+    assert (run["budget.counter"] == "env_steps").all() and (run["budget.value"] > 0).all()
+    starts = json.loads(run["starts"].iloc[0])
+    assert isinstance(starts, list) and starts[0]["host"] == "synthetic"
+    assert run["iteration"].tolist() == list(range(1, len(run) + 1))
+    assert not [c for c in curves.config_columns(table) if c.startswith(("study.", "networks."))]
+    # the collector parses metrics.jsonl exactly as the record module does
+    path = runs / "procgen_width" / "model.width=1.0,seed=0" / "metrics.jsonl"
+    rows, skipped = read_metrics_file(path)
+    assert collect.read_metrics(path) == (rows, len(skipped))
+    # a record without a declaration (the fresh run) has no study
+    fresh = table[table["run_id"] == "fresh"]
+    assert fresh["study.kind"].isna().all() and fresh["iteration"].isna().all()

@@ -1,0 +1,190 @@
+"""Generalization vs problem complexity (Meulemans, Lindner, Dorner 2021): laws and driver.
+
+Problem complexity (``study.axes.complexity``: arena size, number of objects, ...) varies;
+per run and log point a "sufficient generalization" score is built from the held-out test
+tasks' scores (:func:`generalization_score`), seeds are averaged per complexity, and the
+data ``D`` and compute ``C`` at the first crossing of a level are fitted against complexity
+(:func:`fit_complexity`: a power law, log-log OLS with t-intervals).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analysis import curves, figures
+from analysis.fitting import LEVEL, FitError, FitResult, fit_loglog, loglog_intervals
+from analysis.report import StudyResult
+from analysis.study import Options, Study, attempt, finite, slug
+
+__all__ = [
+    "GENERALIZATION_CRITERIA",
+    "generalization_score",
+    "fit_complexity",
+    "test_task_columns",
+    "study_generalization",
+    "run_study",
+]
+
+
+# =========================================================================== laws
+
+
+GENERALIZATION_CRITERIA = ("fraction", "lowest")
+
+
+def generalization_score(
+    scores: Any,
+    *,
+    criterion: str = "fraction",
+    fraction: float = 0.95,
+    percentile: float = 10.0,
+) -> np.ndarray:
+    """One "sufficient generalization" score per row of a (points x test tasks) array of
+    normalised test-task scores (NaN = task not evaluated at that point; ignored).
+
+    - ``criterion="fraction"`` (Meulemans et al.: above the threshold on nearly all test
+      tasks): the score reached by at least a ``fraction`` of the test tasks, i.e. the
+      ``ceil(fraction * n)``-th largest task score. ``score >= J`` exactly when at least
+      ``ceil(fraction * n)`` of the ``n`` tasks score ``>= J``.
+    - ``criterion="lowest"``: the mean of the lowest ``percentile`` % of the task scores
+      (at least one task).
+
+    The criterion "reached" is then ``score >= J`` for a threshold ``J`` (first crossing).
+    """
+    if criterion not in GENERALIZATION_CRITERIA:
+        raise FitError(f"criterion must be one of {GENERALIZATION_CRITERIA}, not {criterion!r}")
+    if not 0 < fraction <= 1:
+        raise FitError(f"fraction must be in (0, 1], not {fraction}")
+    if not 0 < percentile <= 100:
+        raise FitError(f"percentile must be in (0, 100], not {percentile}")
+    a = np.asarray(scores, float)
+    a = a.reshape(-1, 1) if a.ndim == 1 else a
+    out = np.full(a.shape[0], np.nan)
+    for i, row in enumerate(a):
+        v = np.sort(row[np.isfinite(row)])  # ascending
+        n = v.size
+        if n == 0:
+            continue
+        if criterion == "fraction":
+            out[i] = v[n - math.ceil(fraction * n - 1e-9)]
+        else:
+            m = max(1, math.floor(percentile / 100 * n + 1e-9))
+            out[i] = v[:m].mean()
+    return out
+
+
+def fit_complexity(
+    complexity: Any, amount: Any, *, level: float = LEVEL, name: str = "D"
+) -> FitResult:
+    """Data (or compute) to reach sufficient generalization vs a problem-complexity
+    parameter: ``amount = c complexity^k`` by log-log OLS (t-intervals). Needs 3 points."""
+    f = fit_loglog(complexity, amount, level=level, law=f"{name}_vs_complexity")
+    f.extra["form"] = f"{name}_J = c complexity^k"
+    return f
+
+
+# =========================================================================== driver
+
+
+TEST_TASK_PATTERN = r"^(test|heldout|test_task)[/_.:]"
+
+
+def test_task_columns(df: pd.DataFrame) -> list[str]:
+    """Metrics holding one held-out test task's score each (``test/<task>``,
+    ``heldout/<task>``, ``test_task_<i>``...), with at least one value."""
+    return [c for c in df.columns if re.match(TEST_TASK_PATTERN, str(c))
+            and pd.to_numeric(df[c], errors="coerce").notna().any()]
+
+
+def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
+                         complexity: str | None, level: float = 0.8,
+                         criterion: str = "fraction", fraction: float = 0.95,
+                         percentile: float = 10.0) -> None:
+    """Data and compute to reach "sufficient generalization" vs problem complexity (the
+    config column ``complexity``, the study's ``complexity`` axis).
+
+    With per-test-task metrics (:func:`test_task_columns`) each task's score is normalised
+    by the best value seen for that task, and :func:`generalization_score`
+    turns them into one score per run and log point (``criterion`` "fraction": the score
+    reached on at least ``fraction`` of the test tasks; "lowest": the mean of the lowest
+    ``percentile`` %); seeds are then averaged per complexity and the first crossing of
+    ``level`` gives D and C. Without them, one test metric (``eval_return``...) normalised
+    by the best seen plays that role.
+    """
+    ccol = complexity
+    if ccol is None:
+        raise FitError("no complexity axis (declare study.axes.complexity: the config key "
+                       "holding the problem complexity)")
+    xdata = curves.data_column(df)
+    cols = test_task_columns(df)
+    if cols:
+        d = finite(df, [ccol, xdata]).copy()
+        sc = d[cols].apply(pd.to_numeric, errors="coerce")
+        best = sc.max()
+        if not (best > 0).all():
+            bad = ", ".join(str(c) for c in best.index[~(best > 0)][:3])
+            raise FitError(f"test task(s) with no positive score to normalise by: {bad}")
+        d["score"] = generalization_score((sc / best).to_numpy(float),
+                                          criterion=criterion, fraction=fraction,
+                                          percentile=percentile)
+        d = d.dropna(subset=["score"])
+        what = (f"at least {fraction:.0%} of the {len(cols)} test tasks"
+                if criterion == "fraction" else
+                f"mean of the lowest {percentile:g}% of the {len(cols)} test tasks")
+        st.context["criterion"] = (f"{what} >= {level} (each task's score ÷ its best seen; "
+                                   "per run, then averaged over seeds)")
+        test = "test-task score"
+    else:
+        test = next((c for c in ("eval_return", "eval_success") if c in df
+                     and df[c].notna().any()), metric)
+        d = finite(df, [ccol, xdata, test])
+        score_max = float(d[test].max())
+        if not score_max > 0:
+            raise FitError(f"{test}: no positive score to normalise by")
+        d["score"] = d[test] / score_max
+        st.context["criterion"] = (f"normalised {test} (÷ best seen, {score_max:.4g}) >= "
+                                   f"{level} (no per-test-task metrics test/<task>)")
+    st.context["criterion kind"] = criterion if cols else "single test metric"
+    avg = curves.average_seeds(d, xdata, "score", by=ccol)
+    if "flops" in d:
+        # compute at each data point of the averaged curve (seeds share their counters)
+        fl = d.groupby([ccol, xdata])["flops"].mean().reset_index()
+        avg = avg.merge(fl, on=[ccol, xdata], how="left")
+    thr = curves.to_threshold(avg, level, "score", x=xdata, compute="flops", by=ccol)
+    st.tables["data and compute to sufficient generalization"] = thr
+    st.figures += figures.plot_curves(
+        avg.assign(**{ccol: pd.to_numeric(avg[ccol])}), xdata, "score", ccol, out,
+        f"{slug(st.key)}_generalization_curves", title=f"{st.experiment}: normalised {test}",
+        ylabel=f"criterion score ({st.context['criterion kind']})",
+        size_label=ccol.split(".")[-1])
+    reached = thr[thr["reached"]]
+    for col, name in (("D_J", "D"), ("C_J", "C")):
+        r = reached.dropna(subset=[col])
+
+        def fitc(r=r, col=col, name=name) -> None:
+            fit = fit_complexity(pd.to_numeric(r[ccol]), r[col], name=name)
+            fit.extra["criterion"] = st.context["criterion"]
+            st.fits[f"{name} to sufficient generalization vs complexity"] = fit
+            x = pd.to_numeric(r[ccol]).to_numpy(float)
+            xg = np.geomspace(x.min(), x.max(), 50)
+            iv = loglog_intervals(fit, xg)
+            st.figures.extend(figures.plot_power_law(
+                x, r[col].to_numpy(float), out, f"{slug(st.key)}_{name}_vs_complexity",
+                fit_x=xg, fit_y=iv["y"], band=(iv["conf_low"], iv["conf_high"]),
+                title=f"{st.experiment}: {name} to reach the criterion",
+                xlabel=ccol, ylabel=name, fit_label=f"∝ complexity^{fit.params['k']:.3g}"))
+        attempt(st, f"{name} vs complexity", fitc)
+
+
+def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: Path,
+              opts: Options) -> None:
+    """The ``generalization`` study (:func:`study_generalization` with the options'
+    criterion)."""
+    study_generalization(st, df, metric, out, complexity=spec.axes.get("complexity"),
+                         **dict(opts.generalization or {}))
