@@ -62,7 +62,11 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     obs = envs.reset()
     while min(len(r) for r in returns) < per_env:
         obs, _, terminated, truncated, info = envs.step(policy(obs))
-        ended = np.flatnonzero(np.logical_or(terminated, truncated))  # info is in env order
+        # which env each finished episode ran in (the MNIST bandit ends a statistics episode
+        # every step without terminating); envs that do not say: the ones that ended
+        ended = info.get("episode_env")
+        if ended is None:
+            ended = np.flatnonzero(np.logical_or(terminated, truncated))
         success = info.get("episode_success")
         for j, env_index in enumerate(ended):
             if len(returns[env_index]) < per_env:

@@ -7,14 +7,16 @@ that PPG and the EWMA variants reuse them; the shared blocks (rollout buffer + G
 categorical helpers, reward normalisation, evaluation) live in ``agents/``.
 
 FLOPs (role ``policy``): each env step costs one acting forward per env, plus one forward
-per env per rollout for the bootstrap value; each minibatch costs a forward and a backward
-(2x forward) per sample. Held-out evaluation is not training compute and is not counted.
+per env per rollout for the bootstrap value and one per truncated episode for the value of
+its final observation; each minibatch costs a forward and a backward (2x forward) per
+sample. Held-out evaluation is not training compute and is not counted.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -75,17 +77,27 @@ def _obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(obs).to(device, non_blocking=True)
 
 
+class Rollout(NamedTuple):
+    next_obs: torch.Tensor  # where the next rollout continues from
+    next_done: torch.Tensor
+    raw_reward_sum: float  # before normalisation and bootstrapping
+    final_value_forwards: int  # forwards run on final observations of truncated episodes
+
+
 def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: torch.Tensor,
-                    next_done: torch.Tensor, *, generator: torch.Generator,
-                    reward_norm: RewardNormalizer | None,
-                    episodes: EpisodeLog) -> tuple[torch.Tensor, torch.Tensor, float]:
+                    next_done: torch.Tensor, *, gamma: float, generator: torch.Generator,
+                    reward_norm: RewardNormalizer | None, episodes: EpisodeLog) -> Rollout:
     """Fill ``buffer`` with ``buffer.num_steps`` steps of every env, acting with ``model``.
 
-    Returns the observation and done flags to continue from, and the sum of raw rewards.
-    The caller counts the acting FLOPs (``buffer.size`` forwards) and bootstraps GAE.
+    A truncated episode (a time limit, not a terminal state) keeps its value: where the env
+    reports the final observation, ``gamma * V(final_obs)`` is added to that step's reward,
+    so GAE, which cuts at every episode end, still bootstraps through the time limit. The
+    caller counts the acting FLOPs (``buffer.size`` forwards, plus
+    ``final_value_forwards``) and bootstraps the end of the rollout.
     """
     device = buffer.device
     raw_reward_sum = 0.0
+    final_value_forwards = 0
     model.eval()
     for step in range(buffer.num_steps):
         with torch.inference_mode():
@@ -96,12 +108,20 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
         raw_reward_sum += float(reward.sum())
         if reward_norm is not None:
             reward = reward_norm(reward, done)
+        if "final_obs" in info and truncated.any():
+            ended = np.flatnonzero(done)  # the rows of final_obs, in env order
+            cut = truncated[ended] & ~terminated[ended]
+            with torch.inference_mode():
+                _, final_value = model(_obs_tensor(info["final_obs"][cut], device))
+            reward = reward.astype(np.float32, copy=True)
+            reward[ended[cut]] += gamma * final_value.float().cpu().numpy()
+            final_value_forwards += int(cut.sum())
         buffer.add(step, next_obs, next_done, action, logprob, value,
                    torch.from_numpy(reward).to(device))
         next_obs = _obs_tensor(obs, device)
         next_done = torch.from_numpy(done).to(device)
         episodes.add(info)
-    return next_obs, next_done, raw_reward_sum
+    return Rollout(next_obs, next_done, raw_reward_sum, final_value_forwards)
 
 
 def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
@@ -170,10 +190,11 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         # ---- rollout --------------------------------------------------------------------
         t_rollout = time.perf_counter()
         episodes.clear()
-        next_obs, next_done, raw_reward_sum = collect_rollout(
-            model, envs, buffer, next_obs, next_done, generator=ctx.device_rng,
-            reward_norm=reward_norm, episodes=episodes)
-        ctx.flops.add_forward("policy", batch_size)
+        rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
+                                  generator=ctx.device_rng, reward_norm=reward_norm,
+                                  episodes=episodes)
+        next_obs, next_done = rollout.next_obs, rollout.next_done
+        ctx.flops.add_forward("policy", batch_size + rollout.final_value_forwards)
         c.env_steps += batch_size
         with torch.inference_mode():
             _, last_value = model(next_obs)
@@ -208,7 +229,7 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
             "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
             + cfg.vf_coef * means["value_loss"],
             **means, "lr": optimizer.param_groups[0]["lr"],
-            "reward_mean": raw_reward_sum / batch_size,
+            "reward_mean": rollout.raw_reward_sum / batch_size,
             "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
             **episodes.metrics(),
         }

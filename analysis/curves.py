@@ -27,9 +27,10 @@ IGNORED_CONFIG = re.compile(
     r"(^|\.)(seed|seeds)$|^(logger|hydra|paths|launcher|wandb)\.|(_dir|\.dir|_path|\.path)$"
     r"|(^|\.)(device|num_workers|resume|name_suffix)$"
 )
-# run.json fields flattened into dotted columns that are not config keys (a declared study,
-# per-role network sizes, versions): never part of a configuration's identity.
-META_PREFIXES = ("params.", "flops_per_forward.", "versions.", "study.", "networks.")
+# Dotted columns that are not config keys, never part of a configuration's identity:
+# run.json fields (a declared study, per-role network sizes, versions) and the per-role
+# FLOP counters of the metrics lines (``flops.<role>``).
+META_PREFIXES = ("params.", "flops_per_forward.", "versions.", "study.", "networks.", "flops.")
 
 
 def config_columns(table: pd.DataFrame) -> list[str]:

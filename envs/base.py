@@ -93,9 +93,12 @@ class VecEnv:
             (num_envs,) (the episode was cut short, e.g. by a time limit: its value goes on),
             and an info dict with
 
-            - `episode_return` (float64) and `episode_length` (int64): one entry per episode
-              that ended at this step, in env order (possibly empty), plus optional
-              `episode_*` arrays of the same length;
+            - `episode_return` (float64), `episode_length` (int64) and `episode_env` (the index
+              of the env it ran in): one entry per episode that ended at this step, in env
+              order (possibly empty), plus optional `episode_*` arrays of the same length.
+              An env may end statistics episodes that are not ends for the learner (the MNIST
+              bandit counts every step as one), so use `episode_env`, not `terminated |
+              truncated`, to say which env an entry belongs to;
             - `final_obs` (k, *obs_shape): the last observation of each of the k episodes that
               ended (`terminated | truncated`), in env order, i.e. row j belongs to env
               `np.flatnonzero(terminated | truncated)[j]`; `obs` holds the next episode's
@@ -157,8 +160,9 @@ class EpisodeStats:
                 e.g. `success=level_complete`; reported as `info["episode_<key>"]`.
 
         Returns:
-            {"episode_return": float64 (k,), "episode_length": int64 (k,), "episode_<key>": (k,)}
-            for the k envs where `dones` is True, in env order, and `"final_obs"`
+            {"episode_return": float64 (k,), "episode_length": int64 (k,), "episode_env": the
+            k env indices, "episode_<key>": (k,)} for the k envs where `dones` is True, in env
+            order, and `"final_obs"`
             (k, *obs_shape) in the same order when `final_obs` is given and k > 0.
         """
         self.returns += rewards
@@ -168,6 +172,7 @@ class EpisodeStats:
         info = {
             "episode_return": self.returns[ended],
             "episode_length": self.lengths[ended],
+            "episode_env": ended,
         }
         for key, values in extra.items():
             info[f"episode_{key}"] = np.asarray(values)[ended]

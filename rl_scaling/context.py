@@ -19,13 +19,17 @@ loss ends the run as ``diverged`` with its curve kept) and preemption (a signal 
 at once and the run ends as ``running`` so the launcher can requeue it).
 
 Random numbers come from per-run generators (``torch_rng``, ``device_rng``, ``eval_rng``,
-``np_rng``), saved in every checkpoint and restored on resume, so nothing depends on
-global state and several runs could share one process. Networks are initialised from
-``torch_rng`` too (see :meth:`RunContext.network`).
+``np_rng``), saved in every checkpoint and restored on resume, so a run's numbers do not
+depend on what else ran in the process. Networks are initialised from ``torch_rng`` too:
+``nn.init`` only draws from torch's global CPU generator, so :meth:`RunContext.network`
+loads ``torch_rng``'s state into it for the build (inside ``torch.random.fork_rng``, which
+puts the global state back) and takes the advanced state back. Runs sharing a process must
+therefore build their networks one at a time (not from concurrent threads).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +45,8 @@ from rl_scaling.checkpoint import CheckpointError, load_module_state, save_check
 from rl_scaling.config import INTERVAL_UNITS
 from rl_scaling.flops import FlopAccountant, forward_flops
 from rl_scaling.registry import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,6 +100,11 @@ class EnvFactory:
                                seed=self.seed if seed is None else int(seed))
         except ValueError as err:  # builders name their argument; say which group it was
             raise ConfigError(f"env ({self.family}): {err}") from err
+
+    def worker(self, index: int) -> EnvFactory:
+        """The same split for actor process ``index``: its own seed, so K actors do not
+        replay one env stream."""
+        return EnvFactory(self.family, self.config, self.seed + 1_000_003 * (int(index) + 1))
 
     def __repr__(self) -> str:
         return f"EnvFactory({self.family!r}, {self.config!r}, seed={self.seed})"
@@ -275,6 +286,9 @@ class RunContext:
         """
         if role in self.networks:
             raise ValueError(f"network role {role!r} is built twice")
+        if self._logger is not None:
+            raise RuntimeError(f"network {role!r} is built after ctx.restore(): build every "
+                               "network first, so its state and FLOPs are in the checkpoint")
         with torch.random.fork_rng(devices=[]):
             torch.set_rng_state(self.torch_rng.get_state())
             if build is None or isinstance(build, str):
@@ -331,6 +345,7 @@ class RunContext:
         refused with one line and nothing on disk changes). Returns True on a resume."""
         state = self._resume_state
         self._objects = dict(objects)
+        self._check_budget_and_roles()
         if state is not None:
             path = self._checkpoint_path
             saved = state["objects"]
@@ -357,6 +372,22 @@ class RunContext:
             self._restore_rng(state["rng"])
         self._begin()
         return state is not None
+
+    def _check_budget_and_roles(self) -> None:
+        """Refuse, before the record is opened, a run that could never reach its budget or
+        whose effective roles name no network it built."""
+        if self._effective_roles is not None:
+            unknown = sorted(self._effective_roles - set(self.networks))
+            if unknown:
+                raise ConfigError(f"effective_roles names {unknown}, which this algorithm does "
+                                  f"not build; its roles: {sorted(self.networks)}")
+        if self.budget_counter == "env_steps" and not self._factories:
+            raise ConfigError("budget.counter=env_steps but this run has no envs; count the "
+                              "budget in samples, updates or flops")
+        if self.budget_counter == "flops" and not any(
+                r.effective and r.forward_effective > 0 for r in self.flops.roles.values()):
+            raise ConfigError("budget.counter=flops but no effective network role has FLOPs "
+                              "(check effective_roles)")
 
     def _begin(self) -> None:
         if self._logger is not None:
@@ -399,35 +430,45 @@ class RunContext:
         ``evaluate``: returns the held-out metrics; called when ``eval_every`` is due and at
         the end. Raises :class:`StopTraining` on divergence or a preemption signal.
         """
-        self._begin()
+        self._require_restore()
         c = self.counters
         c.iterations += 1
         last = self.done
-        evaluated = evaluate is not None and (
-            self._eval.due(self._counter(self._eval.unit)) or (last and self._eval.active))
-        logging = (last or evaluated or not self._log.active
-                   or self._log.due(self._counter(self._log.unit)))
         preempted = self.preempted()
-        row: dict[str, Any] | None = None
+        # every interval advances on its own grid, whatever else made this iteration log
+        eval_due = self._eval.due(self._counter(self._eval.unit))
+        log_due = self._log.due(self._counter(self._log.unit))
+        ckpt_due = self._ckpt.due(self._counter(self._ckpt.unit))
+        # a preempted job checkpoints first: an evaluation could outlast the grace period
+        evaluated = (evaluate is not None and not (preempted and not last)
+                     and (eval_due or (last and self._eval.active)))
+        logging = last or evaluated or not self._log.active or log_due
         if logging or preempted:
             row = dict(metrics() if callable(metrics) else metrics)
             if evaluated:
                 row.update(evaluate())
+            # None: not measured this time (e.g. a validation loss between evaluations)
             bad = [k for k, v in row.items() if _is_loss_key(k)
-                   and (v is None or not math.isfinite(float(v)))]
+                   and v is not None and not math.isfinite(float(v))]
             if bad:
                 self.log(row, final=True)
                 raise StopTraining("diverged", f"non-finite {bad[0]} at update {c.updates}")
             if logging:
                 self.log(row, final=last)
-        if last or preempted or self._ckpt.due(self._counter(self._ckpt.unit)):
+        if last or preempted or ckpt_due:
             self.save()
         if preempted and not last:
             raise StopTraining("running", "preempted: checkpoint saved, resume from this run dir")
 
+    def _require_restore(self) -> None:
+        if self._logger is None:
+            raise RuntimeError("call ctx.restore(**state) once, after building the networks "
+                               "and before the first end_iteration: on a resume it loads "
+                               "the state and the counters the curve continues from")
+
     def log(self, metrics: dict[str, Any], final: bool = False) -> dict[str, Any]:
         """Write one metrics line now, with the counters and FLOPs per role."""
-        self._begin()
+        self._require_restore()
         c = self.counters
         c.wall_time = self.wall_time()
         row = {"env_steps": c.env_steps, "updates": c.updates, "samples": c.samples,
@@ -454,17 +495,28 @@ class RunContext:
     # ---- random streams -----------------------------------------------------------------
     def _capture_rng(self) -> dict[str, Any]:
         state = {"torch": self.torch_rng.get_state(), "eval": self.eval_rng.get_state(),
-                 "numpy": self.np_rng.bit_generator.state}
+                 "numpy": self.np_rng.bit_generator.state, "device_type": self.device.type}
         if self.device_rng is not self.torch_rng:
             state["device"] = self.device_rng.get_state()
         return state
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         self.torch_rng.set_state(state["torch"])
-        self.eval_rng.set_state(state["eval"])
         self.np_rng.bit_generator.state = state["numpy"]
-        if "device" in state and self.device_rng is not self.torch_rng:
-            self.device_rng.set_state(state["device"])
+        if state.get("device_type", "cpu") == self.device.type:
+            self.eval_rng.set_state(state["eval"])
+            if "device" in state and self.device_rng is not self.torch_rng:
+                self.device_rng.set_state(state["device"])
+            return
+        # Resumed on another kind of device (device=auto after a requeue): its generators
+        # cannot take the other kind's state, so they restart from the seed and the
+        # iteration; the curve stays reproducible for this sequence of devices.
+        log.warning("checkpoint drew on %s, this run is on %s: reseeding the device and "
+                    "evaluation generators", state.get("device_type", "cpu"), self.device.type)
+        offset = self.seed + 7919 * self.counters.iterations
+        self.eval_rng.manual_seed(offset + 1)
+        if self.device_rng is not self.torch_rng:
+            self.device_rng.manual_seed(offset)
 
 
 class _NullLogger:

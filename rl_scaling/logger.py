@@ -85,14 +85,17 @@ class MetricsLogger:
 
     def __init__(self, record: RunRecord, *, backend: str = "local",
                  progress: Progress | None = None,
-                 wandb_kwargs: dict[str, Any] | None = None) -> None:
+                 wandb_kwargs: dict[str, Any] | None = None,
+                 step_metric: str = "env_steps") -> None:
+        """``step_metric``: wandb's default x-axis, the run's budget counter (``samples`` for a
+        run trained on a dataset, whose ``env_steps`` stay 0)."""
         if backend not in ("local", "wandb"):
             raise ValueError(f"logger.backend must be 'local' or 'wandb', got {backend!r}")
         self.record = record
         self.progress = progress
         self._wandb = None
         if backend == "wandb":
-            self._wandb = _init_wandb(record, wandb_kwargs or {})
+            self._wandb = _init_wandb(record, wandb_kwargs or {}, step_metric)
 
     def log(self, row: dict[str, Any], final: bool = False) -> None:
         self.record.append_metrics(row)
@@ -111,15 +114,16 @@ class MetricsLogger:
             self._wandb = None
 
 
-def _init_wandb(record: RunRecord, kwargs: dict[str, Any]):
+def _init_wandb(record: RunRecord, kwargs: dict[str, Any], step_metric: str = "env_steps"):
     try:
         import wandb
     except ImportError as err:
         raise ImportError("logger=wandb needs wandb: pip install 'rl-scaling[wandb]'") from err
     mode = os.environ.get("WANDB_MODE", "offline")  # never reach the network unless asked
     run = wandb.init(dir=str(record.run_dir), mode=mode, resume="allow", **kwargs)
-    # Both counters are step metrics, so curves can be drawn against E or against FLOPs.
-    run.define_metric("env_steps")
-    run.define_metric("flops")
-    run.define_metric("*", step_metric="env_steps")
+    # Every counter is a step metric, so curves can be drawn against E, samples or FLOPs;
+    # the budget counter is the default x-axis.
+    for counter in ("env_steps", "samples", "updates", "flops", "iteration"):
+        run.define_metric(counter)
+    run.define_metric("*", step_metric=step_metric)
     return run

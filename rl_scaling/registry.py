@@ -62,21 +62,12 @@ class ModelEntry:
 ALGOS: dict[str, AlgoEntry] = {}
 ENVS: dict[str, EnvEntry] = {}
 MODELS: dict[str, ModelEntry] = {}
-_SCHEMAS: list[tuple[str, str, Any]] = []  # (group, name, node) for Hydra's ConfigStore
-
-
 def _store(group: str, name: str, node: Any) -> None:
-    _SCHEMAS.append((group, name, node))
     try:
         from hydra.core.config_store import ConfigStore
     except ImportError:  # training without Hydra (tests, notebooks) needs no schema store
         return
     ConfigStore.instance().store(group=group, name=name, node=node)
-
-
-def register_schema(group: str, name: str, node: Any) -> None:
-    """Make ``node`` (a dataclass) a schema ``<group>/<name>`` that config files extend."""
-    _store(group, name, node)
 
 
 def _register_group_option(group: str, name: str, config_cls: type) -> None:

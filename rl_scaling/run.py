@@ -280,6 +280,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
             starts=(info or {}).get("starts", []),
         )
         record.write_run_json(new)
+        opened["record"] = True  # from here on, how the run ends goes into run.json
         record.add_start({"time": now, "host": socket.gethostname(), "pid": os.getpid(),
                           "iteration": ctx.counters.iterations, **slurm_ids()})
         opened["logger"] = logger = MetricsLogger(
@@ -290,6 +291,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
                           "group": cfg.logger.group, "tags": list(cfg.logger.tags),
                           "id": run_id, "name": record.run_dir.name,
                           "config": OmegaConf.to_container(cfg, resolve=True)},
+            step_metric=cfg.budget.counter,
         )
         for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             try:
@@ -325,8 +327,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         raise
     finally:
         ctx.close()
-        if "logger" in opened:  # the record was opened: say how the run ended
+        if "logger" in opened:
             opened["logger"].close(status)
+        if "record" in opened:  # the record was opened: say how the run ended
             record.update_run_json(
                 status=status, error=error,
                 end_time=None if status == "running"

@@ -157,3 +157,12 @@ def test_cumulative_frontier_never_decreases_and_holds_finished_runs():
     assert (after["w"] == "small").all() and np.allclose(after["ret"], np.log(100))
     assert fr["w"].iloc[-1] == "big"
     assert fr["n_groups"].iloc[0] == 1 and fr["n_groups"].iloc[-1] == 2
+
+
+def test_per_role_flop_counters_are_not_config_keys():
+    """``flops.<role>`` columns come from the metrics lines and differ between runs; they must
+    not split a configuration (runs differing only by seed share a label)."""
+    table = pd.DataFrame({"run_dir": ["a", "b"], "model.width": [1.0, 1.0], "seed": [1, 2],
+                          "flops.policy": [10.0, 11.0], "algo.lr": [1e-3, 1e-3]})
+    assert curves.config_columns(table) == ["model.width", "algo.lr"]
+    assert curves.config_id(table).nunique() == 1

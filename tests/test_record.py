@@ -155,14 +155,16 @@ def test_wandb_mirror_counters_status_and_finish(tmp_path, monkeypatch, status, 
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init))
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    logger = MetricsLogger(RunRecord(tmp_path), backend="wandb", wandb_kwargs={"id": "abc"})
+    logger = MetricsLogger(RunRecord(tmp_path), backend="wandb", wandb_kwargs={"id": "abc"},
+                           step_metric="samples")
     row = {"env_steps": 64, "updates": 2, "samples": 128, "flops": 1e9, "wall_time": 1.0,
            "return_mean": None, "loss": 0.5}
     logger.log(row)
     logger.close(status)
     assert inits[0]["mode"] == "offline" and inits[0]["id"] == "abc"
     assert ("env_steps", None) in run.metrics and ("flops", None) in run.metrics
-    assert ("*", "env_steps") in run.metrics
+    assert ("samples", None) in run.metrics
+    assert ("*", "samples") in run.metrics  # the budget counter is the default x-axis
     assert run.logged == [{k: v for k, v in row.items() if v is not None}]  # None is skipped
     assert run.summary["status"] == status and run.exit_code == exit_code
     assert RunRecord(tmp_path).read_metrics()[0]["env_steps"] == 64  # local file too

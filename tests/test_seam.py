@@ -290,9 +290,20 @@ def test_algorithm_from_this_file_resumes_after_sigkill(tmp_path, algo):
             assert r["flops.regressor"] == pytest.approx(3 * f_reg * r["samples"])
             assert r["flops.averaged"] == pytest.approx(f_avg * r["samples"])
         assert math.isfinite(rows[-1]["loss"]) and rows[-1]["loss"] < rows[0]["loss"]
+        # weights, optimiser, averaged copy and the run's generator came back exactly: the
+        # killed-and-resumed curve is the uninterrupted one, number for number
+        whole = tmp_path / "whole"
+        proc3 = subprocess.run([a for a in args if "step_delay" not in a and "run.dir" not in a]
+                               + [f"hydra.run.dir={whole}"], cwd=ROOT, env=_env(),
+                               capture_output=True, text=True, timeout=300)
+        assert proc3.returncode == 0, proc3.stderr[-3000:]
+        uninterrupted = RunRecord(whole).read_metrics()
+        assert [r["loss"] for r in rows] == [r["loss"] for r in uninterrupted]
+        assert [r["averaged_loss"] for r in rows] == [r["averaged_loss"] for r in uninterrupted]
     else:
         f = info["networks"]["policy"]["flops_per_forward"]["effective"]
         assert [r["flops"] for r in rows] == pytest.approx([4 * f * v for v in values])
+        assert [r["flops.policy"] for r in rows] == pytest.approx([4 * f * v for v in values])
 
 
 def test_dataset_run_refuses_to_build_envs(tmp_path):
@@ -301,6 +312,15 @@ def test_dataset_run_refuses_to_build_envs(tmp_path):
                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "no 'train' envs" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_dataset_run_with_a_budget_in_env_steps_is_refused(tmp_path):
+    """env_steps never grow without envs: such a run could never end."""
+    proc = subprocess.run(_cmd(tmp_path / "run", "algo=regression", "~env", "~model"),
+                          cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "budget.counter=env_steps" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
