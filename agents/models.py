@@ -377,9 +377,9 @@ def build_model(
                              None if depth is None else int(depth))
 
 
-def build_actor_critic(cfg: ModelConfig, spec) -> nn.Module:
+def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Module:
     """``ctx.network`` builder of the built-in families: a discrete actor-critic for the
-    run's observation space and ``Discrete`` action space."""
+    run's observation space and ``Discrete`` action space, whatever the role."""
     n = getattr(spec.action_space, "n", None)
     if n is None:
         raise ValueError(f"model family {cfg.family!r} is a discrete actor-critic; the env's "

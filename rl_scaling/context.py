@@ -294,7 +294,7 @@ class RunContext:
             if build is None or isinstance(build, str):
                 if self._build_model is None:
                     raise ConfigError("this run has no model config; pass a builder")
-                module = self._build_model(build, self.spec, knobs)
+                module = self._build_model(build, self.spec, knobs, role)
             else:
                 module = build(**knobs)
             self.torch_rng.set_state(torch.get_rng_state())

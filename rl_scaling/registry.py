@@ -54,8 +54,9 @@ class EnvEntry:
 class ModelEntry:
     family: str
     config_cls: type
-    # build(cfg, spec) -> nn.Module; cfg is the family's dataclass (width, depth, ...),
-    # spec the run's EnvSpec (observation and action spaces)
+    # build(cfg, spec, role) -> nn.Module; cfg is the family's dataclass (width, depth, ...),
+    # spec the run's EnvSpec (observation and action spaces), role what the network is for
+    # ("policy", "actor", "critic", ...: a family may give each its own head)
     build: Callable[..., Any]
 
 
@@ -112,7 +113,7 @@ def register_env(family: str, config_cls: type, build: Callable[..., Any]) -> No
 
 def register_model(family: str, config_cls: type, build: Callable[..., Any]) -> None:
     """Register a model family: ``model=<family>`` composes and ``ctx.network(role)`` calls
-    ``build(cfg, spec)``. ``config_cls`` has ``family`` and the scaling knobs (``width``,
+    ``build(cfg, spec, role)``. ``config_cls`` has ``family`` and the scaling knobs (``width``,
     ``depth``, ...), with an optional ``validate(self)``."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_model({family!r}): config_cls must be a dataclass")

@@ -168,11 +168,11 @@ def _env_factories(cfg: DictConfig) -> dict[str, EnvFactory]:
 
 
 def _model_builder(cfg: DictConfig):
-    """``build(family, spec, knobs)`` for ``ctx.network``: the family's dataclass from the
+    """``build(family, spec, knobs, role)`` for ``ctx.network``: the family's dataclass from the
     ``model.*`` knobs (``knobs`` override them), validated, then the family's builder."""
     base = _plain(cfg.model) if cfg.get("model") is not None else {}
 
-    def build(family: str | None, spec, knobs: dict[str, Any]):
+    def build(family: str | None, spec, knobs: dict[str, Any], role: str):
         family = family or base.get("family")
         if not family:
             raise ConfigError("model.family is not set; choose a model (model=NAME)")
@@ -188,7 +188,7 @@ def _model_builder(cfg: DictConfig):
         try:
             if callable(getattr(mcfg, "validate", None)):
                 mcfg.validate()
-            return entry.build(mcfg, spec)
+            return entry.build(mcfg, spec, role)
         except ConfigError:
             raise
         except ValueError as err:
