@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from rl_scaling.checkpoint import load_checkpoint
 from rl_scaling.context import RunContext
 from rl_scaling.record import RunRecord
 from rl_scaling.registry import ConfigError, register_algo
+from tests.procs import kill_after_a_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "tests.test_seam"
@@ -247,23 +247,7 @@ def test_algorithm_from_this_file_resumes_after_sigkill(tmp_path, algo):
     ckpt = run_dir / "checkpoints" / "latest.pt"
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            rows = RunRecord(run_dir).read_metrics()
-            if ckpt.exists() and len(rows) >= 4 and len(rows) % 3 != 0:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("no checkpoint within 240 s")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_after_a_checkpoint(proc, run_dir)
     at_kill = load_checkpoint(ckpt)["counters"]
     logged = RunRecord(run_dir).read_metrics()
     assert logged[-1]["iteration"] > at_kill["iterations"] > 0  # lines after the checkpoint

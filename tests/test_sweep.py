@@ -20,6 +20,7 @@ import torch
 
 from rl_scaling.checkpoint import load_checkpoint
 from rl_scaling.record import RunRecord
+from tests.procs import kill_after_a_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTERS = ("env_steps", "updates", "samples", "flops", "wall_time")
@@ -125,23 +126,7 @@ def test_sigkill_then_resume_continues_counters(tmp_path):
     proc = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     ckpt = run_dir / "checkpoints" / "latest.pt"
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline:
-            # wait until a checkpoint exists and a line has been logged after it
-            if ckpt.exists() and len(_metrics(run_dir)) % 3 != 0 and len(_metrics(run_dir)) >= 4:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"run ended before it could be killed: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("no checkpoint within 240 s")
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stderr.close()
+    kill_after_a_checkpoint(proc, run_dir)  # checkpoints every 3 lines: some come after it
     assert proc.returncode == -signal.SIGKILL
     logged = len(_metrics(run_dir))
     at_kill = load_checkpoint(ckpt)["counters"]
