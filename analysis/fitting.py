@@ -99,6 +99,10 @@ def single_blas_thread(fn: _F) -> _F:
 # --------------------------------------------------------------------------- result type
 
 
+BOUND_RTOL = 1e-6  # a parameter this close (relative, or absolute near 0) to a bound is "at" it
+ZERO_WIDTH_RTOL = 1e-12  # an interval narrower than this (relative) has zero width
+
+
 @dataclass
 class FitResult:
     """Outcome of one fit.
@@ -109,6 +113,14 @@ class FitResult:
     law-specific detail (covariances, per-budget parabolas, bootstrap draws...). Keys of
     ``extra`` starting with ``_`` hold large or non-JSON objects (e.g. bootstrap draws) and are
     left out of :meth:`to_json`.
+
+    Saying what was used: ``used`` lists the groups the fit used (budgets, sizes, tasks...;
+    labels or numbers) and ``dropped`` each group left out as ``{"what": label, "reason":
+    one line}``. ``bounds`` gives the box a parameter was constrained to during the fit
+    (``name -> (low, high)``, either side may be infinite). ``flags`` are one-line warnings
+    that make an estimate or interval less informative than it looks; on construction a
+    parameter within ``BOUND_RTOL`` of a finite bound and an interval of zero width are
+    flagged automatically, and a fit may add its own.
     """
 
     law: str
@@ -117,9 +129,36 @@ class FitResult:
     n_points: int
     loss: float
     extra: dict[str, Any] = field(default_factory=dict)
+    used: list[Any] = field(default_factory=list)
+    dropped: list[dict[str, Any]] = field(default_factory=list)
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in self.bounds.items():
+            value = self.params.get(name)
+            if value is None or not math.isfinite(value):
+                continue
+            for side, bound in (("lower", low), ("upper", high)):
+                if bound is not None and math.isfinite(bound) and math.isclose(
+                        value, bound, rel_tol=BOUND_RTOL, abs_tol=BOUND_RTOL):
+                    self.flag(f"{name} = {value:.4g} is at its {side} bound: the data do not "
+                              "pin it (treat it and its interval as a limit, not an estimate)")
+        for name, (low, high) in self.ci.items():
+            if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+                continue
+            if math.isclose(low, high, rel_tol=ZERO_WIDTH_RTOL, abs_tol=0.0):
+                self.flag(f"{name}'s interval [{low:.4g}, {high:.4g}] has zero width: every "
+                          "resample gave the same value, so it says nothing about uncertainty")
+
+    def flag(self, message: str) -> None:
+        """Add a one-line warning (once)."""
+        if message not in self.flags:
+            self.flags.append(message)
 
     def to_json(self) -> dict:
-        """JSON-safe dict: ``law, params, ci (name -> [low, high]), n_points, loss, extra``.
+        """JSON-safe dict: ``law, params, ci (name -> [low, high]), n_points, loss, extra,
+        used, dropped, flags``.
 
         NaN and infinities become ``None``; numpy scalars/arrays become floats/lists; keys of
         ``extra`` starting with ``_`` are dropped.
@@ -131,6 +170,9 @@ class FitResult:
             "n_points": int(self.n_points),
             "loss": _json_safe(self.loss),
             "extra": {k: _json_safe(v) for k, v in self.extra.items() if not k.startswith("_")},
+            "used": _json_safe(self.used),
+            "dropped": _json_safe(self.dropped),
+            "flags": list(self.flags),
         }
 
 

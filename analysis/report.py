@@ -86,6 +86,24 @@ def frame_table(df: pd.DataFrame, max_rows: int = 40) -> str:
     return "\n".join(lines)
 
 
+def fit_notes(fit: Any, max_dropped: int = 8) -> list[str]:
+    """Lines under a fit's table: what it used, what it dropped and why, and its flags."""
+    lines = []
+    used, dropped = getattr(fit, "used", []), getattr(fit, "dropped", [])
+    if used or dropped:
+        lines.append(f"- used {len(used)}: " + ", ".join(fmt(u) for u in used[:20])
+                     + (" ..." if len(used) > 20 else ""))
+    if dropped:
+        lines.append(f"- dropped {len(dropped)}:")
+        for d in dropped[:max_dropped]:
+            lines.append(f"  - {fmt(d.get('what'))}: {d.get('reason')}")
+        if len(dropped) > max_dropped:
+            lines.append(f"  - ... {len(dropped) - max_dropped} more (all in `laws.json`)")
+    for message in getattr(fit, "flags", []):
+        lines.append(f"- **flag:** {message}")
+    return lines
+
+
 def _method_line(fit: Any) -> str:
     ex = fit.extra if isinstance(fit.extra, dict) else {}
     bits = [f"law `{fit.law}`", f"{fit.n_points} points", f"loss {fmt(fit.loss)}"]
@@ -136,6 +154,9 @@ def render_report(
                 lines += ["", f"![{fig.stem}]({rel})"]
         for name, fit in st.fits.items():
             lines += ["", f"### {name}", "", _method_line(fit), "", fit_table(fit)]
+            notes = fit_notes(fit)
+            if notes:
+                lines += ["", *notes]
         if st.forecasts:
             lines += ["", "### Forecasts", "", "| quantity | at | estimate | interval |",
                       "|---|---|---|---|"]
