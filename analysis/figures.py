@@ -230,25 +230,41 @@ def plot_isoflop(
     ylabel: str | None = None,
 ) -> list[Path]:
     """isoFLOP profiles: ``y`` vs model size at each budget (one colour per budget), each
-    with its parabola in log N (``parabolas[budget] = {"a", "b", "c"}`` for
-    ``y = a (log N)^2 + b log N + c``) and its minimum marked."""
+    with its parabola in ``u = log N`` and its optimum marked.
+
+    ``parabolas[budget] = {"a", "b", "c"}`` with optional ``"space"`` (``"linear"``:
+    ``y = a u^2 + b u + c``; ``"log"``: ``log y = a u^2 + b u + c``, drawn as ``exp`` of it on
+    a log y axis) and ``"N_lo"``, ``"N_hi"`` (the window of sizes the parabola was fitted
+    on; it is drawn only there, default all sizes of the budget)."""
     with figure_style():
         fig, ax = plt.subplots()
         budgets = sorted(profiles["budget"].unique())
         colors = size_colors(budgets, cmap="plasma")
+        any_log = False
         for b in budgets:
             g = profiles[profiles["budget"] == b].sort_values(size)
             c = colors[float(b)]
             ax.plot(g[size], g[y], "o", color=c, label=f"C = {fmt_num(float(b))}")
             p = (parabolas or {}).get(float(b))
-            if p:
-                lx = np.linspace(np.log(g[size].min()), np.log(g[size].max()), 100)
-                ax.plot(np.exp(lx), p["a"] * lx**2 + p["b"] * lx + p["c"], "-", color=c,
-                        lw=1.0)
-                if p["a"] > 0:
-                    lmin = -p["b"] / (2 * p["a"])
-                    ax.plot([np.exp(lmin)], [p["a"] * lmin**2 + p["b"] * lmin + p["c"]], "*",
-                            color=c, ms=10, mec="black", mew=0.5)
+            if not p:
+                continue
+            log_space = p.get("space") == "log"
+            any_log |= log_space
+            lo = p.get("N_lo") if np.isfinite(p.get("N_lo", np.nan)) else g[size].min()
+            hi = p.get("N_hi") if np.isfinite(p.get("N_hi", np.nan)) else g[size].max()
+            lx = np.linspace(np.log(lo), np.log(hi), 100)
+
+            def curve(u, p=p, log_space=log_space):
+                q = p["a"] * u**2 + p["b"] * u + p["c"]
+                return np.exp(q) if log_space else q
+
+            ax.plot(np.exp(lx), curve(lx), "-", color=c, lw=1.0)
+            if p["a"] != 0:
+                lopt = -p["b"] / (2 * p["a"])
+                ax.plot([np.exp(lopt)], [curve(lopt)], "*", color=c, ms=10, mec="black",
+                        mew=0.5)
+        if any_log:
+            ax.set_yscale("log")
         return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel or y, title=title,
                       legend={"ncol": 2})
 
@@ -388,3 +404,50 @@ def plot_data_to_threshold(
         ax.set_title(title)
         ax.legend(loc="best", fontsize="small")
         return save(fig, out_dir, name)
+
+
+def plot_law_comparison(
+    x: np.ndarray,
+    y: np.ndarray,
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    heldout: tuple[np.ndarray, np.ndarray] | None = None,
+    split: float | None = None,
+    band: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ceiling: float | None = None,
+    best: str | None = None,
+    title: str = "",
+    xlabel: str = "training FLOPs",
+    ylabel: str = "",
+) -> list[Path]:
+    """Several laws on the same points (e.g. the saturating law and power laws on the
+    best return vs compute): fitted points filled, held-out points open, one colour per law
+    (``curves[law] = (x, y)``; solid up to ``split``, the largest budget fitted on, dashed
+    beyond it), optional confidence bands per law, the metric's ``ceiling`` as a dotted line
+    and the law that forecast the held-out points best marked in the legend; log x."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        for i, (law, (cx, cy)) in enumerate(curves.items()):
+            cx, cy = np.asarray(cx, float), np.asarray(cy, float)
+            color = f"C{i}"
+            label = law + (" (best on held-out)" if law == best else "")
+            if band is not None and law in band:
+                _band(ax, cx, band[law][0], band[law][1], color=color)
+            if split is None:
+                ax.plot(cx, cy, "-", color=color, label=label)
+                continue
+            inside = cx <= split
+            ax.plot(cx[inside], cy[inside], "-", color=color, label=label)
+            ax.plot(cx[~inside], cy[~inside], "--", color=color)
+        ax.scatter(x, y, color=FIT_COLOR, s=22, zorder=3, label="fitted points")
+        if heldout is not None and len(heldout[0]):
+            ax.scatter(heldout[0], heldout[1], facecolors="none", edgecolors=FIT_COLOR, s=40,
+                       zorder=3, label="held out (not fitted)")
+        if split is not None:
+            ax.axvline(split, color="0.6", lw=0.8, ls=":")
+        if ceiling is not None:
+            ax.axhline(ceiling, color="0.4", lw=0.8, ls=":", label=f"ceiling {fmt_num(ceiling)}")
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      legend={"fontsize": "small"})

@@ -17,6 +17,13 @@ Every study's laws (:mod:`analysis.scaling`, :mod:`analysis.isoflop`, :mod:`anal
 - :func:`delta_method` -- first-order intervals for any smooth function of fitted parameters.
 - :func:`rolling_cv` / :func:`holdout_largest` -- time-series style cross-validation that fits on
   the smaller budgets and scores on the held-out larger ones.
+- :func:`fit_saturating` -- saturating law for bounded metrics (returns, success rates): a
+  sigmoid in log compute with floor, asymptote, midpoint and slope; bounded multi-start least
+  squares in R, delta-method intervals or a bootstrap. :func:`compare_saturating` (built on
+  :func:`compare_holdout`) fits it and the power laws (:func:`fit_loglog`,
+  :func:`fit_power_with_ceiling`) on all but the largest budgets and says which forecasts
+  the held-out ones better.
+- :func:`flag_log_zero` -- flags a log-parametrised positive parameter that ran to 0.
 
 All fits return a :class:`FitResult`. Intervals are 95% (``level=0.95``) unless stated.
 Errors a user can cause (too few points, non-positive values where logs are taken, NaNs) raise
@@ -34,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import optimize, special, stats
 
 try:
     from threadpoolctl import threadpool_limits
@@ -59,6 +66,16 @@ __all__ = [
     "delta_method",
     "rolling_cv",
     "holdout_largest",
+    "fit_saturating",
+    "predict_saturating",
+    "saturating_intervals",
+    "fit_power_with_ceiling",
+    "bounded_metric_laws",
+    "compare_holdout",
+    "compare_saturating",
+    "HoldoutComparison",
+    "flag_log_zero",
+    "LOG_ZERO",
     "t_quantile",
     "FIT_FAILURES",
     "one_line",
@@ -135,6 +152,19 @@ class FitResult:
     flags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._auto_flags: list[str] = []
+        self.check()
+
+    def check(self) -> None:
+        """(Re)compute the automatic flags: a parameter within ``BOUND_RTOL`` of a finite
+        bound, an interval of zero width. Runs on construction; call it again after
+        replacing ``params``, ``ci`` or ``bounds`` (e.g. bootstrap intervals replacing
+        delta-method ones): the automatic flags of the old values are withdrawn, flags added
+        with :meth:`flag` are kept."""
+        for message in self._auto_flags:
+            if message in self.flags:
+                self.flags.remove(message)
+        self._auto_flags = []
         for name, (low, high) in self.bounds.items():
             value = self.params.get(name)
             if value is None or not math.isfinite(value):
@@ -142,14 +172,21 @@ class FitResult:
             for side, bound in (("lower", low), ("upper", high)):
                 if bound is not None and math.isfinite(bound) and math.isclose(
                         value, bound, rel_tol=BOUND_RTOL, abs_tol=BOUND_RTOL):
-                    self.flag(f"{name} = {value:.4g} is at its {side} bound: the data do not "
-                              "pin it (treat it and its interval as a limit, not an estimate)")
+                    self._auto(f"{name} = {value:.4g} is at its {side} bound: the data do "
+                               "not pin it (treat it and its interval as a limit, not an "
+                               "estimate)")
         for name, (low, high) in self.ci.items():
             if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
                 continue
             if math.isclose(low, high, rel_tol=ZERO_WIDTH_RTOL, abs_tol=0.0):
-                self.flag(f"{name}'s interval [{low:.4g}, {high:.4g}] has zero width: every "
-                          "resample gave the same value, so it says nothing about uncertainty")
+                self._auto(f"{name}'s interval [{low:.4g}, {high:.4g}] has zero width: every "
+                           "resample gave the same value, so it says nothing about "
+                           "uncertainty")
+
+    def _auto(self, message: str) -> None:
+        if message not in self.flags:
+            self.flags.append(message)
+            self._auto_flags.append(message)
 
     def flag(self, message: str) -> None:
         """Add a one-line warning (once)."""
@@ -158,7 +195,7 @@ class FitResult:
 
     def to_json(self) -> dict:
         """JSON-safe dict: ``law, params, ci (name -> [low, high]), n_points, loss, extra,
-        used, dropped, flags``.
+        used, dropped, bounds, flags`` (an infinite bound is ``None``).
 
         NaN and infinities become ``None``; numpy scalars/arrays become floats/lists; keys of
         ``extra`` starting with ``_`` are dropped.
@@ -172,6 +209,7 @@ class FitResult:
             "extra": {k: _json_safe(v) for k, v in self.extra.items() if not k.startswith("_")},
             "used": _json_safe(self.used),
             "dropped": _json_safe(self.dropped),
+            "bounds": {k: [_json_safe(lo), _json_safe(hi)] for k, (lo, hi) in self.bounds.items()},
             "flags": list(self.flags),
         }
 
@@ -220,6 +258,32 @@ def safe_exp(v: float) -> float:
     """``math.exp`` that saturates to inf instead of raising OverflowError: for interval
     ends, where an unbounded end is an answer (JSON ``null``), not a crash."""
     return math.inf if v > LOG_FLOAT_MAX else math.exp(v)
+
+
+# A positive parameter kept in logs (E = exp(log E)) has no finite lower bound for the
+# optimiser, but below e^-30 (1e-13 of its scale) it has run to 0: it is at its bound.
+LOG_ZERO = -30.0
+
+
+def flag_log_zero(fit: FitResult, name: str, log_value: float, *,
+                  threshold: float = LOG_ZERO, label: str | None = None,
+                  why: str = "") -> bool:
+    """Flag a log-parametrised positive parameter that ran to 0.
+
+    ``name = exp(log_value)`` (or a term relative to the data, ``label`` naming what
+    ``log_value`` is, default ``log NAME``); when ``log_value < threshold`` (default
+    :data:`LOG_ZERO`, -30) or is not finite the parameter is at its lower bound 0, which
+    no box constraint reports: the data do not pin it, and a bootstrap whose every draw
+    stays there gives it an interval of zero width. Adds one flag to ``fit`` (``why``
+    appended) and returns True when flagged.
+    """
+    if math.isfinite(log_value) and log_value >= threshold:
+        return False
+    shown = f"{log_value:.4g}" if math.isfinite(log_value) else "-inf"
+    fit.flag(f"{name} is at its lower bound 0 ({label or f'log {name}'} = {shown} < "
+             f"{threshold:g}): the data do not pin it (treat it and its interval as a limit, "
+             "not an estimate)" + (f"; {why}" if why else ""))
+    return True
 
 
 def one_line(err: BaseException, max_len: int | None = 300) -> str:
@@ -423,7 +487,10 @@ def fit_power_offset(
     t-quantiles on ``n - 3`` dof (``c``'s interval via ``log c`` in log space); if ``n_boot > 0``
     a percentile bootstrap over points (or over ``groups``: runs/seeds) replaces it (a draw with
     fewer than 3 distinct x counts as failed). Intervals of parameters sitting on a bound are
-    clipped to the bound. Needs >= 4 points and >= 3 distinct x (else FitError ``"x: 2
+    clipped to the bound; ``bounds`` records ``k_bounds`` and the offset's bounds, so an
+    estimate on one is flagged (:class:`FitResult`), and in log space ``c`` running to 0
+    (the power term below e^-30 of the largest y on the data) is flagged by
+    :func:`flag_log_zero`. Needs >= 4 points and >= 3 distinct x (else FitError ``"x: 2
     distinct values, at least 3 needed"``: the three parameters are not identifiable and the
     optimiser would return ``k`` stuck on a bound). ``names`` are the inputs' names in error
     messages (e.g. ``("loss", "return")``).
@@ -510,7 +577,14 @@ def fit_power_offset(
                            "draws, each refit warm-started)")
         extra["bootstrap"] = bs.summary()
         extra["_draws"] = bs.draws
-    return FitResult(law=law, params=params, ci=ci, n_points=n, loss=sse, extra=extra)
+    fit = FitResult(law=law, params=params, ci=ci, n_points=n, loss=sse, extra=extra,
+                    bounds={"k": tuple(map(float, k_bounds)),
+                            "offset": (float(lo_off), float(hi_off))})
+    if space == "log":  # c = exp(log c): its bound 0 is no box constraint, check it here
+        flag_log_zero(fit, "c", float(theta[0] + np.max(k * np.log(u)) - np.log(y.max())),
+                      label=f"log of c {xname}^k / max {yname} on the data",
+                      why="the power term vanishes and k is not identified")
+    return fit
 
 
 def _power_offset_method(space: str, sol: Any) -> str:
@@ -980,3 +1054,393 @@ def holdout_largest(
         raise FitError(f"too few budgets to hold out {n_holdout}: {ub.size} given")
     return rolling_cv(b, y, fit_predict, min_train=ub.size - n_holdout, horizon=n_holdout,
                       log=log)
+
+
+# --------------------------------------------------------------------------- bounded metrics
+
+
+# Box of the saturating law's shape in standardised log compute z = (log C - centre) / width
+# (the data span z in [-0.5, 0.5]): the midpoint at most 1.5 widths from the centre (one
+# width beyond the data), the slope from nearly linear over the data to a step.
+SAT_ZMID_BOUND = 1.5
+SAT_SLOPE_BOUNDS = (0.1, 200.0)
+SAT_FORM = "R = R0 + (R_max - R0) / (1 + exp(-s (log C - log C_mid)))"
+
+
+def predict_saturating(params: Mapping[str, float], C: Any) -> np.ndarray:
+    """``R0 + (R_max - R0) / (1 + exp(-s (log C - log C_mid)))`` (:func:`fit_saturating`)."""
+    lc = np.log(np.asarray(C, dtype=float))
+    sig = special.expit(params["s"] * (lc - math.log(params["C_mid"])))
+    return params["R0"] + (params["R_max"] - params["R0"]) * sig
+
+
+def _sat_curve(th: np.ndarray, z: np.ndarray, floor: float | None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Model and Jacobian (d model / d theta) of the saturating law in standardised units:
+    ``theta = [R_max, A, z_mid, s_z]`` (``R0 = R_max - A``) or, with a known floor,
+    ``[R_max, z_mid, s_z]`` (``A = R_max - floor``)."""
+    if floor is None:
+        rmax, a, zm, sz = th
+    else:
+        rmax, zm, sz = th
+        a = rmax - floor
+    sig = special.expit(sz * (z - zm))
+    ds = sig * (1.0 - sig)
+    model = rmax - a * (1.0 - sig)
+    if floor is None:
+        jac = np.column_stack([np.ones_like(z), -(1.0 - sig), -a * sz * ds, a * (z - zm) * ds])
+    else:
+        jac = np.column_stack([sig, -a * sz * ds, a * (z - zm) * ds])
+    return model, jac
+
+
+def _sat_core(z: np.ndarray, r: np.ndarray, floor: float | None,
+              box: tuple[np.ndarray, np.ndarray], warm: np.ndarray | None
+              ) -> tuple[np.ndarray, Any]:
+    """Multi-start bounded least squares for the saturating law (standardised units)."""
+    lo, hi = box
+    span = float(np.ptp(r)) or max(abs(float(r.mean())), 1.0)
+    starts = []
+    for zm in np.linspace(-1.2, 1.2, 9):
+        for sz in np.geomspace(1.0, 64.0, 7):
+            sig = special.expit(sz * (z - zm))
+            if floor is None:  # R = R0 (1 - sig) + R_max sig: linear in (R0, R_max)
+                A = np.column_stack([1.0 - sig, sig])
+                (r0, rmax), *_ = np.linalg.lstsq(A, r, rcond=None)
+                starts.append([rmax, max(rmax - r0, 1e-3 * span), zm, sz])
+            else:
+                d = float(sig @ sig)
+                rmax = floor + (float(sig @ (r - floor)) / d if d > 0 else span)
+                starts.append([rmax, zm, sz])
+    if warm is not None:
+        starts.append(list(warm))
+    st = np.array(starts, dtype=float)
+    # strictly inside the box (least_squares needs feasible starts)
+    eps = 1e-9 * (1.0 + np.abs(np.where(np.isfinite(lo), lo, 0.0)))
+    st = np.clip(st, np.where(np.isfinite(lo), lo + eps, -np.inf),
+                 np.where(np.isfinite(hi), hi - eps, np.inf))
+
+    def resid(th: np.ndarray) -> np.ndarray:
+        return r - _sat_curve(th, z, floor)[0]
+
+    def jac(th: np.ndarray) -> np.ndarray:
+        return -_sat_curve(th, z, floor)[1]
+
+    costs = np.array([float(np.sum(resid(s) ** 2)) for s in st])
+    order = np.argsort(costs)
+    chosen = list(order[: 2 if warm is not None else 6])
+    if warm is not None:
+        chosen.append(len(st) - 1)
+    best = None
+    for i in chosen:
+        try:
+            sol = optimize.least_squares(resid, st[i], jac=jac, bounds=(lo, hi), method="trf",
+                                         x_scale="jac", max_nfev=500)
+        except (ValueError, FloatingPointError):
+            continue
+        if np.all(np.isfinite(sol.fun)) and (best is None or sol.cost < best.cost):
+            best = sol
+    if best is None:
+        raise FitError("saturating law: no start converged (check the data)")
+    best["n_starts"] = len(st) - (warm is not None)
+    best["n_refined"] = len(chosen)
+    return best.x, best
+
+
+@single_blas_thread
+def fit_saturating(
+    C: Any,
+    R: Any,
+    *,
+    floor: float | None = None,
+    ceiling: float | None = None,
+    level: float = LEVEL,
+    n_boot: int = 0,
+    groups: Any = None,
+    seed: int = 0,
+    law: str = "saturating",
+    names: tuple[str, str] = ("C", "R"),
+) -> FitResult:
+    """Saturating law for a bounded metric (returns, success rates) vs compute: a sigmoid in
+    log compute, ``R = R0 + (R_max - R0) / (1 + exp(-s (log C - log C_mid)))``.
+
+    Parameters: ``R_max`` the asymptote at large compute (at most ``ceiling`` when the
+    metric has one, e.g. 1 for a success rate), ``C_mid`` the compute where ``R`` is half
+    way from ``R0`` to ``R_max``, ``s`` the slope per unit of natural log compute (per
+    e-fold; ``R_max - R`` falls as ``C^-s`` well past ``C_mid``, the power law with ceiling
+    is this law's upper tail), ``R0`` the floor as ``C -> 0``: known (``floor``, e.g. 0 for a
+    success rate; fixed, reported without an interval, ``extra["fixed"]``) or fitted.
+    ``R_max >= R0`` always (the law is non-decreasing: fitted as ``R_max`` and ``A = R_max -
+    R0 >= 0``).
+
+    Loss: sum of squared residuals in ``R`` (linear residuals; the metric's own scale).
+    Internally ``z = (log C - centre) / width`` with the data's mid-range and range of
+    ``log C``; the box: ``log C_mid`` within 1.5 widths of the centre (one data width
+    beyond the smallest and the largest budget), ``s * width`` in [0.1, 200] (from nearly
+    linear over the data to a step), ``R_max <= ceiling``, ``R_max >= floor``.
+    Optimiser and starts: bounded trust-region least squares (``least_squares``, TRF,
+    analytic Jacobian) from 63 starts (``z_mid`` in 9 values over [-1.2, 1.2] x ``s *
+    width`` in 7 values over [1, 64], log-spaced; ``R0`` and ``R_max`` given the shape by
+    linear least squares), all scored by their SSE, the 6 best refined (a warm-started
+    bootstrap refit: the 2 best and the warm start).
+
+    Uncertainty: delta method (asymptotic covariance ``s^2 (J^T J)^-1``, t-quantiles on
+    ``n - p`` dof, p = 4, or 3 with a known floor; ``C_mid``'s interval through ``log
+    C_mid``), clipped to the box; with ``n_boot > 0`` a percentile bootstrap over points or
+    ``groups`` (warm-started refits; a draw with fewer than p distinct C fails) replaces it.
+    ``bounds`` records the box, so an estimate on it is flagged; also flagged: ``R_max -
+    R0 = 0`` (a flat fit), ``C_mid`` beyond the largest budget (the bend is not in the data:
+    ``R_max`` is an extrapolation) or, with a fitted floor, below the smallest (``R0`` is).
+    Needs p + 1 points and p distinct C; values above ``ceiling`` or below ``floor`` are a
+    FitError (the metric cannot exceed them).
+    """
+    cname, rname = names
+    p = 4 if floor is None else 3
+    C = as_array(C, cname, positive=True, min_len=p + 1)
+    R = as_array(R, rname, min_len=p + 1)
+    _same_length(**{cname: C, rname: R})
+    require_distinct(C, cname, p, f"the {p} parameters of the saturating law are not "
+                     "identifiable")
+    if floor is not None and ceiling is not None and not ceiling > floor:
+        raise FitError(f"ceiling {ceiling:g} is not above the floor {floor:g}")
+    if ceiling is not None and (R > ceiling).any():
+        raise FitError(f"{rname}: {int((R > ceiling).sum())} value(s) above the ceiling "
+                       f"{ceiling:g} (max {R.max():g})")
+    if floor is not None and (R < floor).any():
+        raise FitError(f"{rname}: {int((R < floor).sum())} value(s) below the floor {floor:g} "
+                       f"(min {R.min():g})")
+    lc = np.log(C)
+    centre = float(lc.min() + lc.max()) / 2
+    width = float(lc.max() - lc.min())
+    z = (lc - centre) / width
+    hi_r = math.inf if ceiling is None else float(ceiling)
+    lo_r = -math.inf if floor is None else float(floor)
+    zb, (slo, shi) = SAT_ZMID_BOUND, SAT_SLOPE_BOUNDS
+    if floor is None:
+        box = (np.array([lo_r, 0.0, -zb, slo]), np.array([hi_r, np.inf, zb, shi]))
+    else:
+        box = (np.array([lo_r, -zb, slo]), np.array([hi_r, zb, shi]))
+
+    def fit_once(idx: np.ndarray, warm: np.ndarray | None = None) -> tuple[np.ndarray, Any]:
+        return _sat_core(z[idx], R[idx], floor, box, warm)
+
+    def to_params(th: np.ndarray) -> dict[str, float]:
+        rmax = float(th[0])
+        r0 = rmax - float(th[1]) if floor is None else float(floor)
+        zm, sz = float(th[-2]), float(th[-1])
+        return {"R_max": rmax, "C_mid": math.exp(centre + width * zm), "s": sz / width,
+                "R0": r0}
+
+    theta, sol = fit_once(np.arange(C.size))
+    n = C.size
+    sse = float(sol.fun @ sol.fun)
+    dof = n - p
+    params = to_params(theta)
+    cov = sse / max(dof, 1) * np.linalg.pinv(sol.jac.T @ sol.jac)
+    se = np.sqrt(np.clip(np.diag(cov), 0.0, None))
+    t = t_quantile(level, max(dof, 1))
+    cmid_box = (math.exp(centre - zb * width), math.exp(centre + zb * width))
+    s_box = (slo / width, shi / width)
+    zm, sz = theta[-2], theta[-1]
+    ci = {
+        "R_max": (max(params["R_max"] - t * se[0], lo_r), min(params["R_max"] + t * se[0], hi_r)),
+        "C_mid": (max(safe_exp(centre + width * (zm - t * se[-2])), cmid_box[0]),
+                  min(safe_exp(centre + width * (zm + t * se[-2])), cmid_box[1])),
+        "s": (max((sz - t * se[-1]) / width, s_box[0]), min((sz + t * se[-1]) / width, s_box[1])),
+    }
+    if floor is None:  # R0 = R_max - A
+        g = np.array([1.0, -1.0, 0.0, 0.0])
+        se_r0 = math.sqrt(max(float(g @ cov @ g), 0.0))
+        ci["R0"] = (params["R0"] - t * se_r0, params["R0"] + t * se_r0)
+    fit_desc = (f"least squares on {rname} (linear residuals); bounded TRF from "
+                f"{sol['n_starts']} starts (9 midpoints x 7 slopes, R0 and R_max by linear "
+                f"least squares), best {sol['n_refined']} refined")
+    extra: dict[str, Any] = {
+        "level": level, "form": SAT_FORM, "dof": dof, "space": "linear",
+        "fit_method": fit_desc,
+        "method": f"{fit_desc}; delta-method (asymptotic covariance) t-intervals, n-{p} dof",
+        "floor": floor, "ceiling": ceiling, "log_c_centre": centre, "log_c_width": width,
+        "_theta": theta, "_cov_theta": cov,
+    }
+    if floor is not None:
+        extra["fixed"] = {"R0": float(floor)}
+    if n_boot > 0:
+
+        def boot_fn(idx: np.ndarray) -> dict[str, float]:
+            if np.unique(C[idx]).size < p:
+                raise FitError(f"{cname}: fewer than {p} distinct values in this draw")
+            q = to_params(fit_once(idx, warm=theta)[0])
+            return {"R_max": q["R_max"], "log_C_mid": math.log(q["C_mid"]), "s": q["s"],
+                    "R0": q["R0"]}
+
+        bs = bootstrap(boot_fn, n, groups=groups, n_boot=n_boot, level=level, seed=seed)
+        if bs.ci:
+            lcm = bs.ci["log_C_mid"]
+            ci = {"R_max": bs.ci["R_max"], "C_mid": (safe_exp(lcm[0]), safe_exp(lcm[1])),
+                  "s": bs.ci["s"]}
+            if floor is None:
+                ci["R0"] = bs.ci["R0"]
+            extra["method"] = (f"{fit_desc}; percentile bootstrap over {bs.unit} ({n_boot} "
+                               "draws, each refit warm-started)")
+        extra["bootstrap"] = bs.summary()
+        extra["_draws"] = bs.draws
+    fit = FitResult(law=law, params=params, ci=ci, n_points=n, loss=sse, extra=extra,
+                    bounds={"R_max": (lo_r, hi_r), "C_mid": cmid_box, "s": s_box})
+    amplitude = params["R_max"] - params["R0"]
+    if amplitude <= 1e-9 * max(float(np.ptp(R)), abs(params["R_max"]), 1e-300):
+        fit.flag(f"R_max - R0 = {amplitude:.3g}: the fitted curve is flat, so C_mid and s "
+                 "are not identified")
+    elif params["C_mid"] > C.max():
+        fit.flag(f"C_mid = {params['C_mid']:.4g} is beyond the largest {cname} "
+                 f"({C.max():.4g}): the bend is not in the data, R_max is an extrapolation")
+    elif floor is None and params["C_mid"] < C.min():
+        fit.flag(f"C_mid = {params['C_mid']:.4g} is below the smallest {cname} "
+                 f"({C.min():.4g}): the rise is not in the data, R0 is an extrapolation")
+    return fit
+
+
+def saturating_intervals(fit: FitResult, C_new: Any, *, level: float | None = None
+                         ) -> dict[str, np.ndarray]:
+    """Mean curve and delta-method confidence interval of a :func:`fit_saturating` fit at
+    ``C_new``: ``y``, ``conf_low``, ``conf_high`` (for the curve, not for new points; from
+    the least-squares covariance even when the parameters were bootstrapped)."""
+    ex = fit.extra
+    level = ex["level"] if level is None else level
+    z = (np.log(np.asarray(C_new, dtype=float)) - ex["log_c_centre"]) / ex["log_c_width"]
+    model, G = _sat_curve(np.asarray(ex["_theta"], dtype=float), z, ex["floor"])
+    se = np.sqrt(np.clip(np.einsum("ij,jk,ik->i", G, ex["_cov_theta"], G), 0.0, None))
+    t = t_quantile(level, max(ex["dof"], 1))
+    return {"y": model, "conf_low": model - t * se, "conf_high": model + t * se}
+
+
+# A law for a held-out comparison: fit(x_train, y_train) -> predict(x) -> y.
+Fitter = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
+
+@dataclass
+class HoldoutComparison:
+    """Laws fitted on all but the largest budgets and scored on those.
+
+    ``rmse``: law -> held-out RMSE (NaN where the law could not be fitted, reason in
+    ``errors``); ``best``: the law with the least RMSE (None if none was fitted);
+    ``train_max``: the largest budget fitted on; ``test``: the held-out budgets;
+    ``forecasts``: law -> ``[(budget, predicted, measured), ...]`` on the held-out points;
+    ``predictors``: law -> its fit on the smaller budgets as ``predict(C)`` (not in JSON).
+    """
+
+    rmse: dict[str, float]
+    best: str | None
+    n_holdout: int
+    log: bool
+    train_max: float
+    test: list[float]
+    errors: dict[str, str] = field(default_factory=dict)
+    forecasts: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
+    predictors: dict[str, Callable[[np.ndarray], np.ndarray]] = field(default_factory=dict,
+                                                                      repr=False)
+
+    def line(self) -> str:
+        """One line for a report: each law's RMSE, best first, and the winner."""
+        order = sorted(self.rmse, key=lambda k: (not math.isfinite(self.rmse[k]),
+                                                 self.rmse[k]))
+        parts = [f"{k} {self.rmse[k]:.4g}" if math.isfinite(self.rmse[k]) else
+                 f"{k} not fitted" for k in order]
+        space = "log " if self.log else ""
+        return (f"{space}RMSE on the {self.n_holdout} largest budgets (fitted up to "
+                f"{self.train_max:.3g}): " + ", ".join(parts)
+                + (f"; better: {self.best}" if self.best else ""))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per law for a report table."""
+        return [{"law": k, "held-out RMSE": v, "better": k == self.best,
+                 "fitted up to": self.train_max, "held out": len(self.test),
+                 "note": self.errors.get(k, "")} for k, v in self.rmse.items()]
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_safe({"rmse": self.rmse, "best": self.best, "n_holdout": self.n_holdout,
+                           "log": self.log, "train_max": self.train_max, "test": self.test,
+                           "errors": self.errors})
+
+
+def compare_holdout(budgets: Any, y: Any, laws: Mapping[str, Fitter], *,
+                    n_holdout: int = 1, log: bool = False) -> HoldoutComparison:
+    """Fit each law on all but the ``n_holdout`` largest distinct budgets and score it on
+    those (as :func:`holdout_largest`): RMSE of ``pred - y`` (``log``: of ``log pred -
+    log y``) over the held-out points. A law that cannot be fitted on the smaller budgets
+    gets NaN and its one-line reason; ``predictors`` keeps each fitted law's predictor
+    (for figures)."""
+    b = as_array(budgets, "budgets")
+    yy = as_array(y, "y", positive=log)
+    _same_length(budgets=b, y=yy)
+    ub = np.unique(b)
+    if ub.size <= n_holdout + 1:
+        raise FitError(f"too few budgets to hold out {n_holdout}: {ub.size} given")
+    train_max = float(ub[-n_holdout - 1])
+    train, test = b <= train_max, b > train_max
+    out = HoldoutComparison(rmse={}, best=None, n_holdout=n_holdout, log=log,
+                            train_max=train_max, test=ub[-n_holdout:].tolist())
+    for name, fitter in laws.items():
+        try:
+            predict = fitter(b[train], yy[train])
+            with np.errstate(all="ignore"):
+                pred = np.asarray(predict(b[test]), dtype=float).reshape(-1)
+                err = np.log(pred) - np.log(yy[test]) if log else pred - yy[test]
+        except FIT_FAILURES as exc:
+            out.rmse[name], out.errors[name] = math.nan, one_line(exc)
+            continue
+        out.rmse[name] = float(np.sqrt(np.mean(err**2))) if np.isfinite(err).all() \
+            else math.nan
+        if not math.isfinite(out.rmse[name]):
+            out.errors[name] = "a held-out prediction is not finite"
+        out.predictors[name] = predict
+        out.forecasts[name] = list(zip(b[test].tolist(), pred.tolist(), yy[test].tolist(),
+                                       strict=True))
+    finite = {k: v for k, v in out.rmse.items() if math.isfinite(v)}
+    out.best = min(finite, key=finite.__getitem__) if finite else None
+    return out
+
+
+def bounded_metric_laws(*, floor: float | None = None, ceiling: float | None = None
+                        ) -> dict[str, Fitter]:
+    """The laws compared for a bounded metric vs compute: ``saturating``
+    (:func:`fit_saturating` with the metric's ``floor``/``ceiling``), ``power law``
+    (``R = c C^k``, :func:`fit_loglog`; positive R only) and ``power law with ceiling``
+    (``R = offset + c C^k`` with k in [-5, -0.01], :func:`fit_power_offset` in linear space,
+    ``offset <= ceiling``: the law approaches its ceiling ``offset``)."""
+
+    def saturating(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        f = fit_saturating(x, y, floor=floor, ceiling=ceiling)
+        return lambda c: predict_saturating(f.params, c)
+
+    def power(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        f = fit_loglog(x, y, law="power")
+        return lambda c: predict_power(f.params, c)
+
+    def power_ceiling(x: np.ndarray, y: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+        f = fit_power_with_ceiling(x, y, ceiling=ceiling)
+        return lambda c: predict_power(f.params, c)
+
+    return {"saturating": saturating, "power law": power,
+            "power law with ceiling": power_ceiling}
+
+
+def fit_power_with_ceiling(C: Any, R: Any, *, ceiling: float | None = None,
+                           level: float = LEVEL, names: tuple[str, str] = ("C", "R")
+                           ) -> FitResult:
+    """A bounded metric's power law: ``R = offset + c C^k`` with ``k`` in [-5, -0.01] (so
+    ``R`` approaches ``offset``, at most ``ceiling``, as C grows) by
+    :func:`fit_power_offset` in linear space (linear residuals, 25 starts, delta-method
+    intervals)."""
+    fit = fit_power_offset(C, R, space="linear", k_bounds=(-5.0, -0.01),
+                           offset_bounds=(-np.inf, np.inf if ceiling is None else ceiling),
+                           level=level, law="power_ceiling", names=names)
+    fit.extra["form"] = "R = offset + c C^k, k < 0 (offset: the ceiling approached)"
+    return fit
+
+
+def compare_saturating(C: Any, R: Any, *, floor: float | None = None,
+                       ceiling: float | None = None, n_holdout: int = 1) -> HoldoutComparison:
+    """:func:`compare_holdout` of :func:`bounded_metric_laws`: the saturating law against the
+    power laws on the ``n_holdout`` largest budgets (RMSE in R, linear)."""
+    return compare_holdout(C, R, bounded_metric_laws(floor=floor, ceiling=ceiling),
+                           n_holdout=n_holdout, log=False)

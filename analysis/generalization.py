@@ -115,7 +115,8 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
     reached on at least ``fraction`` of the test tasks; "lowest": the mean of the lowest
     ``percentile`` %); seeds are then averaged per complexity and the first crossing of
     ``level`` gives D and C. Without them, one test metric (``eval_return``...) normalised
-    by the best seen plays that role.
+    by the best seen plays that role. Each law's ``used`` lists the complexities fitted,
+    ``dropped`` those that never reached ``level`` (or have no D/C at the crossing).
     """
     ccol = complexity
     if ccol is None:
@@ -170,6 +171,13 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         def fitc(r=r, col=col, name=name) -> None:
             fit = fit_complexity(pd.to_numeric(r[ccol]), r[col], name=name)
             fit.extra["criterion"] = st.context["criterion"]
+            fit.used = pd.to_numeric(r[ccol]).tolist()
+            fit.dropped = [
+                {"what": f"{ccol.split('.')[-1]}={row[ccol]}",
+                 "reason": (f"never reached the criterion score {level:g}" if not row["reached"]
+                            else f"no {'compute' if col == 'C_J' else 'data'} value at the "
+                                 "crossing")}
+                for _, row in thr.iterrows() if row.name not in r.index]
             st.fits[f"{name} to sufficient generalization vs complexity"] = fit
             x = pd.to_numeric(r[ccol]).to_numpy(float)
             xg = np.geomspace(x.min(), x.max(), 50)

@@ -5,11 +5,15 @@ Model size varies on a fixed dataset (behavioural cloning: no env steps, a loss 
 each run logging at many sample counts so one run fills every FLOP budget for its size.
 Everything about compute-optimal allocation lives here:
 
-- isoFLOP profiles (Hoffmann et al. Approach 2): :func:`isoflop_parabolas`,
-  :func:`fit_isoflop`, :func:`forecast_isoflop`;
+- isoFLOP profiles (Hoffmann et al. Approach 2), robust to lopsided real sweeps (a
+  parabola in log loss on a window around the best measured size; budgets whose optimum
+  is not bracketed or passes the data are dropped with a reason):
+  :func:`isoflop_parabolas`, :func:`fit_isoflop`, :func:`forecast_isoflop`, with
+  :func:`group_budgets` and :func:`average_repeats` for tables;
 - the envelope (Approach 1): :func:`fit_envelope`;
-- Chinchilla Approach 3, ``L = E + A/N^alpha + B/D^beta``: :func:`fit_chinchilla`,
-  :func:`chinchilla_allocation`, :func:`forecast_chinchilla`;
+- Chinchilla Approach 3, ``L = E + A/N^alpha + B/D^beta`` (variable projection by
+  default, the 4500-start grid selectable; refuses non-identifiable data):
+  :func:`fit_chinchilla`, :func:`chinchilla_allocation`, :func:`forecast_chinchilla`;
 - Tuyls et al.'s quadratic surface in ``(log N, log D)``: :func:`fit_quadratic_surface`,
   :func:`quadratic_surface_optimum`, :func:`forecast_quadratic_surface`;
 - method choice by held-out RMSE and the headline forecast:
@@ -46,6 +50,7 @@ from analysis.fitting import (
     loglog_intervals,
     power_offset_intervals,
     predict_power,
+    require_distinct,
     rolling_cv,
     safe_exp,
     single_blas_thread,
@@ -56,11 +61,15 @@ from analysis.study import Options, Study, attempt, finite, is_loss_metric, size
 
 __all__ = [
     "isoflop_parabolas",
+    "group_budgets",
+    "average_repeats",
+    "summarize_dropped",
     "fit_isoflop",
     "forecast_isoflop",
     "fit_envelope",
     "CHINCHILLA_GRID",
     "chinchilla_objective",
+    "CHINCHILLA_METHODS",
     "fit_chinchilla",
     "predict_chinchilla",
     "chinchilla_allocation",
@@ -79,46 +88,220 @@ __all__ = [
 
 # =========================================================================== isoFLOP profiles
 
+#: defaults of the robust profile rule (:func:`isoflop_parabolas`), shared with the CLI
+PROFILE_WINDOW = 2
+PROFILE_MAX_RATIO = 2.0
+PROFILE_TOL = 0.1
+POOR_RMS = 0.05  # a budget's parabola with a larger rms residual (log space) is flagged
+
+# short names of the reasons a budget is dropped, for one-line summaries
+_DROP_CODES = ("too-few-sizes", "best-at-smallest-size", "best-at-largest-size", "not-convex",
+               "optimum-outside-sizes", "optimum-beyond-data")
+
+
+def group_budgets(C: Any, rtol: float) -> tuple[np.ndarray, int]:
+    """Merge near-equal budgets: sorted distinct values of ``C`` form one group while each
+    is within ``rtol`` (relative) of the group's smallest; every value is replaced by its
+    group's geometric mean. Returns ``(grouped C, number of distinct values merged away)``
+    (budgets computed per run as ``6 N D`` differ in the last digits; ``rtol=0`` keeps
+    every distinct value)."""
+    C = np.asarray(C, dtype=float)
+    if rtol < 0 or not math.isfinite(rtol):
+        raise FitError(f"budget tolerance must be >= 0, got {rtol:g}")
+    ub = np.unique(C)
+    if rtol == 0 or ub.size < 2:
+        return C.copy(), 0
+    rep = np.empty_like(ub)
+    start = 0
+    for i in range(1, ub.size + 1):
+        if i == ub.size or ub[i] > ub[start] * (1 + rtol):
+            rep[start:i] = ub[start] if i - start == 1 else math.exp(np.log(ub[start:i]).mean())
+            start = i
+    return rep[np.searchsorted(ub, C)], int(ub.size - np.unique(rep).size)
+
+
+def average_repeats(N: np.ndarray, C: np.ndarray, y: np.ndarray,
+                    D: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """Mean of ``y`` (and ``D``) over rows with the same ``(N, C)`` (repeated seeds), as the
+    pipeline averages seeds before its profiles. Returns ``(N, C, y, D or None)``."""
+    frame = pd.DataFrame({"N": N, "C": C, "y": y})
+    if D is not None:
+        frame["D"] = D
+    g = frame.groupby(["N", "C"], as_index=False, sort=True).mean()
+    return (g["N"].to_numpy(float), g["C"].to_numpy(float), g["y"].to_numpy(float),
+            g["D"].to_numpy(float) if D is not None else None)
+
+
+def _check_profile_options(window: int | None, max_ratio: float, tol: float, space: str,
+                           min_sizes: int) -> None:
+    if space not in ("log", "linear"):
+        raise FitError(f"space must be 'log' or 'linear', not {space!r}")
+    if window is not None and (int(window) != window or window < 1):
+        raise FitError(f"window must be a whole number >= 1 (sizes on each side of the best) "
+                       f"or all, got {window!r}")
+    if not max_ratio > 1:  # also false for NaN
+        raise FitError(f"window ratio must be > 1, got {max_ratio:g}")
+    if not tol >= 0:
+        raise FitError(f"tolerance must be >= 0, got {tol:g}")
+    if min_sizes < 3:
+        raise FitError(f"min_sizes must be >= 3 (a parabola has 3 coefficients), got {min_sizes}")
+
 
 def isoflop_parabolas(
-    N: Any, C: Any, L: Any, *, min_sizes: int = 3
-) -> dict[float, dict[str, float]]:
-    """Per FLOP budget, the parabola ``L = a (log N)^2 + b log N + c`` and its minimum.
+    N: Any,
+    C: Any,
+    L: Any,
+    *,
+    min_sizes: int = 3,
+    window: int | None = PROFILE_WINDOW,
+    max_ratio: float = PROFILE_MAX_RATIO,
+    tol: float = PROFILE_TOL,
+    space: str = "log",
+    maximize: bool = False,
+) -> dict[float, dict[str, Any]]:
+    """Per FLOP budget, a parabola around the best measured size and its optimum.
 
-    Least squares per budget (closed form, ``numpy.polyfit``) over the model sizes measured
-    at that budget. A budget with fewer than ``min_sizes`` sizes, or whose parabola is not
-    convex (``a <= 0``: the minimum is not bracketed), or whose minimum falls outside the
-    measured sizes, is returned with ``ok = False`` and a ``why``. Keys per budget:
-    ``a, b, c, N_opt, L_opt, n, ok, why``.
+    Robust profile rule (real sweeps are lopsided: the largest, barely trained models can
+    have 10-50x the minimum loss, and one parabola through every size then puts its minimum
+    far below every measured loss, even below 0):
+
+    1. ``y`` is ``log L`` (``space="log"``, the default; needs L > 0) or ``L``
+       (``"linear"``). Repeated sizes are averaged (mean of ``y``) to find the best size.
+    2. The best measured size (lowest loss; highest score with ``maximize``) must be
+       interior: best at the smallest or largest size means the optimum is not bracketed
+       (an extrapolation), and the budget is dropped.
+    3. Window: the best size, its two neighbours, and up to ``window - 1`` further sizes
+       on each side, stopping at the first whose ``y`` is more than ``log(max_ratio)``
+       from the best (linear space: ``(max_ratio - 1) |best|``): an untrained model is
+       not part of the bowl. ``window=None`` takes every size.
+    4. Least squares (closed form) of ``y = a u^2 + b u + c``, ``u = log N``, on the
+       window's points. The budget is dropped if it has fewer than ``min_sizes`` sizes,
+       the parabola is not convex (concave with ``maximize``), its optimum lies outside
+       the window's sizes, or its optimum passes the best measured value by more than
+       ``tol`` (in ``y``: log space 0.1 is about 10%; linear space relative to
+       ``|best|``).
+    5. ``L_opt`` is the parabola's value at its optimum (``exp`` of it in log space): a
+       local fit, so within ``tol`` of the measured best, which is reported beside it
+       (``L_measured``).
+
+    Keys per budget: ``ok``, ``why`` (one line) and ``code`` (one of ``too-few-sizes``,
+    ``best-at-smallest-size``, ``best-at-largest-size``, ``not-convex``,
+    ``optimum-outside-sizes``, ``optimum-beyond-data``) when dropped; ``n`` (distinct
+    sizes), ``n_window``, ``N_lo``, ``N_hi`` (the window), ``a, b, c`` (coefficients in
+    ``space`` of ``u = log N``), ``space``, ``N_opt``, ``L_opt``, ``N_measured``,
+    ``L_measured``, ``gap`` (how far the optimum passes the best measured value, in
+    ``y``; negative: it does not), and the fit quality ``rms`` (root-mean-square residual
+    of ``y`` in the window) and ``r2``.
     """
+    name = "score" if maximize else "loss"
     N = as_array(N, "N", positive=True)
     C = as_array(C, "C", positive=True)
-    L = as_array(L, "loss")
+    L = as_array(L, name)
+    if not (N.size == C.size == L.size):
+        raise FitError(f"inputs differ in length: N {N.size}, C {C.size}, {name} {L.size}")
+    _check_profile_options(window, max_ratio, tol, space, min_sizes)
+    if space == "log" and (L <= 0).any():
+        raise FitError(f"{name}: {int((L <= 0).sum())} non-positive value(s) where a log is "
+                       f"taken (min {L.min():g}); space='linear' (CLI --space linear) fits "
+                       f"the profiles in {name} itself")
+    y_all = np.log(L) if space == "log" else L
+    sgn = -1.0 if maximize else 1.0  # minimise sgn * y
+    opt = "maximum" if maximize else "minimum"
     out: dict[float, dict[str, Any]] = {}
     for budget in np.unique(C):
         m = C == budget
-        lx, ly = np.log(N[m]), L[m]
-        n = int(np.unique(lx).size)
-        rec: dict[str, Any] = {"n": n, "ok": False, "why": "", "a": float("nan"),
-                               "b": float("nan"), "c": float("nan"),
-                               "N_opt": float("nan"), "L_opt": float("nan")}
-        if n < min_sizes:
-            rec["why"] = f"{n} model sizes at this budget, {min_sizes} needed"
-        else:
-            a, b, c = np.polyfit(lx, ly, 2)
-            rec.update(a=float(a), b=float(b), c=float(c))
-            if a <= 0:
-                rec["why"] = "profile is not convex (no interior minimum)"
-            else:
-                lmin = -b / (2 * a)
-                rec["N_opt"] = float(math.exp(lmin))
-                rec["L_opt"] = float(a * lmin**2 + b * lmin + c)
-                if lmin < lx.min() - 1e-9 or lmin > lx.max() + 1e-9:
-                    rec["why"] = "minimum outside the measured sizes"
-                else:
-                    rec["ok"] = True
+        lx, y = np.log(N[m]), y_all[m]
+        sizes = np.unique(lx)
+        mean = np.array([y[lx == s].mean() for s in sizes])
+        nan = float("nan")
+        rec: dict[str, Any] = {"ok": False, "why": "", "code": "", "n": int(sizes.size),
+                               "n_window": 0, "space": space, "a": nan, "b": nan, "c": nan,
+                               "N_opt": nan, "L_opt": nan, "N_measured": nan,
+                               "L_measured": nan, "N_lo": nan, "N_hi": nan, "gap": nan,
+                               "rms": nan, "r2": nan}
         out[float(budget)] = rec
+
+        def drop(code: str, why: str, rec: dict[str, Any] = rec) -> None:
+            rec.update(code=code, why=why)
+
+        if sizes.size < min_sizes:
+            drop("too-few-sizes", f"{sizes.size} model size{'s' if sizes.size != 1 else ''} "
+                 f"at this budget, {min_sizes} needed")
+            continue
+        j = int(np.argmin(sgn * mean))
+        best = float(mean[j])
+        rec.update(N_measured=float(math.exp(sizes[j])),
+                   L_measured=float(math.exp(best) if space == "log" else best))
+        best_word = "highest score" if maximize else "lowest loss"
+        if j == 0 or j == sizes.size - 1:
+            edge = "smallest" if j == 0 else "largest"
+            drop(f"best-at-{edge}-size", f"{best_word} at the {edge} size "
+                 f"(N={rec['N_measured']:.3g}): the {opt} is not bracketed")
+            continue
+        lo, hi = _profile_window(mean, j, window, max_ratio, space)
+        keep = (lx >= sizes[lo]) & (lx <= sizes[hi])
+        u0 = float(sizes[j])
+        u, yw = lx[keep] - u0, y[keep]
+        rec.update(n_window=int(hi - lo + 1), N_lo=float(math.exp(sizes[lo])),
+                   N_hi=float(math.exp(sizes[hi])))
+        if hi - lo + 1 < min_sizes:
+            drop("too-few-sizes", f"{hi - lo + 1} sizes in the window, {min_sizes} needed")
+            continue
+        a, b1, c1 = (float(v) for v in np.polyfit(u, yw, 2))
+        resid = yw - (a * u**2 + b1 * u + c1)
+        sst = float(((yw - yw.mean()) ** 2).sum())
+        # coefficients in u = log N (uncentred)
+        rec.update(a=a, b=b1 - 2 * a * u0, c=a * u0**2 - b1 * u0 + c1,
+                   rms=float(np.sqrt(np.mean(resid**2))),
+                   r2=1.0 - float((resid**2).sum()) / sst if sst > 0 else nan)
+        if sgn * a <= 0:
+            drop("not-convex", f"parabola around the best size is not "
+                 f"{'concave' if maximize else 'convex'} (no interior {opt})")
+            continue
+        v = -b1 / (2 * a)
+        y_opt = c1 - b1 * b1 / (4 * a)
+        rec.update(N_opt=float(math.exp(u0 + v)),
+                   L_opt=float(math.exp(y_opt) if space == "log" else y_opt))
+        if not sizes[lo] - u0 - 1e-9 <= v <= sizes[hi] - u0 + 1e-9:
+            drop("optimum-outside-sizes", f"parabola {opt} at N={rec['N_opt']:.3g} is outside "
+                 f"the fitted sizes [{rec['N_lo']:.3g}, {rec['N_hi']:.3g}]")
+            continue
+        gap = sgn * (best - y_opt) / (1.0 if space == "log" else max(abs(best), 1e-300))
+        rec["gap"] = float(gap)
+        if gap > tol:
+            side = "above the highest measured score" if maximize else \
+                "below the lowest measured loss"
+            drop("optimum-beyond-data", f"parabola {opt} {rec['L_opt']:.3g} is {side} "
+                 f"{rec['L_measured']:.3g} by more than the tolerance "
+                 f"({'log ' if space == 'log' else 'relative '}gap {gap:.3g} > {tol:g})")
+            continue
+        rec["ok"] = True
     return out
+
+
+def _profile_window(y: np.ndarray, j: int, window: int | None, max_ratio: float,
+                    space: str) -> tuple[int, int]:
+    """Index range ``[lo, hi]`` of the sizes around the best one (``y`` per distinct size,
+    ``j`` its index; :func:`isoflop_parabolas`, step 3)."""
+    if window is None:
+        return 0, y.size - 1
+    limit = math.log(max_ratio) if space == "log" else (max_ratio - 1) * abs(y[j])
+    lo, hi = j - 1, j + 1  # the neighbours always count
+    while lo > 0 and j - lo < window and abs(y[lo - 1] - y[j]) <= limit:
+        lo -= 1
+    while hi < y.size - 1 and hi - j < window and abs(y[hi + 1] - y[j]) <= limit:
+        hi += 1
+    return lo, hi
+
+
+def summarize_dropped(par: Mapping[float, Mapping[str, Any]]) -> str:
+    """One line for the budgets :func:`isoflop_parabolas` dropped: ``"3 of 8 budgets
+    dropped: 2 best-at-smallest-size, 1 optimum-beyond-data"`` (counts, not a list)."""
+    codes = [p["code"] for p in par.values() if not p["ok"]]
+    if not codes:
+        return f"0 of {len(par)} budgets dropped"
+    counts = [f"{codes.count(c)} {c}" for c in _DROP_CODES if c in codes]
+    return f"{len(codes)} of {len(par)} budgets dropped: {', '.join(counts)}"
 
 
 def fit_isoflop(
@@ -131,34 +314,87 @@ def fit_isoflop(
     loss_offset: bool = False,
     level: float = LEVEL,
     min_sizes: int = 3,
+    window: int | None = PROFILE_WINDOW,
+    max_ratio: float = PROFILE_MAX_RATIO,
+    tol: float = PROFILE_TOL,
+    space: str = "log",
+    maximize: bool = False,
+    budget_rtol: float = 0.0,
+    seeds: str = "mean",
 ) -> FitResult:
     """isoFLOP-profile law: ``N_opt = k_N C^a``, ``D_opt = k_D C^b``, ``L_opt = k_L C^L_exponent``.
 
-    Per budget a parabola in ``log N`` (:func:`isoflop_parabolas`) gives ``N_opt(C)`` and
-    ``L_opt(C)``. ``D_opt`` is the data at the optimum: interpolated in log-log from the
-    points' ``D`` at that budget when given, else ``C / (k N_opt)`` (so ``b = 1 - a``).
-    Each is then a power law in ``C`` fitted by :func:`~analysis.fitting.fit_loglog` (OLS in
-    log-log space, t-intervals on ``n_budgets - 2`` dof; needs 3 budgets with an interior
-    minimum). With ``loss_offset`` ``L_opt = L_inf + k_L C^L_exponent`` is fitted by
-    :func:`~analysis.fitting.fit_power_offset` (needs 4 budgets). ``loss`` is the summed
-    squared log residuals of the three power laws.
-    Parameters: ``a, b, L_exponent, N_coef, D_coef, L_coef`` (and ``L_inf``).
+    Input rows are ``(N, C, L[, D])``. Budgets within ``budget_rtol`` (relative) of each
+    other are one budget (:func:`group_budgets`); with ``seeds="mean"`` (default, as the
+    pipeline) rows with the same ``(N, C)`` are averaged (mean L and D), with
+    ``seeds="all"`` every row is its own point (a size with more seeds weighs more).
+
+    Per budget a parabola in ``log N`` around the best measured size
+    (:func:`isoflop_parabolas`: in log loss by default, on a window of ``window`` sizes on
+    each side, budgets whose optimum is not bracketed or passes the data by more than
+    ``tol`` dropped with a reason) gives ``N_opt(C)`` and ``L_opt(C)``. ``maximize``
+    profiles a score (return) instead of a loss: the best size has the highest value and
+    ``L_opt`` is the best score. ``D_opt`` is the data at the optimum: interpolated in
+    log-log from the points' ``D`` at that budget when given, else ``C / (k N_opt)`` (so
+    ``b = 1 - a``). Each is then a power law in ``C`` fitted by
+    :func:`~analysis.fitting.fit_loglog` (OLS in log-log space, t-intervals on
+    ``n_budgets - 2`` dof; needs 3 usable budgets, else a one-line FitError that counts the
+    dropped budgets by reason). With ``loss_offset`` ``L_opt = L_inf + k_L C^L_exponent``
+    is fitted by :func:`~analysis.fitting.fit_power_offset` (log space, ``0 <= L_inf <=
+    min L_opt``; needs 4 budgets). With ``space="linear"`` an ``L_opt <= 0`` leaves the
+    ``L_opt`` law unfitted (flagged, ``L_exponent`` NaN) while ``a`` and ``b`` are kept.
+    ``loss`` is the summed squared log residuals of the power laws.
+
+    Parameters: ``a, b, L_exponent, N_coef, D_coef, L_coef`` (and ``L_inf``). ``used``
+    lists the budgets used, ``dropped`` each dropped one (``what``: the budget) with its
+    reason (``"CODE: one line"``);
+    ``extra["parabolas"]`` holds every budget's record (quality ``rms``, ``r2``, the
+    measured best beside ``L_opt``), ``extra["L_exponent_measured"]`` the exponent of the
+    measured best values over the same budgets.
     """
+    name = "score" if maximize else "loss"
     N = as_array(N, "N", positive=True, min_len=3)
     C = as_array(C, "C", positive=True, min_len=3)
-    L = as_array(L, "loss", min_len=3)
+    L = as_array(L, name, min_len=3)
     if not (N.size == C.size == L.size):
-        raise FitError(f"inputs differ in length: N {N.size}, C {C.size}, loss {L.size}")
+        raise FitError(f"inputs differ in length: N {N.size}, C {C.size}, {name} {L.size}")
     Dv = None if D is None else as_array(D, "D", positive=True)
-    par = isoflop_parabolas(N, C, L, min_sizes=min_sizes)
+    if Dv is not None and Dv.size != N.size:
+        raise FitError(f"inputs differ in length: N {N.size}, D {Dv.size}")
+    if seeds not in ("mean", "all"):
+        raise FitError(f"seeds must be 'mean' or 'all', not {seeds!r}")
+    _check_profile_options(window, max_ratio, tol, space, min_sizes)
+    n_rows = int(N.size)
+    C, n_merged = group_budgets(C, budget_rtol)
+    notes: list[str] = []
+    if n_merged:
+        notes.append(f"{n_merged + np.unique(C).size} distinct budgets grouped into "
+                     f"{np.unique(C).size} (relative tolerance {budget_rtol:g})")
+    if seeds == "mean":
+        N, C, L, Dv = average_repeats(N, C, L, Dv)
+        if N.size < n_rows:
+            notes.append(f"repeated (N, C) rows averaged (mean {name}): {n_rows} rows -> "
+                         f"{N.size} points")
+    elif np.unique(np.column_stack([N, C]), axis=0).shape[0] < n_rows:
+        notes.append("repeated (N, C) rows kept as separate points (seeds='all': a size "
+                     "with more rows weighs more)")
+    par = isoflop_parabolas(N, C, L, min_sizes=min_sizes, window=window,
+                            max_ratio=max_ratio, tol=tol, space=space, maximize=maximize)
     good = [b for b, p in par.items() if p["ok"]]
+    dropped_line = summarize_dropped(par)
     if len(good) < 3:
-        reasons = "; ".join(f"C={b:.3g}: {p['why']}" for b, p in par.items() if not p["ok"])
-        raise FitError(f"isoflop: {len(good)} budgets with an interior minimum, 3 needed"
-                       + (f" ({reasons})" if reasons else ""))
+        hint = ""
+        few = sum(p["code"] == "too-few-sizes" for p in par.values())
+        if few > len(par) / 2 and len(par) > 3:
+            hint = ("; most budgets have too few sizes: budgets computed per run? group "
+                    "near-equal ones (budget_rtol, CLI --budget-tolerance)")
+        word = "maximum" if maximize else "minimum"
+        raise FitError(f"isoflop: {len(good)} budgets with an interior {word}, 3 needed "
+                       f"({dropped_line}){hint}")
     Cb = np.array(good)
     Nopt = np.array([par[b]["N_opt"] for b in good])
     Lopt = np.array([par[b]["L_opt"] for b in good])
+    Lmeas = np.array([par[b]["L_measured"] for b in good])
     if Dv is not None:
         Dopt = np.empty_like(Nopt)
         for i, b in enumerate(good):
@@ -171,42 +407,85 @@ def fit_isoflop(
     fd = fit_loglog(Cb, Dopt, level=level, law="D_opt")
     params = {"a": fn.params["k"], "b": fd.params["k"]}
     ci = {"a": fn.ci["k"], "b": fd.ci["k"]}
-    if loss_offset:
-        if Lopt.min() <= 0:
-            raise FitError("loss: non-positive L_opt, a power law plus constant needs L > 0")
-        fl = fit_power_offset(Cb, Lopt, level=level, law="L_opt")
-        params["L_exponent"] = fl.params["k"]
-        ci["L_exponent"] = fl.ci["k"]
+    fits: dict[str, FitResult] = {"N_opt": fn, "D_opt": fd}
+    flags: list[str] = []
+    bounds: dict[str, tuple[float, float]] = {}
+    nan = float("nan")
+    if Lopt.min() <= 0:  # linear-space profiles only: log-space optima are positive
+        flags.append(f"L_opt law not fitted: {int((Lopt <= 0).sum())} budget(s) have "
+                     f"L_opt <= 0 (min {Lopt.min():.3g}) where a log is taken; a and b are "
+                     "unaffected")
+        params.update(L_exponent=nan, L_coef=nan)
+        ci.update(L_exponent=(nan, nan), L_coef=(nan, nan))
+        if loss_offset:
+            params["L_inf"], ci["L_inf"] = nan, (nan, nan)
     else:
-        if Lopt.min() <= 0:
-            raise FitError("loss: non-positive L_opt where a log is taken")
-        fl = fit_loglog(Cb, Lopt, level=level, law="L_opt")
-        params["L_exponent"] = fl.params["k"]
-        ci["L_exponent"] = fl.ci["k"]
-    params.update(N_coef=fn.params["c"], D_coef=fd.params["c"], L_coef=fl.params["c"])
-    ci.update(N_coef=fn.ci["c"], D_coef=fd.ci["c"], L_coef=fl.ci["c"])
-    if loss_offset:
-        params["L_inf"] = fl.params["offset"]
-        ci["L_inf"] = fl.ci["offset"]
-    return FitResult(
+        if loss_offset:
+            if len(good) < 4:
+                raise FitError(f"isoflop: {len(good)} usable budgets, 4 needed for L_opt = "
+                               f"L_inf + c C^k ({dropped_line})")
+            fl = fit_power_offset(Cb, Lopt, level=level, law="L_opt", names=("C", "L_opt"))
+            params["L_inf"], ci["L_inf"] = fl.params["offset"], fl.ci["offset"]
+            bounds["L_inf"] = (0.0, float(Lopt.min()))
+        else:
+            fl = fit_loglog(Cb, Lopt, level=level, law="L_opt")
+        params["L_exponent"], ci["L_exponent"] = fl.params["k"], fl.ci["k"]
+        params["L_coef"], ci["L_coef"] = fl.params["c"], fl.ci["c"]
+        fits["L_opt"] = fl
+    order = ("a", "b", "L_exponent", "N_coef", "D_coef", "L_coef", "L_inf")
+    params.update(N_coef=fn.params["c"], D_coef=fd.params["c"])
+    ci.update(N_coef=fn.ci["c"], D_coef=fd.ci["c"])
+    params = {k: params[k] for k in order if k in params}
+    ci = {k: ci[k] for k in order if k in ci}
+    scale = {b: 1.0 if space == "log" else abs(par[b]["L_measured"]) for b in good}
+    poor = [b for b in good if par[b]["rms"] > POOR_RMS * scale[b]]
+    if poor:
+        worst = max(poor, key=lambda b: par[b]["rms"] / scale[b])
+        flags.append(f"{len(poor)} of {len(good)} budgets' parabolas fit their window "
+                     f"poorly (rms residual > {POOR_RMS:g} "
+                     f"{'in log ' + name if space == 'log' else 'relative'}; worst "
+                     f"C={worst:.3g}): see extra.parabolas")
+    l_meas_exp = (fit_loglog(Cb, Lmeas).params["k"] if (Lmeas > 0).all() else nan)
+    total = float(fn.loss + fd.loss + (fits["L_opt"].loss if "L_opt" in fits else 0.0))
+    word = "maximum" if maximize else "minimum"
+    win = "all sizes" if window is None else f"window {window} sizes each side"
+    rule = (f"parabola in {'log ' if space == 'log' else ''}{name} vs log N around the best "
+            f"measured size ({win}, within {max_ratio:g}x of the best), L_opt at its {word}; "
+            f"budgets whose {word} is not bracketed or passes the data by more than {tol:g} "
+            "dropped")
+    res = FitResult(
         law="isoflop",
         params=params,
         ci=ci,
         n_points=int(N.size),
-        loss=float(fn.loss + fd.loss + fl.loss),
+        loss=total,
         extra={
             "level": level,
-            "form": "N_opt = N_coef C^a, D_opt = D_coef C^b, L_opt = [L_inf +] L_coef C^L_exp",
-            "method": "parabola in log N per budget; OLS log-log t-intervals across budgets",
+            "form": "N_opt = N_coef C^a, D_opt = D_coef C^b, L_opt = [L_inf +] L_coef C^L_exp"
+                    + (" (L: the score, maximised)" if maximize else ""),
+            "method": f"{rule}; OLS log-log t-intervals across budgets",
             "n_budgets": len(good),
+            "n_rows": n_rows,
+            "seeds": seeds,
+            "notes": notes,
+            "dropped_summary": dropped_line,
             "parabolas": par,
             "budgets": Cb,
             "N_opt": Nopt,
             "D_opt": Dopt,
             "L_opt": Lopt,
-            "_fits": {"N_opt": fn, "D_opt": fd, "L_opt": fl},
+            "L_measured": Lmeas,
+            "L_exponent_measured": l_meas_exp,
+            "_fits": fits,
         },
+        used=[float(b) for b in good],
+        dropped=[{"what": float(b), "reason": f"{p['code']}: {p['why']}"}
+                 for b, p in par.items() if not p["ok"]],
+        bounds=bounds,
     )
+    for f in flags:
+        res.flag(f)
+    return res
 
 
 def fit_envelope(N: Any, C: Any, L: Any, *, level: float = LEVEL) -> FitResult:
@@ -372,6 +651,8 @@ def compare_isoflop_methods(
     def isoflop_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
         m = pick(ub[tr])
         f = fit_isoflop(N[m], C[m], L[m], D=D[m], loss_offset=loss_offset)
+        if "L_opt" not in f.extra["_fits"]:
+            raise FitError("isoflop: the L_opt law was not fitted")
         return predict_power(f.extra["_fits"]["L_opt"].params, ub[te])
 
     def envelope_fp(tr: np.ndarray, te: np.ndarray) -> np.ndarray:
@@ -409,7 +690,8 @@ def forecast_isoflop(
 ) -> dict[str, dict[str, float]]:
     """``N_opt``, ``D_opt``, ``L_opt`` at budget ``C`` from :func:`fit_isoflop`, each with its
     confidence interval (:func:`~analysis.fitting.loglog_intervals`, or the delta method
-    for a power law plus constant)."""
+    for a power law plus constant). ``L_opt`` is absent where its law was not fitted
+    (linear-space profiles with ``L_opt <= 0``)."""
     out = {}
     for name, f in fit.extra["_fits"].items():
         if f.law == "L_opt" and "offset" in f.params:
@@ -439,7 +721,7 @@ def forecast_isoflop_method(method: str, fit: FitResult, C: float, *,
         fc = forecast_isoflop(fit, C, level=level)
         how = "isoFLOP profiles' power laws, confidence interval"
         return {n: {**{k: fc[n][k] for k in ("value", "low", "high")}, "method": how}
-                for n in ("N_opt", "L_opt")}
+                for n in ("N_opt", "L_opt") if n in fc}
     if method == "envelope":
         out = {}
         for n, sub in (("N_opt", "N_env"), ("L_opt", "L_env")):
@@ -576,12 +858,162 @@ def _chinchilla_params(theta: np.ndarray) -> dict[str, float]:
     return p
 
 
+#: methods of :func:`fit_chinchilla`; the first is the default
+CHINCHILLA_METHODS = ("varpro", "grid")
+#: variable projection: exponents searched in [0, VARPRO_EXP_MAX], first on a grid of step
+#: VARPRO_STEP from VARPRO_STEP
+VARPRO_EXP_MAX = 3.0
+VARPRO_STEP = 0.1
+# a term of the law below this fraction of every loss is not seen by the data
+NEGLIGIBLE = 1e-4
+
+
+def _chinchilla_identifiable(logN: np.ndarray, logD: np.ndarray) -> None:
+    """Refuse (one-line FitError) data on which alpha and beta are not identifiable: N or D
+    constant, every point on one budget (``N D`` equal within 1%), or ``log N`` and
+    ``log D`` collinear (``D = c N^k`` at every point). An optimiser would otherwise return
+    numbers (alpha 5.3, A 7.6e40 with an overflow warning on one budget)."""
+    require_distinct(logN, "N", 2, "A/N^alpha is not identifiable")
+    require_distinct(logD, "D", 2, "B/D^beta is not identifiable")
+    lc = np.sort(logN + logD)
+    n_budgets = 1 + int((np.diff(lc) > math.log1p(0.01)).sum())
+    if n_budgets < 2:
+        raise FitError("chinchilla: every point is on one budget (N D equal within 1%), so N "
+                       "and D are collinear and alpha, beta are not identifiable; fit one "
+                       "budget's profile with isoflop, or add budgets")
+    uN, uD = logN - logN.mean(), logD - logD.mean()
+    r = float(uN @ uD / math.sqrt((uN @ uN) * (uD @ uD)))
+    if 1 - abs(r) < 1e-6:
+        raise FitError(f"chinchilla: log N and log D are collinear (correlation {r:.7f}: D is "
+                       "a power of N at every point), so alpha and beta are not "
+                       "identifiable; vary N and D independently")
+
+
+def _varpro_design(al: float, be: float, uN: np.ndarray, uD: np.ndarray,
+                   w: np.ndarray) -> np.ndarray:
+    return np.column_stack([w, w * np.exp(-al * uN), w * np.exp(-be * uD)])
+
+
+def _varpro_linear(al: float, be: float, uN: np.ndarray, uD: np.ndarray,
+                   w: np.ndarray) -> tuple[np.ndarray, float]:
+    """For fixed exponents, ``(E, A', B') >= 0`` minimising ``sum ((E + A' e^{-alpha uN} +
+    B' e^{-beta uD}) / L - 1)^2`` (NNLS, closed form up to the active set; ``w = 1/L``) and
+    that sum."""
+    coef, rnorm = optimize.nnls(_varpro_design(al, be, uN, uD, w), np.ones_like(w))
+    return coef, float(rnorm * rnorm)
+
+
+def _huber_linear(th: np.ndarray, uN: np.ndarray, uD: np.ndarray, logL: np.ndarray,
+                  delta: float) -> tuple[float, np.ndarray]:
+    """Huber objective / delta and its gradient in ``[E, A', B', alpha, beta]`` (centred
+    logs: the prediction is ``E + A' e^{-alpha uN} + B' e^{-beta uD}``)."""
+    E, A, B, al, be = th
+    xN, xD = np.exp(-al * uN), np.exp(-be * uD)
+    p = np.maximum(E + A * xN + B * xD, 1e-300)
+    r = np.log(p) - logL
+    absr = np.abs(r)
+    hub = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
+    psi = np.clip(r, -delta, delta) / p
+    grad = np.array([psi.sum(), (psi * xN).sum(), (psi * xD).sum(),
+                     -(psi * A * uN * xN).sum(), -(psi * B * uD * xD).sum()])
+    return float(hub.sum()) / delta, grad / delta
+
+
+def _huber_linear_refine(start: np.ndarray, uN: np.ndarray, uD: np.ndarray,
+                         logL: np.ndarray, delta: float) -> tuple[np.ndarray, float]:
+    """Bounded L-BFGS-B on the Huber objective (E, A', B' >= 0, 0 <= alpha, beta <=
+    VARPRO_EXP_MAX) from ``start``; returns ``(theta, Huber sum)``."""
+    bounds = [(0.0, None)] * 3 + [(0.0, VARPRO_EXP_MAX)] * 2
+    with np.errstate(over="ignore", invalid="ignore"):
+        res = optimize.minimize(_huber_linear, np.clip(start, [0, 0, 0, 0, 0],
+                                                       [np.inf] * 3 + [VARPRO_EXP_MAX] * 2),
+                                args=(uN, uD, logL, delta), jac=True, method="L-BFGS-B",
+                                bounds=bounds,
+                                options={"maxiter": 2000, "gtol": 1e-9, "ftol": 1e-14})
+    return res.x, float(res.fun * delta)
+
+
+def _varpro_fit(logN: np.ndarray, logD: np.ndarray, L: np.ndarray,
+                delta: float) -> tuple[np.ndarray, float, dict[str, Any]]:
+    """Approach 3 by variable projection (:func:`fit_chinchilla`, ``method="varpro"``);
+    returns ``(theta = [E, A', B', alpha, beta] with centred logs, Huber sum, info)``."""
+    mN, mD = float(logN.mean()), float(logD.mean())
+    uN, uD, w = logN - mN, logD - mD, 1.0 / L
+    exps = np.arange(VARPRO_STEP, VARPRO_EXP_MAX + 1e-9, VARPRO_STEP)
+    best, best_r = (exps[0], exps[0]), np.inf
+    for al in exps:
+        for be in exps:
+            _, r = _varpro_linear(al, be, uN, uD, w)
+            if r < best_r:
+                best, best_r = (al, be), r
+    res = optimize.minimize(lambda p: _varpro_linear(p[0], p[1], uN, uD, w)[1],
+                            np.array(best), method="L-BFGS-B",
+                            bounds=[(0.0, VARPRO_EXP_MAX)] * 2)
+    al, be = (float(v) for v in res.x)
+    coef, _ = _varpro_linear(al, be, uN, uD, w)
+    logL = np.log(L)
+    theta, val = _huber_linear_refine(np.array([*coef, al, be]), uN, uD, logL, delta)
+    # L-BFGS-B stops short of a bound where the objective is flat there: an exponent within
+    # 1e-3 of its box edge goes onto it if that is no worse (so it is flagged as at a bound)
+    for i in (3, 4):
+        for edge in (0.0, VARPRO_EXP_MAX):
+            if 0 < abs(theta[i] - edge) < 1e-3:
+                trial = theta.copy()
+                trial[i] = edge
+                v = _huber_linear(trial, uN, uD, logL, delta)[0] * delta
+                if v <= val * (1 + 1e-6):
+                    theta, val = trial, min(val, v)
+    return theta, val, {"centre": (mN, mD), "grid": int(exps.size) ** 2, "uN": uN, "uD": uD}
+
+
+def _linear_params(theta: np.ndarray, centre: tuple[float, float]) -> dict[str, float]:
+    """``E, A, B, alpha, beta, a, b, G`` from ``[E, A', B', alpha, beta]`` (centred logs);
+    a, b and G are NaN where a term or exponent is 0 (no allocation follows)."""
+    E, Ap, Bp, al, be = (float(v) for v in theta)
+    mN, mD = centre
+    A, B = Ap * safe_exp(al * mN), Bp * safe_exp(be * mD)
+    p = {"E": E, "A": A, "B": B, "alpha": al, "beta": be}
+    if al > 0 and be > 0 and Ap > 0 and Bp > 0 and math.isfinite(A) and math.isfinite(B):
+        s = al + be
+        p["a"], p["b"] = be / s, al / s
+        p["G"] = math.exp((math.log(al) + math.log(Ap) + al * mN - math.log(be)
+                           - math.log(Bp) - be * mD) / s)
+    else:
+        p["a"] = p["b"] = p["G"] = float("nan")
+    return p
+
+
+def _chinchilla_flags(fit: FitResult, N: np.ndarray, D: np.ndarray, L: np.ndarray) -> None:
+    """Flag what the data do not pin: a term below NEGLIGIBLE of every loss (its exponent
+    is then not identified) and negative exponents (the grid method is unbounded)."""
+    p = fit.params
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        terms = {"A/N^alpha": (p["A"] / N ** p["alpha"], "alpha"),
+                 "B/D^beta": (p["B"] / D ** p["beta"], "beta")}
+    for term, (vals, exp_name) in terms.items():
+        coef = term[0]
+        if p[coef] == 0:
+            continue  # exactly 0: at its bound, flagged by FitResult
+        if np.all(np.isfinite(vals)) and float(np.max(vals / L)) < NEGLIGIBLE:
+            fit.flag(f"{term} is below {NEGLIGIBLE:.0e} of every loss: {exp_name} (and the "
+                     "allocation a, b) are not identified by these data")
+    if 0 < p["E"] < NEGLIGIBLE * float(L.min()):
+        fit.flag(f"E = {p['E']:.3g} is below {NEGLIGIBLE:.0e} of every loss: at its lower "
+                 "bound 0 in effect (no irreducible loss is seen)")
+    for name in ("alpha", "beta"):
+        if p[name] < 0:
+            fit.flag(f"{name} = {p[name]:.3g} < 0: the loss rises with "
+                     f"{'N' if name == 'alpha' else 'D'}; the law and its allocation are "
+                     "not meaningful here")
+
+
 @single_blas_thread
 def fit_chinchilla(
     N: Any,
     D: Any,
     loss: Any,
     *,
+    method: str = "varpro",
     delta: float = 1e-3,
     n_starts: int | None = 32,
     grid: Mapping[str, Sequence[float]] | None = None,
@@ -592,83 +1024,140 @@ def fit_chinchilla(
 ) -> FitResult:
     """Chinchilla Approach 3: ``L(N, D) = E + A / N^alpha + B / D^beta``.
 
-    Form and loss (Hoffmann et al. 2022; Besiroglu et al. 2024, Epoch's replication): with
-    ``A = e^a, B = e^b, E = e^e`` minimise
-    ``sum_i Huber_delta(LSE(a - alpha log N_i, b - beta log D_i, e) - log L_i)``, delta = 1e-3.
+    Form and loss (Hoffmann et al. 2022; Besiroglu et al. 2024, Epoch's replication):
+    minimise ``sum_i Huber_delta(log(E + A/N_i^alpha + B/D_i^beta) - log L_i)``,
+    delta = 1e-3. Both methods minimise this same objective; ``loss`` is its value.
 
-    Optimiser and starts: L-BFGS-B (analytic gradient) from a grid of starts
-    (:data:`CHINCHILLA_GRID`: alpha, beta in 0..2 step 0.5, e in -1..1 step 0.5, a, b in 0..25
-    step 5; 4500 starts). The objective is first evaluated on the whole grid in one vectorised
-    pass and L-BFGS is run only from the ``n_starts`` best starts (``n_starts=None`` runs all
-    4500, as Epoch did); the best optimum is kept. Pruning is safe in practice because
-    neighbouring starts converge to the same basin; the test-suite checks the pruned fit against
-    the full grid.
+    Identifiability (both methods, before any optimisation): N or D constant, every point
+    on one budget (``N D`` equal within 1%) or ``log N``, ``log D`` collinear is a one-line
+    FitError, not numbers.
+
+    ``method="varpro"`` (default), variable projection: the law is linear in
+    ``(E, A, B)``. Solved in closed form: for fixed ``(alpha, beta)``, ``E, A, B >= 0`` by
+    non-negative least squares of the relative residuals ``(E + A/N^alpha + B/D^beta -
+    L) / L`` (the first-order expansion of the log residual; logs centred so the columns
+    are O(1)). Optimised: the exponents only, on that projected sum of squares, first on a
+    30 x 30 grid (0.1..3 step 0.1) and then by bounded L-BFGS-B (0 <= alpha, beta <= 3).
+    Not closed form: the Huber loss (delta is tiny, so it is nearly least absolute
+    deviations of log L); the projected optimum therefore starts one bounded L-BFGS-B
+    (analytic gradient) over all five parameters (``E, A, B >= 0``) on the Huber objective.
+    A term at 0 (e.g. ``E = 0``) is reached exactly and flagged as at its bound.
+
+    ``method="grid"`` (the earlier default): with ``A = e^a, B = e^b, E = e^e`` the
+    prediction is the log-sum-exp of ``(a - alpha log N, b - beta log D, e)``, unbounded
+    L-BFGS-B (analytic gradient) from a grid of starts (:data:`CHINCHILLA_GRID`: alpha,
+    beta in 0..2 step 0.5, e in -1..1 step 0.5, a, b in 0..25 step 5; 4500 starts),
+    scored in one vectorised pass, the ``n_starts`` best refined (``None``: all 4500, as
+    Epoch did). ``n_starts`` and ``grid`` apply to this method only.
+
+    Measured on the synthetic BC studies (same optimum to 1e-7 in the objective; varpro
+    about 15x faster, and where E = 0 it reaches the bound instead of e -> -inf; see
+    docs/analysis.md).
 
     Uncertainty: percentile bootstrap over points (or over ``groups``, e.g. run ids, so all
-    points of a run are resampled together), ``n_boot`` resamples, each refitted with L-BFGS
-    warm-started at the full-data optimum. ``n_boot=0`` gives NaN intervals.
+    points of a run are resampled together), ``n_boot`` resamples, each refitted by
+    L-BFGS-B warm-started at the full-data optimum (in the method's own parameters: bounded
+    for varpro). ``n_boot=0`` gives NaN intervals. Zero-width intervals and parameters at a
+    bound are flagged (:class:`~analysis.fitting.FitResult`), as is a term below 1e-4 of
+    every loss (its exponent is not identified) and a negative exponent.
 
     Parameters reported: ``E, A, B, alpha, beta`` and the compute-optimal allocation exponents
     ``a = beta / (alpha + beta)`` (``N_opt ~ C^a``), ``b = alpha / (alpha + beta)``
-    (``D_opt ~ C^b``) and the prefactor ``G`` (``N_opt = G (C/k)^a`` for ``C = k N D``).
-    ``loss`` is the minimised Huber sum. ``extra`` states ``form``, ``method`` (Huber delta,
-    log-sum-exp, grid size, refined starts, intervals) and ``theta`` (``log_A``, ``log_B``,
-    ``log_E`` at the optimum). Exponents do not depend on the units of N and D.
-    Needs >= 6 points.
+    (``D_opt ~ C^b``) and the prefactor ``G`` (``N_opt = G (C/k)^a`` for ``C = k N D``);
+    ``a, b, G`` are NaN where A or B is 0. ``used`` lists the model sizes. ``extra`` states
+    ``form``, ``method`` and ``theta`` (``log_A``, ``log_B``, ``log_E`` at the optimum).
+    Exponents do not depend on the units of N and D. Needs >= 6 points.
     """
+    if method not in CHINCHILLA_METHODS:
+        raise FitError(f"chinchilla: unknown method {method!r}; one of "
+                       f"{', '.join(CHINCHILLA_METHODS)}")
     N = as_array(N, "N", positive=True, min_len=6)
     D = as_array(D, "D", positive=True, min_len=6)
     L = as_array(loss, "loss", positive=True, min_len=6)
     _same_length(N=N, D=D, loss=L)
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
-    g = {k: np.asarray(v, dtype=float) for k, v in (grid or CHINCHILLA_GRID).items()}
-    starts = np.array(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"], g["beta"])))
-    # Score the whole grid in chunks (keeps memory at a few MB for large data sets).
-    vals = np.concatenate(
-        [chinchilla_objective(starts[i : i + 512], logN, logD, logL, delta)
-         for i in range(0, len(starts), 512)]
-    )
-    order = np.argsort(vals, kind="stable")
-    if n_starts is not None:
-        order = order[:n_starts]
-    best_theta, best_val = None, np.inf
-    for i in order:
-        th, v = _chinchilla_lbfgs(starts[i], logN, logD, logL, delta)
-        if np.isfinite(v) and v < best_val:
-            best_theta, best_val = th, v
-    if best_theta is None:
-        raise FitError("chinchilla: no start converged")
-    params = _chinchilla_params(best_theta)
+    _chinchilla_identifiable(logN, logD)
     names = ["E", "A", "B", "alpha", "beta", "a", "b", "G"]
-    fit_desc = (f"Huber loss (delta {delta:g}) on log L, prediction by log-sum-exp of "
-                f"(log A - alpha log N, log B - beta log D, log E); L-BFGS-B from a "
-                f"{len(starts)}-start grid scored in one pass, best {len(order)} refined")
-    extra: dict[str, Any] = {
-        "level": level,
-        "form": "L = E + A/N^alpha + B/D^beta",
-        "delta": delta,
-        "n_starts_grid": int(len(starts)),
-        "n_starts_refined": int(len(order)),
-        "method": f"{fit_desc}; no intervals (n_boot=0)",
-        # log-parameters at the optimum; not "a"/"b", which are the allocation exponents
-        "theta": {"log_A": best_theta[0], "log_B": best_theta[1], "log_E": best_theta[2]},
-    }
-    ci = {k: (float("nan"), float("nan")) for k in names}
-    if n_boot > 0:
+    form = "L = E + A/N^alpha + B/D^beta"
+    huber = f"Huber loss (delta {delta:g}) on log L"
+    bounds: dict[str, tuple[float, float]] = {}
+    if method == "varpro":
+        theta, best_val, info = _varpro_fit(logN, logD, L, delta)
+        centre = info["centre"]
+        params = _linear_params(theta, centre)
+        k = int(round(math.sqrt(info["grid"])))
+        fit_desc = (f"{huber} of E + A/N^alpha + B/D^beta; variable projection: E, A, B >= 0 "
+                    f"by NNLS on relative residuals for each (alpha, beta), exponents on a "
+                    f"{k}x{k} grid ({VARPRO_STEP:g}..{VARPRO_EXP_MAX:g}) then bounded "
+                    f"L-BFGS-B on the projected sum of squares; then bounded L-BFGS-B on the "
+                    f"Huber objective over all five (E, A, B >= 0, 0 <= alpha, beta <= "
+                    f"{VARPRO_EXP_MAX:g})")
+        bounds = {"E": (0.0, math.inf), "A": (0.0, math.inf), "B": (0.0, math.inf),
+                  "alpha": (0.0, VARPRO_EXP_MAX), "beta": (0.0, VARPRO_EXP_MAX)}
+        uN, uD = info["uN"], info["uD"]
 
-        def boot_fn(idx: np.ndarray) -> dict[str, float]:
+        def refit(idx: np.ndarray) -> dict[str, float]:
+            th, _ = _huber_linear_refine(theta, uN[idx], uD[idx], logL[idx], delta)
+            return _linear_params(th, centre)
+
+        extra_method: dict[str, Any] = {"grid_exponents": info["grid"]}
+    else:
+        g = {k: np.asarray(v, dtype=float) for k, v in (grid or CHINCHILLA_GRID).items()}
+        starts = np.array(list(itertools.product(g["a"], g["b"], g["e"], g["alpha"],
+                                                 g["beta"])))
+        # Score the whole grid in chunks (keeps memory at a few MB for large data sets).
+        vals = np.concatenate(
+            [chinchilla_objective(starts[i : i + 512], logN, logD, logL, delta)
+             for i in range(0, len(starts), 512)]
+        )
+        order = np.argsort(vals, kind="stable")
+        if n_starts is not None:
+            order = order[:n_starts]
+        best_theta, best_val = None, np.inf
+        for i in order:
+            th, v = _chinchilla_lbfgs(starts[i], logN, logD, logL, delta)
+            if np.isfinite(v) and v < best_val:
+                best_theta, best_val = th, v
+        if best_theta is None:
+            raise FitError("chinchilla: no start converged")
+        theta = best_theta
+        params = _chinchilla_params(best_theta)
+        fit_desc = (f"{huber}, prediction by log-sum-exp of "
+                    f"(log A - alpha log N, log B - beta log D, log E); L-BFGS-B from a "
+                    f"{len(starts)}-start grid scored in one pass, best {len(order)} refined")
+
+        def refit(idx: np.ndarray) -> dict[str, float]:
             th, _ = _chinchilla_lbfgs(best_theta, logN[idx], logD[idx], logL[idx], delta)
             return _chinchilla_params(th)
 
-        bs = bootstrap(boot_fn, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
+        extra_method = {"n_starts_grid": int(len(starts)), "n_starts_refined": int(len(order))}
+
+    def log_or_ninf(v: float) -> float:
+        return math.log(v) if v > 0 else -math.inf
+
+    extra: dict[str, Any] = {
+        "level": level,
+        "form": form,
+        "delta": delta,
+        "chinchilla_method": method,
+        **extra_method,
+        "method": f"{fit_desc}; no intervals (n_boot=0)",
+        # log-parameters at the optimum; not "a"/"b", which are the allocation exponents
+        "theta": {"log_A": log_or_ninf(params["A"]), "log_B": log_or_ninf(params["B"]),
+                  "log_E": log_or_ninf(params["E"])},
+    }
+    ci = {k: (float("nan"), float("nan")) for k in names}
+    if n_boot > 0:
+        bs = bootstrap(refit, N.size, groups=groups, n_boot=n_boot, level=level, seed=seed)
         ci = {k: bs.ci.get(k, (float("nan"), float("nan"))) for k in names}
         extra["method"] = (f"{fit_desc}; percentile bootstrap over {bs.unit} ({n_boot} draws, "
                            "warm-started)")
         extra["bootstrap"] = bs.summary()
         extra["_draws"] = bs.draws
-    return FitResult(
-        law="chinchilla", params=params, ci=ci, n_points=N.size, loss=best_val, extra=extra
-    )
+    fit = FitResult(law="chinchilla", params=params, ci=ci, n_points=N.size, loss=best_val,
+                    extra=extra, used=[float(n) for n in np.unique(N)], bounds=bounds)
+    _chinchilla_flags(fit, N, D, L)
+    return fit
 
 
 def predict_chinchilla(params: Mapping[str, float], N: Any, D: Any) -> np.ndarray:
@@ -754,7 +1243,10 @@ def _fit_curve(fit: FitResult, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                   n_boot: int = 50, budget: float | None = None, n_budgets: int = 8,
                   loss_offset: bool = False, axes: Mapping[str, str] | None = None) -> None:
-    """isoFLOP profiles and the allocation laws on a BC-style size sweep. ``loss_offset``:
+    """isoFLOP profiles and the allocation laws on a BC-style size sweep. The profiles'
+    used and dropped budgets go into the fit (``laws.json``, ``report.md``), with a table
+    ``isoFLOP profiles per budget`` (:func:`profile_table`) and the context line
+    ``isoFLOP budgets``. ``loss_offset``:
     fit ``L_opt = L_inf + L_coef C^L_exponent`` instead of a pure power law. ``axes``: the
     study's roles (``params`` may name the parameter-count column; default
     ``params.effective``)."""
@@ -783,10 +1275,15 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
 
     iso = attempt(st, "isoFLOP profiles", lambda: fit_isoflop(N, C, L, D=D,
                                                               loss_offset=loss_offset))
-    par = isoflop_parabolas(N, C, L)
+    par = iso.extra["parabolas"] if iso is not None else attempt(
+        st, "isoFLOP parabolas", lambda: isoflop_parabolas(N, C, L))
+    if par:
+        st.tables["isoFLOP profiles per budget"] = profile_table(par)
+        st.context["isoFLOP budgets"] = (
+            f"{sum(p['ok'] for p in par.values())} used; {summarize_dropped(par)}")
     st.figures += figures.plot_isoflop(
         prof, n_col, metric, out, f"{slug(st.key)}_isoflop_profiles",
-        parabolas={b: p for b, p in par.items() if np.isfinite(p["a"])},
+        parabolas=_figure_parabolas(par or {}),
         title=f"{st.experiment}: isoFLOP profiles", ylabel=metric)
     if iso is not None:
         st.fits["isoFLOP profiles"] = iso
@@ -795,6 +1292,8 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
             st.forecasts[f"{k} (isoFLOP)"] = v
         for name, ylab in (("N_opt", "parameters N"), ("D_opt", "data D"),
                            ("L_opt", metric)):
+            if name not in iso.extra["_fits"]:
+                continue
             f = iso.extra["_fits"][name]
             xg = np.geomspace(iso.extra["budgets"].min(), target * 1.5, 100)
             offset = "offset" in f.params
@@ -865,6 +1364,27 @@ def study_isoflop(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
         attempt(st, f"{rcol} vs {metric}", rvl)
     else:
         st.skipped["return vs loss"] = "no eval_return logged"
+
+
+def profile_table(par: Mapping[float, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per budget of :func:`isoflop_parabolas`: sizes (in the window / at the
+    budget), the parabola's optimum beside the best measured point, the fit quality, and
+    ``used`` or the reason it was dropped (the report's per-budget table)."""
+    rows = []
+    for b, p in par.items():
+        rows.append({"budget C": b, "sizes (window/all)": f"{p['n_window']}/{p['n']}",
+                     "N_opt": p["N_opt"], "L_opt": p["L_opt"], "best measured N": p["N_measured"],
+                     "best measured L": p["L_measured"], "rms": p["rms"],
+                     "status": "used" if p["ok"] else f"dropped: {p['code']}"})
+    return pd.DataFrame(rows)
+
+
+def _figure_parabolas(par: Mapping[float, Mapping[str, Any]]) -> dict[float, dict[str, float]]:
+    """What :func:`~analysis.figures.plot_isoflop` draws for each budget with an optimum:
+    the parabola in its own space (``log y`` or ``y`` against ``u = log N``) over the window
+    of sizes it was fitted on."""
+    return {b: {k: p[k] for k in ("a", "b", "c", "space", "N_lo", "N_hi")}
+            for b, p in par.items() if np.isfinite(p["a"]) and np.isfinite(p["N_opt"])}
 
 
 def _best_method_forecast(st: StudyResult, cmp_: dict[str, Any],

@@ -87,8 +87,13 @@ def frame_table(df: pd.DataFrame, max_rows: int = 40) -> str:
 
 
 def fit_notes(fit: Any, max_dropped: int = 8) -> list[str]:
-    """Lines under a fit's table: what it used, what it dropped and why, and its flags."""
+    """Lines under a fit's table: parameters held fixed (``extra["fixed"]``, e.g. a known
+    floor), what it used, what it dropped and why, and its flags."""
     lines = []
+    extra = fit.extra if isinstance(getattr(fit, "extra", None), dict) else {}
+    if extra.get("fixed"):
+        lines.append("- fixed (not fitted): " + ", ".join(
+            f"{k} = {fmt(v)}" for k, v in extra["fixed"].items()))
     used, dropped = getattr(fit, "used", []), getattr(fit, "dropped", [])
     if used or dropped:
         lines.append(f"- used {len(used)}: " + ", ".join(fmt(u) for u in used[:20])

@@ -5,12 +5,15 @@ Model size varies (``study.axes.width``/``depth``; N is ``params.effective`` fro
 (seeds averaged, band = s.e.m.), the compute-efficient frontier and which size is best
 where, fits optimal size vs compute on the frontier (:func:`frontier_size_law`) and
 Hilton et al.'s intrinsic performance law (:func:`fit_intrinsic`), and forecasts N_opt and
-D_opt. The ``curves`` study (learning curves per configuration, no law) is the same
-driver without the frontier (:func:`run_curves`).
+D_opt. For a return or success metric the best value vs compute on the frontier is fitted
+by the saturating law and the power laws, which are compared on the held-out largest
+budgets (:func:`best_vs_compute`); a loss metric gets no saturating law. The ``curves``
+study (learning curves per configuration, no law) is the same driver without the frontier
+(:func:`run_curves`).
 
 Laws: :func:`fit_intrinsic`, :func:`intrinsic_g`, :func:`intrinsic_performance`,
 :func:`intrinsic_n_opt`, :func:`intrinsic_d_opt`, :func:`forecast_intrinsic_allocation`,
-:func:`forecast_intrinsic`, :func:`frontier_size_law`.
+:func:`forecast_intrinsic`, :func:`frontier_size_law`, :func:`metric_range`.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ from analysis.fitting import (
     FitResult,
     as_array,
     bootstrap,
+    compare_saturating,
     fit_loglog,
+    fit_power_with_ceiling,
+    fit_saturating,
     forecast_power,
     loglog_intervals,
     single_blas_thread,
@@ -57,6 +63,8 @@ __all__ = [
     "intrinsic_d_opt",
     "forecast_intrinsic_allocation",
     "frontier_size_law",
+    "metric_range",
+    "best_vs_compute",
     "planned_length",
     "study_curves",
     "run_scaling",
@@ -97,6 +105,8 @@ def _normalise_intrinsic(N_c: float, E_c: float, aN: float, aE: float, kappa: fl
 
 # Knots of the monotone return map inside the intrinsic-performance search.
 INTRINSIC_MAP_KNOTS = 12
+# The search keeps both exponents strictly inside these walls.
+INTRINSIC_WALLS = (0.02, 5.0)
 
 
 def _map_sse(z: np.ndarray, y: np.ndarray) -> float:
@@ -110,9 +120,11 @@ def _intrinsic_core(lN: np.ndarray, lE: np.ndarray, y: np.ndarray, lE0: float,
                     starts: np.ndarray) -> tuple[np.ndarray, float]:
     """Minimise the profiled map SSE over ``theta = (log N_c, alpha_N, alpha_E)`` (E_c fixed)."""
 
+    lo, hi = INTRINSIC_WALLS
+
     def obj(th: np.ndarray) -> float:
         lnc, aN, aE = th
-        if not (0.02 < aN < 5 and 0.02 < aE < 5):
+        if not (lo < aN < hi and lo < aE < hi):
             return 1e300
         g = np.exp(aN * (lnc - lN)) + np.exp(aE * (lE0 - lE))
         if not np.all(np.isfinite(g)):
@@ -164,9 +176,10 @@ def fit_intrinsic(
     (alpha_N, alpha_E in {0.25, 0.5, 1}; N_c at the 25/50/75% quantiles of N); the objective
     is scored on the grid and the ``n_starts`` best are refined. Uncertainty: percentile
     bootstrap over ``groups`` (runs or seeds) or points, each refit warm-started
-    (``n_boot=0``: NaN intervals). Derived: ``beta`` and ``k = alpha_E / (alpha_N +
-    alpha_E)``, the exponent of optimal model size in compute (``N_opt ~ C^k``).
-    Needs >= 10 points, >= 2 distinct N and E.
+    (``n_boot=0``: NaN intervals). The search keeps ``alpha_N`` and ``alpha_E`` inside
+    (0.02, 5) (``bounds``); an exponent within 1e-3 of a wall is flagged. Derived:
+    ``beta`` and ``k = alpha_E / (alpha_N + alpha_E)``, the exponent of optimal model size
+    in compute (``N_opt ~ C^k``). Needs >= 10 points, >= 2 distinct N and E.
     """
     N = as_array(N, "N", positive=True, min_len=10)
     E = as_array(E, "E", positive=True, min_len=10)
@@ -223,8 +236,16 @@ def fit_intrinsic(
     g = intrinsic_g(params, N, E)
     extra["_map"] = (g, curves.monotone_piecewise_linear(
         y, np.log(g), n_knots=INTRINSIC_MAP_KNOTS, increasing=False))
-    return FitResult(law="intrinsic", params=params, ci=ci, n_points=int(N.size), loss=sse,
-                     extra=extra)
+    fit = FitResult(law="intrinsic", params=params, ci=ci, n_points=int(N.size), loss=sse,
+                    extra=extra, bounds=dict.fromkeys(("alpha_N", "alpha_E"), INTRINSIC_WALLS))
+    for name in ("alpha_N", "alpha_E"):
+        # Nelder-Mead stops within its tolerance of a wall, not on it
+        v = params[name]
+        wall = min(INTRINSIC_WALLS, key=lambda w: abs(v - w))
+        if abs(v - wall) < 1e-3 and not any(f.startswith(f"{name} = ") for f in fit.flags):
+            fit.flag(f"{name} = {v:.4g} is at the search's wall {wall:g}: the data do not pin "
+                     "it (treat it and its interval as a limit, not an estimate)")
+    return fit
 
 
 def intrinsic_n_opt(params: Mapping[str, float], C: Any, kappa: float) -> np.ndarray:
@@ -288,13 +309,16 @@ def intrinsic_performance(params: Mapping[str, float], N: Any, E: Any) -> np.nda
     return intrinsic_g(params, N, E) ** (-1.0 / params["beta"])
 
 
-def frontier_size_law(x: Any, sizes: Any, *, level: float = LEVEL) -> FitResult:
+def frontier_size_law(x: Any, sizes: Any, *, candidates: Any = None,
+                      level: float = LEVEL) -> FitResult:
     """Optimal model size vs compute from an empirical compute-efficient frontier.
 
     On a grid of compute ``x`` the frontier says which size is best (``sizes``, e.g. from
     :func:`analysis.curves.efficient_frontier`). Each size that is best somewhere contributes
     one point: the geometric mean of the compute range where it is best. ``N_opt = c C^k`` is
-    then fitted by log-log OLS (t-intervals). Needs 3 sizes on the frontier.
+    then fitted by log-log OLS (t-intervals). Needs 3 sizes on the frontier. ``used``: the
+    sizes on the frontier; ``dropped``: the ``candidates`` (every size compared) that are
+    never best.
     """
     x = as_array(x, "compute", positive=True)
     s = as_array(sizes, "size", positive=True)
@@ -311,6 +335,11 @@ def frontier_size_law(x: Any, sizes: Any, *, level: float = LEVEL) -> FitResult:
     fit = fit_loglog(pc, pn, level=level, law="frontier_size")
     fit.extra["points"] = {"C": pc, "N": pn}
     fit.extra["form"] = "N_opt = c C^k"
+    fit.used = sorted(pn.tolist())
+    if candidates is not None:
+        fit.dropped = [{"what": float(c), "reason": "never the best size where sizes compete"}
+                       for c in sorted(set(np.asarray(candidates, float).tolist())
+                                       - set(fit.used))]
     return fit
 
 
@@ -406,6 +435,12 @@ def study_curves(st: StudyResult, df: pd.DataFrame, metric: str, out: Path,
     if front is None or front.empty:
         st.skipped["compute-efficient frontier"] = "no FLOPs counter"
         return
+    if maximize:
+        attempt(st, f"best {metric} vs compute",
+                lambda: best_vs_compute(st, front, "flops", metric, out))
+    else:
+        st.skipped[f"saturating law (best {metric} vs compute)"] = (
+            f"{metric} is a loss (lower is better, unbounded): power laws only")
     # which size is best where, and the optimal size vs compute law
     sizes_n = ok.groupby("size")[n_col].first() if n_col else None
     # only where sizes actually compete: below the second size's first log point the
@@ -422,7 +457,8 @@ def study_curves(st: StudyResult, df: pd.DataFrame, metric: str, out: Path,
         switch.reset_index().rename(columns={"size": size_label})
 
     def size_law() -> None:
-        fit = frontier_size_law(fr["flops"].to_numpy(float), fr["N"].to_numpy(float))
+        fit = frontier_size_law(fr["flops"].to_numpy(float), fr["N"].to_numpy(float),
+                                candidates=None if sizes_n is None else sizes_n.to_numpy(float))
         st.fits["optimal size vs compute (frontier)"] = fit
         pts = fit.extra["points"]
         xg = np.geomspace(pts["C"].min() / 2, pts["C"].max() * 2, 100)
@@ -445,6 +481,94 @@ def study_curves(st: StudyResult, df: pd.DataFrame, metric: str, out: Path,
         attempt(st, "optimal size vs compute (frontier)", size_law)
         attempt(st, "intrinsic performance (Hilton et al.)",
                 lambda: _intrinsic(st, ok, metric, n_col, xdata, out, n_boot, budget))
+
+
+# The frontier is thinned to this many log-spaced budgets for the laws of the best metric
+# vs compute; the largest quarter of them are held out to compare the laws.
+FRONTIER_POINTS = 16
+
+
+def metric_range(metric: str, values: Any) -> tuple[float | None, float | None]:
+    """Known floor and ceiling of a metric: a success rate (name containing ``success``)
+    whose values all lie in [0, 1] is bounded by 0 and 1; a return has neither (None)."""
+    v = np.asarray(values, float)
+    if "success" in metric and v.size and v.min() >= 0 and v.max() <= 1:
+        return 0.0, 1.0
+    return None, None
+
+
+def best_vs_compute(st: StudyResult, front: pd.DataFrame, x: str, metric: str,
+                    out: Path) -> dict[str, FitResult]:
+    """Best ``metric`` vs compute on the compute-efficient frontier (a return or success
+    rate: bounded, higher is better): the saturating law beside the power laws.
+
+    Points: the frontier (``front``, columns ``x`` and ``metric``) at
+    :data:`FRONTIER_POINTS` log-spaced budgets. Fits on all of them:
+    :func:`~analysis.fitting.fit_saturating` (floor and ceiling from :func:`metric_range`),
+    :func:`~analysis.fitting.fit_power_with_ceiling` and, where the metric is positive, the
+    plain power law ``R = c C^k`` (:func:`~analysis.fitting.fit_loglog`); each is flagged
+    as fitted to running bests of the same runs (not independent points: intervals are
+    optimistic). Then :func:`~analysis.fitting.compare_saturating`: each law fitted on all
+    but the largest quarter of the budgets and scored on those (RMSE in the metric); the
+    study's context names the better law, a table lists every law's RMSE and a figure
+    overlays the laws fitted on the smaller budgets. Returns the fits by law.
+    """
+    fr = front.sort_values(x)
+    idx = np.unique(np.linspace(0, len(fr) - 1, min(FRONTIER_POINTS, len(fr))).round()
+                    .astype(int))
+    C = fr[x].to_numpy(float)[idx]
+    R = fr[metric].to_numpy(float)[idx]
+    floor, ceiling = metric_range(metric, R)
+    names = ("compute", metric)
+    if floor is not None:
+        st.context[f"best {metric} vs compute, known range"] = (
+            f"floor {floor:g}, ceiling {ceiling:g} (a success rate)")
+    laws = {
+        "saturating": lambda: fit_saturating(C, R, floor=floor, ceiling=ceiling,
+                                             names=names),
+        "power law with ceiling": lambda: fit_power_with_ceiling(C, R, ceiling=ceiling,
+                                                                 names=names),
+        "power law": lambda: _positive_power(C, R, metric),
+    }
+    fits: dict[str, FitResult] = {}
+    for law, fn in laws.items():
+        name = f"best {metric} vs compute ({law})"
+        fit = attempt(st, name, fn)
+        if fit is None:
+            continue
+        fit.used = C.tolist()
+        fit.flag(f"points: the running-best frontier at {C.size} log-spaced budgets of the "
+                 "same runs, not independent draws: the intervals are optimistic")
+        st.fits[name] = fits[law] = fit
+    cmp = compare_saturating(C, R, floor=floor, ceiling=ceiling,
+                             n_holdout=max(2, C.size // 4))
+    st.context[f"best {metric} vs compute, held-out check"] = cmp.line()
+    st.context[f"best {metric} vs compute, better on held-out budgets"] = cmp.best or "none"
+    st.tables[f"best {metric} vs compute: laws on held-out budgets"] = pd.DataFrame(cmp.rows())
+    if "saturating" in fits:
+        fits["saturating"].extra["heldout"] = cmp.to_json()
+    train = C <= cmp.train_max
+    grid = np.geomspace(C.min(), C.max(), 100)
+    with np.errstate(all="ignore"):
+        curves_ = {law: (grid, np.asarray(p(grid), float)) for law, p in cmp.predictors.items()}
+    st.figures += figures.plot_law_comparison(
+        C[train], R[train], curves_, out, f"{slug(st.key)}_{metric}_vs_compute_laws",
+        heldout=(C[~train], R[~train]), split=cmp.train_max, ceiling=ceiling, best=cmp.best,
+        title=f"{st.experiment}: best {metric} vs compute (laws fitted up to "
+              f"{cmp.train_max:.3g})",
+        ylabel=f"best {metric} (efficient frontier)")
+    return fits
+
+
+def _positive_power(C: np.ndarray, R: np.ndarray, metric: str) -> FitResult:
+    """``R = c C^k`` by log-log OLS, or FitError naming the metric's non-positive values."""
+    bad = int((R <= 0).sum())
+    if bad:
+        raise FitError(f"{metric}: {bad} non-positive value(s) (min {R.min():.4g}), no "
+                       "log-log power law")
+    fit = fit_loglog(C, R, law="power")
+    fit.extra["form"] = "R = c C^k"
+    return fit
 
 
 def _intrinsic(st: StudyResult, df: pd.DataFrame, metric: str, n_col: str, xdata: str,

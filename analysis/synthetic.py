@@ -12,7 +12,12 @@ analysis then guesses the study from config key names):
   monotone function of Hilton et al.'s intrinsic performance
   ``I^-beta = (Nc/N)^aN + (Ec/E)^aE``.
 - ``bc_isoflop_sweep``: behavioural cloning over model sizes; ``val_loss`` follows
-  ``L(N, D) = E + A/N^alpha + B/D^beta`` and ``eval_return`` follows a power law in loss.
+  ``L(N, D) = E + A/N^alpha + B/D^beta`` and ``eval_return`` follows a power law in loss
+  (``untrained > 0`` adds the untrained-model penalty of :func:`lopsided_loss`).
+- ``lopsided_isoflop_table``: an isoFLOP table (not run records) shaped like real sweeps:
+  the largest, barely trained models have 10-50x the minimum loss at small budgets
+  (:func:`lopsided_loss`), optional repeated seeds and per-run budgets ``6 N D`` that
+  differ in the last digits.
 - ``utd_sweep``: SAC-like runs on two tasks over the UTD ratio sigma, batch size B and
   learning rate eta (shared slopes, per-task intercepts);
   the data to reach a return threshold is ``D_J(sigma) = D_min + (beta_J/sigma)^alpha_J`` at
@@ -39,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from rl_scaling.record import ORDER_COUNTER, RunRecord, check_study, new_run_info
@@ -296,6 +302,70 @@ def bc_loss(N, D, t: dict[str, float] = BC_TRUTH):
         D, float) ** t["beta"]
 
 
+#: Untrained-model penalty of :func:`lopsided_loss`: a model that has seen fewer than about
+#: ``warm N`` samples is still near its initial loss ``U0 (N / N0)^u_exp`` (larger nets start
+#: higher), as in real imitation sweeps where the largest models at the smallest budgets
+#: have losses of 9-63 next to a best of about 1.2.
+LOPSIDED: dict[str, float] = {"U0": 5.0, "N0": 1.0e7, "u_exp": 0.5, "warm": 0.1}
+
+
+def lopsided_loss(N, D, t: dict[str, float] = BC_TRUTH,
+                  u: dict[str, float] = LOPSIDED) -> np.ndarray:
+    """``bc_loss(N, D) + U0 (N/N0)^u_exp exp(-D / (warm N))``: the Chinchilla-style surface
+    plus a penalty that vanishes once a model has seen ``>> warm N`` samples."""
+    N = np.asarray(N, float)
+    D = np.asarray(D, float)
+    return bc_loss(N, D, t) + u["U0"] * (N / u["N0"]) ** u["u_exp"] * np.exp(
+        -D / (u["warm"] * N))
+
+
+def lopsided_optimum(C: Any, *, t: dict[str, float] = BC_TRUTH,
+                     u: dict[str, float] = LOPSIDED,
+                     k: float = 6.0) -> tuple[np.ndarray, np.ndarray]:
+    """True ``(N_opt, L_opt)`` of :func:`lopsided_loss` at budgets ``C = k N D`` (brute
+    force over a fine log grid of N)."""
+    grid = np.geomspace(1e2, 1e13, 40_000)
+    C = np.atleast_1d(np.asarray(C, float))
+    n_opt, l_opt = np.empty(C.size), np.empty(C.size)
+    for i, c in enumerate(C):
+        loss = lopsided_loss(grid, c / (k * grid), t, u)
+        j = int(np.argmin(loss))
+        n_opt[i], l_opt[i] = grid[j], loss[j]
+    return n_opt, l_opt
+
+
+def lopsided_isoflop_table(
+    *,
+    sizes: Sequence[float] = tuple(np.geomspace(1e5, 1e9, 9)),
+    budgets: Sequence[float] = tuple(np.geomspace(1e15, 1e19, 5)),
+    seeds: int = 1,
+    noise: float = 0.01,
+    batch: int | None = None,
+    rng: int | np.random.Generator = 0,
+    t: dict[str, float] = BC_TRUTH,
+    u: dict[str, float] = LOPSIDED,
+) -> pd.DataFrame:
+    """An isoFLOP table ``N, C, D, loss, seed`` (one row per size, budget and seed) from
+    :func:`lopsided_loss` with multiplicative log-normal ``noise``, ``D = C / (6 N)``.
+
+    ``batch``: D is rounded to whole batches of that many samples and C recomputed per row
+    as ``6 N D`` (budgets then differ in the 3rd-5th digit, as when a table's budget column
+    is computed per run). ``u = {**LOPSIDED, "U0": 0}`` gives the plain surface.
+    """
+    rng = np.random.default_rng(rng)
+    rows = []
+    for c in budgets:
+        for n in sizes:
+            d = c / (6 * n)
+            if batch:
+                d = batch * max(1, round(d / batch))
+            for s in range(seeds):
+                loss = float(lopsided_loss(n, d, t, u)) * math.exp(noise * rng.standard_normal())
+                rows.append({"N": float(n), "C": float(6 * n * d) if batch else float(c),
+                             "D": float(d), "loss": loss, "seed": s})
+    return pd.DataFrame(rows)
+
+
 def bc_isoflop_sweep(
     out: str | Path,
     *,
@@ -307,8 +377,13 @@ def bc_isoflop_sweep(
     experiment: str = "atari_bc_isoflop",
     rng: int | np.random.Generator = 1,
     study: Mapping[str, Any] | bool = True,
+    untrained: float = 0.0,
 ) -> dict[str, float]:
     """Write BC runs whose ``val_loss`` follows the Chinchilla-style surface; return the truth.
+
+    ``untrained``: the ``U0`` of :func:`lopsided_loss` (0, the default, is the plain
+    surface): large models that have seen few samples stay near their initial loss, so the
+    isoFLOP profiles are lopsided as in real sweeps.
 
     Each model size trains up to ``max_flops`` (6 N D) and logs at log-spaced sample counts,
     so one run fills every isoFLOP budget for its size (DESIGN.md's FLOP snapshots).
@@ -323,7 +398,9 @@ def bc_isoflop_sweep(
         d_max = max_flops / (6 * n_params)
         for s in seeds:
             D = np.geomspace(d_max / 1e4, d_max, n_points)
-            L = bc_loss(n_params, D) * np.exp(noise * rng.standard_normal(D.size))
+            clean = (lopsided_loss(n_params, D, u={**LOPSIDED, "U0": untrained}) if untrained
+                     else bc_loss(n_params, D))
+            L = clean * np.exp(noise * rng.standard_normal(D.size))
             metrics = []
             for i, (d, loss) in enumerate(zip(D, L, strict=True)):
                 row = {

@@ -39,6 +39,7 @@ from analysis.fitting import (
     fit_fixed_effects,
     fit_loglog,
     fit_power_offset,
+    flag_log_zero,
     forecast_power,
     holdout_largest,
     require_distinct,
@@ -259,12 +260,19 @@ def fit_utd_workflow(
         raise FitError(f"no configuration reached the threshold J={mj:.4g}")
     bt = np.array([r["task"] for r in rows])
     bs_ = np.array([r["sigma"] for r in rows])
+    have = {r["_group"] for r in rows}
+    no_cell = [{"what": f"{t} sigma={sg:g}", "reason": "no (B, eta) cell where every seed "
+                f"reached the main threshold J={mj:.4g}"}
+               for g, (t, sg) in enumerate(grid.groups) if g not in have]
     for name in ("B", "lr"):
         vals = np.array([r[name] for r in rows])
         try:
             wf.hparam_fits[name] = fit_hparam_law(bs_, vals, bt, name=name, level=level)
         except FIT_FAILURES as err:
             wf.errors[f"{name}*(sigma)"] = str(err)
+            continue
+        wf.hparam_fits[name].used = [f"{r['task']} sigma={r['sigma']:g}" for r in rows]
+        wf.hparam_fits[name].dropped = list(no_cell)
     if n_boot > 0 and wf.hparam_fits:
         gs = [r["_group"] for r in rows]
         ls = np.log(bs_)
@@ -299,10 +307,39 @@ def fit_utd_workflow(
                 continue
             fit.extra["task"] = t
             fit.extra["J"] = j
+            fit.used, fit.dropped = _utd_used_dropped(grid, point, Dj, t, j, mj)
             if n_boot > 0:
                 _bootstrap_utd(fit, grid, D0, Dj, t, n_boot=n_boot, level=level, seed=seed)
             wf.utd_fits[key] = fit
     return wf
+
+
+def _utd_used_dropped(grid: _UTDGrid, point: Mapping[int, int], Dj: np.ndarray, task: str,
+                      j: float, main_j: float) -> tuple[list[Any], list[dict[str, Any]]]:
+    """What one task's D_J(sigma) law used (its sigma values) and dropped: a sigma with no
+    best cell at the main threshold, a sigma whose best cell's seeds never reached ``j``,
+    and seeds of a used sigma that did not."""
+    used: list[Any] = []
+    dropped: list[dict[str, Any]] = []
+    for g, (t, sg) in enumerate(grid.groups):
+        if t != task:
+            continue
+        if g not in point:
+            dropped.append({"what": f"sigma={sg:g}", "reason": "no (B, eta) cell where every "
+                            f"seed reached the main threshold J={main_j:.4g}"})
+            continue
+        seeds = grid.cell == point[g]
+        ok = seeds & np.isfinite(Dj)
+        if not ok.any():
+            dropped.append({"what": f"sigma={sg:g}", "reason": f"the best cell's "
+                            f"{int(seeds.sum())} seed(s) never reached J={j:.4g}"})
+            continue
+        used.append(float(sg))
+        missed = int(seeds.sum() - ok.sum())
+        if missed:
+            dropped.append({"what": f"sigma={sg:g} ({missed} of {int(seeds.sum())} seeds)",
+                            "reason": f"never reached J={j:.4g} (the other seeds are used)"})
+    return used, dropped
 
 
 def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarray, task: str,
@@ -340,6 +377,7 @@ def _bootstrap_utd(fit: FitResult, grid: _UTDGrid, D0: np.ndarray, Dj: np.ndarra
         fit.extra["method"] = (f"{fit.extra['fit_method']}; percentile bootstrap over seeds "
                                "within (task, sigma, B, eta) cells, best cell re-picked per "
                                "draw")
+        fit.check()  # the flags of the replaced intervals go, the bootstrap ones' come
 
 
 def fit_hparam_law(sigma: Any, value: Any, task: Any = None, *, name: str = "B",
@@ -389,8 +427,10 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
     [-5, -0.01] and ``0 <= D_min <= min D``), reparameterised to ``beta = c^(1/alpha)``.
     Uncertainty: delta-method t-intervals on ``n - 3`` dof (``log beta`` through the fit's
     covariance), or a percentile bootstrap with ``n_boot > 0``; interval ends beyond the
-    float range are 0 or inf. Needs >= 4 points, at least 3 distinct sigma and D not all
-    equal. FitError when beta itself is out of the float range (alpha near 0.01: D_J does
+    float range are 0 or inf. ``bounds``: alpha in [0.01, 5], D_min in [0, min D] (an
+    estimate on one is flagged); the sigma term running to 0 (below e^-30 of the largest D)
+    is flagged as beta at its bound 0. Needs >= 4 points, at least 3 distinct sigma and D
+    not all equal. FitError when beta itself is out of the float range (alpha near 0.01: D_J does
     not fall with sigma) rather than an overflow or a ``math domain error``.
     """
     sig = as_array(sigma, "sigma", positive=True, min_len=4)
@@ -439,8 +479,17 @@ def fit_utd(sigma: Any, D: Any, *, level: float = LEVEL, n_boot: int = 0,
         if n_boot > 0 else "; delta-method t-intervals on n-3 dof (log beta through the "
         "covariance)")
     extra["_power_fit"] = f
-    return FitResult(law="utd", params=params, ci=ci, n_points=f.n_points, loss=f.loss,
-                     extra=extra)
+    fit = FitResult(law="utd", params=params, ci=ci, n_points=f.n_points, loss=f.loss,
+                    extra=extra, bounds={"alpha": (-UTD_K_BOUNDS[1], -UTD_K_BOUNDS[0]),
+                                         "D_min": (0.0, float(Dv.min()))})
+    # beta = c^(1/alpha) is kept in logs: the (beta/sigma)^alpha term running to 0 is its
+    # lower bound, which no box reports
+    flag_log_zero(fit, "beta", params["alpha"] * (math.log(params["beta"])
+                                                  - math.log(float(sig.min())))
+                  - math.log(float(Dv.max())),
+                  label="log of (beta/sigma)^alpha / max D on the data",
+                  why="the sigma term vanishes and alpha is not identified")
+    return fit
 
 
 def predict_utd(params: Mapping[str, float], sigma: Any) -> np.ndarray:
@@ -739,6 +788,10 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                                                            law="sigma_star_vs_F"))
             if fit is not None:
                 fit.extra["form"] = "sigma* = c F^k"
+                fit.used = [f"J={j:.4g}" for j in o["J"]]
+                fit.dropped = [{"what": f"J={j:.4g}", "reason": wf.errors.get(
+                    f"D_J(sigma) J={j:.4g} [{t}]", "no D_J(sigma) law")}
+                    for j in thresholds if (j, t) not in utd_fits]
                 st.fits[name] = fit
                 target = budget or float(o["F"].max() * 10)
                 f = forecast_power(fit, target)

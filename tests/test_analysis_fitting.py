@@ -104,8 +104,8 @@ def test_chinchilla_approach3_recovers_surface():
 def test_chinchilla_pruned_starts_match_full_grid(n_full):
     """Refining only the best-scored starts finds the optimum of many (None: all 4500)."""
     N, D, L = _chinchilla_data(np.random.default_rng(6))
-    pruned = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=4)
-    full = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=n_full)
+    pruned = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=4, method="grid")
+    full = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=n_full, method="grid")
     assert pruned.loss == pytest.approx(full.loss, rel=1e-3, abs=1e-9)
     assert pruned.params["alpha"] == pytest.approx(full.params["alpha"], abs=1e-3)
 
@@ -230,7 +230,7 @@ def test_fits_state_form_loss_space_starts_and_intervals():
     assert m.startswith("least squares on y (linear residuals)")
     assert "24 starts (one per k" in m and "percentile bootstrap over points (5" in m
     N, D, L = _chinchilla_data(np.random.default_rng(12))
-    ch = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=3)
+    ch = isoflop.fit_chinchilla(N, D, L, n_boot=0, n_starts=3, method="grid")
     assert ch.extra["form"] == "L = E + A/N^alpha + B/D^beta"
     m = ch.extra["method"]
     for part in ("Huber loss (delta 0.001) on log L", "log-sum-exp", "4500-start grid",

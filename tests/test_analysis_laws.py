@@ -328,8 +328,10 @@ def test_complexity_law_and_frontier_size_law():
     sizes = np.repeat([1e5, 4e5, 1.6e6, 6.4e6], 10)
     C = np.concatenate([np.geomspace(0.5, 2, 10) * 1e10 * (s / 1e5) ** 2
                         for s in (1e5, 4e5, 1.6e6, 6.4e6)])
-    fr = scaling.frontier_size_law(C, sizes)
+    fr = scaling.frontier_size_law(C, sizes, candidates=[2.5e4, 1e5, 4e5, 1.6e6, 6.4e6])
     assert fr.params["k"] == pytest.approx(0.5, abs=1e-6)
+    assert fr.used == [1e5, 4e5, 1.6e6, 6.4e6]  # the sizes on the frontier, and the others
+    assert fr.dropped == [{"what": 2.5e4, "reason": "never the best size where sizes compete"}]
     with pytest.raises(FitError, match="2 sizes on the efficient frontier"):
         scaling.frontier_size_law(C[:20], sizes[:20])
 
