@@ -362,13 +362,8 @@ def plot_per_task(
                         capsize=2, label=str(t))
             if str(t) in lines:
                 ax.plot(xg, lines[str(t)], "-", color=f"C{i}")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(loc="best", fontsize="small")
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=True, legend={"fontsize": "small"})
 
 
 def plot_data_to_threshold(
@@ -397,13 +392,8 @@ def plot_data_to_threshold(
                 if (j, t) in points:
                     px, py = points[(j, t)]
                     ax.plot(px, py, "osd^v"[ti % 5], color=f"C{i}", alpha=0.7)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.legend(loc="best", fontsize="small")
-        return save(fig, out_dir, name)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=True, legend={"fontsize": "small"})
 
 
 def plot_law_comparison(
