@@ -50,6 +50,10 @@ class Config:
     # here, so `study={kind:curves,...}` works on the command line).
     study: Any = None
     seed: int = 1
+    # Train the seeds seed .. seed+K-1 in this one process, in lock step, each into its own
+    # run record (the algorithm must register train_many; SAC does). Not part of a run's
+    # identity: a record written with K=4 resumes with K=1 and vice versa.
+    seeds_per_process: int = 1
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     # Cadence, as "<number> <unit>" with unit env_steps | samples | updates | seconds.
     # A line/evaluation/checkpoint is written at the end of the first iteration at or past

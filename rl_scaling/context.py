@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,8 @@ class RunContext:
         self._envs: dict[str, Any] = {}
         self._spec: EnvSpec | None = None
         self.preempted = preempted
+        # set by end_iterations when this run stopped while others in its process go on
+        self.stopped: StopTraining | None = None
         self._t0 = time.monotonic()
         self._wall_offset = 0.0
         self.torch_rng = torch.Generator().manual_seed(self.seed)
@@ -517,6 +519,35 @@ class RunContext:
         self.eval_rng.manual_seed(offset + 1)
         if self.device_rng is not self.torch_rng:
             self.device_rng.manual_seed(offset)
+
+
+def end_iterations(ctxs: Sequence[RunContext],
+                   metrics: Sequence[dict[str, Any] | Callable[[], dict[str, Any]]],
+                   evaluate: Sequence[Callable[[], dict[str, Any]] | None] | None = None) -> None:
+    """``end_iteration`` for K runs trained in lock step in one process (``train_many``).
+
+    Each run logs, evaluates and checkpoints into its own record exactly as it would alone.
+    A run that diverges stops (``ctx.stopped``; its record ends ``diverged``) while the
+    others go on; a preemption checkpoints every run that is still going, then raises
+    :class:`StopTraining` (``running``) so the job can be requeued.
+    """
+    preempted: StopTraining | None = None
+    for k, ctx in enumerate(ctxs):
+        if ctx.stopped is not None:
+            continue
+        try:
+            ctx.end_iteration(metrics[k], None if evaluate is None else evaluate[k])
+        except StopTraining as stop:
+            ctx.stopped = stop
+            if stop.status == "running":
+                preempted = stop
+    if preempted is not None:
+        raise preempted
+
+
+def all_done(ctxs: Sequence[RunContext]) -> bool:
+    """True once every run of a lock-step group reached its budget or stopped."""
+    return all(ctx.done or ctx.stopped is not None for ctx in ctxs)
 
 
 class _NullLogger:

@@ -39,6 +39,9 @@ class AlgoEntry:
     name: str
     config_cls: type
     train: Callable[..., str]  # train(cfg, ctx) -> final status
+    # train_many(cfg, ctxs) -> None: K seeds in one process, in lock step (seeds_per_process);
+    # None: the algorithm trains one seed per process
+    train_many: Callable[..., Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,18 +82,21 @@ def _register_group_option(group: str, name: str, config_cls: type) -> None:
         _store(group, name, config_cls)
 
 
-def register_algo(name: str, config_cls: type, train: Callable[..., str]) -> None:
+def register_algo(name: str, config_cls: type, train: Callable[..., str], *,
+                  train_many: Callable[..., Any] | None = None) -> None:
     """Register an algorithm: ``algo=<name>`` then composes and runs ``train(cfg, ctx)``.
 
     ``config_cls`` is a dataclass with a ``name`` field (its default ``name``), every field
     documented; an optional ``validate(self)`` method raises :class:`ConfigError` naming
-    ``algo.<key>``.
+    ``algo.<key>``. ``train_many(cfg, ctxs)``, if given, trains ``seeds_per_process`` seeds
+    in one process, one run context (and one run record) per seed; it ends every context
+    through :func:`rl_scaling.context.end_iterations` (see docs/seam.md).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_algo({name!r}): config_cls must be a dataclass")
     if "name" not in {f.name for f in dataclasses.fields(config_cls)}:
         raise TypeError(f"register_algo({name!r}): {config_cls.__name__} needs a `name` field")
-    ALGOS[name] = AlgoEntry(name, config_cls, train)
+    ALGOS[name] = AlgoEntry(name, config_cls, train, train_many)
     _register_group_option("algo", name, config_cls)
 
 

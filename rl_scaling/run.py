@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
-                  "eval_episodes", "checkpoint_every", "keep_freed_memory")
+                  "eval_episodes", "checkpoint_every", "keep_freed_memory",
+                  "seeds_per_process")
 EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
 
 __all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]
@@ -75,6 +76,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
          f"must be one of {list(BUDGET_COUNTERS)}"),
         ("budget.value", cfg.budget.value > 0, "must be > 0"),
         ("eval_episodes", cfg.eval_episodes > 0, "must be > 0"),
+        ("seeds_per_process", cfg.seeds_per_process >= 1, "must be >= 1"),
     ]
     if env is not None:
         checks.append(("env.num_envs", cfg.env.num_envs > 0, "must be > 0"))
@@ -204,33 +206,85 @@ def _budget_reached(cfg: DictConfig, state: dict[str, Any]) -> bool:
     return value >= cfg.budget.value
 
 
-def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
-    """Train one run into ``run_dir``, resuming it if it holds a checkpoint. Returns the status."""
+class _SeedRun:
+    """One seed's record, config and checkpoint, read before anything is trained."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | os.PathLike) -> None:
+        self.cfg = cfg
+        self.record = RunRecord(run_dir)
+        self.ckpt_path = self.record.checkpoint_dir / LATEST
+        self.info = self.record.read_run_json()
+        if self.info is not None and self.record.config_path.exists():
+            diffs = _config_mismatch(OmegaConf.load(self.record.config_path), cfg)
+            if diffs:
+                raise ConfigError(f"{self.record.run_dir} holds a run with another config "
+                                  f"({'; '.join(diffs)}); choose another hydra.run.dir")
+        self.resume_state = None
+        if self.ckpt_path.exists():
+            self.resume_state = load_checkpoint(
+                self.ckpt_path, required=("counters", "objects", "accountant", "rng"))
+        self.status_before = (self.info or {}).get("status")
+        finished = (self.status_before == "finished" and self.resume_state is not None
+                    and _budget_reached(cfg, self.resume_state))
+        # A diverged run is final even if it diverged before its first checkpoint: training
+        # it again would erase the curve it diverged on.
+        self.final = self.status_before == "diverged" or finished
+        self.opened: dict[str, Any] = {}
+        self.ctx: RunContext | None = None
+
+    @property
+    def position(self) -> dict[str, Any]:
+        return dict((self.resume_state or {}).get("counters") or {"iterations": 0})
+
+
+def seed_dirs_default(run_dir: str | os.PathLike, seeds: list[int]) -> list[Path]:
+    """Where the seeds of a ``seeds_per_process`` job go outside a multirun:
+    ``<run_dir>/seed=<s>``."""
+    return [Path(run_dir) / f"seed={s}" for s in seeds]
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike,
+        seed_dirs: list[str | os.PathLike] | None = None) -> str:
+    """Train one run into ``run_dir``, resuming it if it holds a checkpoint. Returns the status.
+
+    With ``seeds_per_process=K > 1`` the job trains the seeds ``seed .. seed+K-1`` in lock step
+    (the algorithm's ``train_many``), each into its own record in ``seed_dirs`` (default
+    ``<run_dir>/seed=<s>``; the sweep passes the directories K single-seed jobs would have
+    used). Returns ``finished`` when every seed finished, else the first other status.
+    """
     from rl_scaling.registry import load_plugins
 
     load_plugins()
     entries = validate(cfg)
-    record = RunRecord(run_dir)
-    ckpt_path = record.checkpoint_dir / LATEST
-    info = record.read_run_json()
+    n_seeds = int(cfg.seeds_per_process)
+    seeds = [int(cfg.seed) + k for k in range(n_seeds)]
+    if n_seeds > 1 and entries["algo"].train_many is None:
+        raise ConfigError(f"seeds_per_process={n_seeds}: algo {cfg.algo.name!r} trains one "
+                          "seed per process (it registers no train_many)")
+    if n_seeds == 1:
+        dirs = [Path(run_dir)]
+    else:
+        dirs = [Path(d) for d in (seed_dirs or seed_dirs_default(run_dir, seeds))]
+        if len(dirs) != n_seeds or len(set(dirs)) != n_seeds:
+            raise ConfigError(f"seeds_per_process={n_seeds} needs {n_seeds} distinct run dirs, "
+                              f"got {[str(d) for d in dirs]}")
+    runs = []
+    for seed, path in zip(seeds, dirs, strict=True):
+        seed_cfg = cfg.copy()
+        seed_cfg.seed = seed
+        runs.append(_SeedRun(seed_cfg, path))
 
-    if info is not None and record.config_path.exists():
-        diffs = _config_mismatch(OmegaConf.load(record.config_path), cfg)
-        if diffs:
-            raise ConfigError(f"{record.run_dir} holds a run with another config "
-                              f"({'; '.join(diffs)}); choose another hydra.run.dir")
-    resume_state = None
-    if ckpt_path.exists():
-        resume_state = load_checkpoint(ckpt_path,
-                                       required=("counters", "objects", "accountant", "rng"))
-    status_before = (info or {}).get("status")
-    # A diverged run is final even if it diverged before its first checkpoint: training
-    # it again would erase the curve it diverged on.
-    finished = (status_before == "finished" and resume_state is not None
-                and _budget_reached(cfg, resume_state))
-    if status_before == "diverged" or finished:
-        log.info("%s already %s; nothing to do", record.run_dir, status_before)
-        return status_before
+    if all(r.final for r in runs):
+        for r in runs:
+            log.info("%s already %s; nothing to do", r.record.run_dir, r.status_before)
+        return _summary([r.status_before for r in runs])
+    if n_seeds > 1:
+        # lock step: every seed must stand at the same point of training
+        where = {str(r.record.run_dir): (r.final, r.position.get("iterations", 0)) for r in runs}
+        if len(set(where.values())) > 1:
+            raise ConfigError(
+                f"seeds_per_process={n_seeds}: its run dirs are at different points "
+                f"(final, iteration) {where}; resume them with seeds_per_process=1")
 
     if cfg.keep_freed_memory:
         keep_freed_memory()
@@ -250,97 +304,124 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike) -> str:
         log.warning("signal %d: checkpointing at the end of this iteration", signum)
         preempt["flag"], preempt["signal"] = True, signum
 
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    run_id = (info or {}).get("id") or uuid.uuid4().hex[:12]
-    opened: dict[str, Any] = {}
-
-    def begin(ctx: RunContext) -> MetricsLogger:
-        """Open the record: called by ``ctx.restore`` once the checkpoint is known to fit."""
-        if resume_state is not None:
-            log.info("resuming %s from %s (iteration %d, env_steps=%d)", record.run_dir,
-                     ckpt_path, ctx.counters.iterations, ctx.counters.env_steps)
-            record.truncate_metrics(ctx.counters.iterations)
-        else:
-            record.truncate_metrics(-1)  # killed before its first checkpoint: start afresh
-        record.write_config(OmegaConf.to_yaml(cfg, resolve=True))
-        new = new_run_info(
-            run_id=run_id, experiment=cfg.experiment, seed=cfg.seed,
-            study=_plain(cfg.study) if cfg.get("study") is not None else None,
-            error=None, algo=cfg.algo.name, env=OmegaConf.select(cfg, "env.id"),
-            env_family=OmegaConf.select(cfg, "env.family"),
-            model=OmegaConf.select(cfg, "model.family"),
-            width=OmegaConf.select(cfg, "model.width"),
-            depth=OmegaConf.select(cfg, "model.depth"),
-            **ctx.networks_info(),
-            budget={"counter": cfg.budget.counter, "value": cfg.budget.value},
-            device=str(device), versions=_versions(), git_rev=_git_rev(),
-            host=socket.gethostname(),
-            start_time=(info or {}).get("start_time") or now, end_time=None,
-            resumed=resume_state is not None, run_dir=str(record.run_dir.resolve()),
-            starts=(info or {}).get("starts", []),
-        )
-        record.write_run_json(new)
-        opened["record"] = True  # from here on, how the run ends goes into run.json
-        record.add_start({"time": now, "host": socket.gethostname(), "pid": os.getpid(),
-                          "iteration": ctx.counters.iterations, **slurm_ids()})
-        opened["logger"] = logger = MetricsLogger(
-            record, backend=cfg.logger.backend,
-            progress=Progress(cfg.budget.value, cfg.logger.progress,
-                              counter=cfg.budget.counter),
-            wandb_kwargs={"project": cfg.logger.project, "entity": cfg.logger.entity,
-                          "group": cfg.logger.group, "tags": list(cfg.logger.tags),
-                          "id": run_id, "name": record.run_dir.name,
-                          "config": OmegaConf.to_container(cfg, resolve=True)},
-            step_metric=cfg.budget.counter,
-        )
-        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            try:
-                old_handlers[sig] = signal.signal(sig, on_signal)
-            except ValueError:  # not the main thread (e.g. a joblib worker thread)
-                pass
-        return logger
-
     old_handlers: dict[int, Any] = {}
-    ctx = RunContext(
-        device=device, seed=cfg.seed, budget_counter=cfg.budget.counter,
-        budget_value=cfg.budget.value, env_factories=_env_factories(cfg),
-        model=_plain(cfg.model) if cfg.get("model") is not None else {},
-        build_model=_model_builder(cfg),
-        effective_roles=(list(cfg.effective_roles) if cfg.effective_roles is not None
-                         else None),
-        log_every=cfg.log_every, eval_every=cfg.eval_every, eval_episodes=cfg.eval_episodes,
-        checkpoint_every=cfg.checkpoint_every, checkpoint_path=ckpt_path,
-        resume_state=resume_state, begin=begin, preempted=lambda: preempt["flag"],
-    )
-    status, error = "failed", None
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+    def opener(r: _SeedRun):
+        run_id = (r.info or {}).get("id") or uuid.uuid4().hex[:12]
+        r.run_id = run_id
+        seed_cfg, record, info = r.cfg, r.record, r.info
+
+        def begin(ctx: RunContext) -> MetricsLogger:
+            """Open the record: called by ``ctx.restore`` once the checkpoint fits."""
+            if r.resume_state is not None:
+                log.info("resuming %s from %s (iteration %d, env_steps=%d)", record.run_dir,
+                         r.ckpt_path, ctx.counters.iterations, ctx.counters.env_steps)
+                record.truncate_metrics(ctx.counters.iterations)
+            else:
+                record.truncate_metrics(-1)  # killed before its first checkpoint: afresh
+            record.write_config(OmegaConf.to_yaml(seed_cfg, resolve=True))
+            new = new_run_info(
+                run_id=run_id, experiment=seed_cfg.experiment, seed=seed_cfg.seed,
+                study=_plain(seed_cfg.study) if seed_cfg.get("study") is not None else None,
+                error=None, algo=seed_cfg.algo.name, env=OmegaConf.select(seed_cfg, "env.id"),
+                env_family=OmegaConf.select(seed_cfg, "env.family"),
+                model=OmegaConf.select(seed_cfg, "model.family"),
+                width=OmegaConf.select(seed_cfg, "model.width"),
+                depth=OmegaConf.select(seed_cfg, "model.depth"),
+                **ctx.networks_info(),
+                budget={"counter": seed_cfg.budget.counter, "value": seed_cfg.budget.value},
+                device=str(device), versions=_versions(), git_rev=_git_rev(),
+                host=socket.gethostname(),
+                start_time=(info or {}).get("start_time") or now, end_time=None,
+                resumed=r.resume_state is not None, run_dir=str(record.run_dir.resolve()),
+                starts=(info or {}).get("starts", []),
+            )
+            record.write_run_json(new)
+            r.opened["record"] = True  # from here on, how the run ends goes into run.json
+            record.add_start({"time": now, "host": socket.gethostname(), "pid": os.getpid(),
+                              "iteration": ctx.counters.iterations, **slurm_ids()})
+            r.opened["logger"] = logger = MetricsLogger(
+                record, backend=seed_cfg.logger.backend,
+                progress=Progress(seed_cfg.budget.value, seed_cfg.logger.progress,
+                                  counter=seed_cfg.budget.counter),
+                wandb_kwargs={"project": seed_cfg.logger.project,
+                              "entity": seed_cfg.logger.entity,
+                              "group": seed_cfg.logger.group,
+                              "tags": list(seed_cfg.logger.tags),
+                              "id": run_id, "name": record.run_dir.name,
+                              "config": OmegaConf.to_container(seed_cfg, resolve=True)},
+                step_metric=seed_cfg.budget.counter,
+            )
+            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+                if sig in old_handlers:
+                    continue
+                try:
+                    old_handlers[sig] = signal.signal(sig, on_signal)
+                except ValueError:  # not the main thread (e.g. a joblib worker thread)
+                    pass
+            return logger
+
+        return begin
+
+    for r in runs:
+        r.ctx = RunContext(
+            device=device, seed=r.cfg.seed, budget_counter=cfg.budget.counter,
+            budget_value=cfg.budget.value, env_factories=_env_factories(r.cfg),
+            model=_plain(cfg.model) if cfg.get("model") is not None else {},
+            build_model=_model_builder(cfg),
+            effective_roles=(list(cfg.effective_roles) if cfg.effective_roles is not None
+                             else None),
+            log_every=cfg.log_every, eval_every=cfg.eval_every,
+            eval_episodes=cfg.eval_episodes, checkpoint_every=cfg.checkpoint_every,
+            checkpoint_path=r.ckpt_path, resume_state=r.resume_state, begin=opener(r),
+            preempted=lambda: preempt["flag"],
+        )
+    ctxs = [r.ctx for r in runs]
+    statuses, error = ["failed"] * n_seeds, None
     try:
-        status = entries["algo"].train(entries["algo_cfg"], ctx)
+        if n_seeds == 1:
+            statuses = [entries["algo"].train(entries["algo_cfg"], ctxs[0])]
+        else:
+            entries["algo"].train_many(entries["algo_cfg"], ctxs)
+            statuses = ["finished"] * n_seeds
     except StopTraining as stop:
-        status, error = stop.status, stop.reason
-        log.warning("%s: %s", record.run_dir, stop.reason)
+        statuses, error = [stop.status] * n_seeds, stop.reason
+        for r in runs:
+            log.warning("%s: %s", r.record.run_dir, stop.reason)
     except (KeyboardInterrupt, SystemExit) as err:
         # interrupted, not broken: it resumes from its last checkpoint when started again
-        status, error = "running", f"interrupted ({type(err).__name__}: {err})"
+        statuses, error = ["running"] * n_seeds, f"interrupted ({type(err).__name__}: {err})"
         raise
     except BaseException as err:
         error = f"{type(err).__name__}: {err}"
         raise
     finally:
-        ctx.close()
-        if "logger" in opened:
-            opened["logger"].close(status)
-        if "record" in opened:  # the record was opened: say how the run ended
-            record.update_run_json(
-                status=status, error=error,
-                end_time=None if status == "running"
-                else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                env_steps=ctx.counters.env_steps, samples=ctx.counters.samples,
-                updates=ctx.counters.updates, flops=float(ctx.flops.total),
-                **ctx.networks_info(),
-            )
+        for k, r in enumerate(runs):
+            ctx = r.ctx
+            status, why = statuses[k], error
+            if ctx.stopped is not None:  # this seed stopped on its own (e.g. diverged)
+                status, why = ctx.stopped.status, ctx.stopped.reason
+                statuses[k] = status
+            ctx.close()
+            if "logger" in r.opened:
+                r.opened["logger"].close(status)
+            if "record" in r.opened:  # the record was opened: say how the run ended
+                r.record.update_run_json(
+                    status=status, error=None if status == "finished" else why,
+                    end_time=None if status == "running"
+                    else dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    env_steps=ctx.counters.env_steps, samples=ctx.counters.samples,
+                    updates=ctx.counters.updates, flops=float(ctx.flops.total),
+                    **ctx.networks_info(),
+                )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
     chained = old_handlers.get(preempt["signal"])
-    if status == "running" and callable(chained):
+    if "running" in statuses and callable(chained):
         chained(preempt["signal"], None)  # e.g. submitit: requeue this job, then exit
-    return status
+    return _summary(statuses)
+
+
+def _summary(statuses: list[str]) -> str:
+    return next((s for s in statuses if s != "finished"), "finished")

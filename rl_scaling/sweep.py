@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -51,6 +52,33 @@ def share_cores(cfg: DictConfig, hydra_cfg: DictConfig) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
 
 
+def seed_run_dirs(cfg: DictConfig, hydra_cfg: DictConfig) -> list[Path] | None:
+    """The run dirs of a ``seeds_per_process=K`` job: the dirs K single-seed jobs of this
+    multirun (``seed=s`` for s in seed..seed+K-1) would have had, so each seed's record sits
+    where the same sweep with K=1 would put it (and either resumes the other). Outside a
+    multirun, or with a custom ``hydra.sweep.subdir``: None (``<run dir>/seed=<s>``)."""
+    from hydra._internal.config_loader_impl import get_overrides_dirname
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if int(cfg.seeds_per_process) == 1 or hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    naming = hydra_cfg.job.config.override_dirname
+    output = Path(hydra_cfg.runtime.output_dir)
+    if output != Path(hydra_cfg.sweep.dir) / hydra_cfg.job.override_dirname:
+        return None
+    parser = OverridesParser.create()
+    task = [o for o in hydra_cfg.overrides.task
+            if parser.parse_override(o).key_or_group != "seed"]
+    dirs = [output]
+    for k in range(1, int(cfg.seeds_per_process)):
+        overrides = parser.parse_overrides([*task, f"seed={int(cfg.seed) + k}"])
+        name = get_overrides_dirname(overrides, list(naming.exclude_keys),
+                                     naming.item_sep, naming.kv_sep)
+        dirs.append(Path(hydra_cfg.sweep.dir) / name)
+    return dirs
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> str:
     from rl_scaling.checkpoint import CheckpointError
@@ -60,7 +88,7 @@ def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     share_cores(cfg, hydra_cfg)
     try:
-        return run(cfg, hydra_cfg.runtime.output_dir)
+        return run(cfg, hydra_cfg.runtime.output_dir, seed_run_dirs(cfg, hydra_cfg))
     except (ConfigError, CheckpointError, RecordError, FileNotFoundError, ImportError) as err:
         # ImportError: an optional extra (procgen, wandb...) that is not installed
         # One clear line instead of a traceback; the exit code still says it failed.
