@@ -1,7 +1,8 @@
-"""The one rollout buffer and the one GAE, shared by every on-policy algorithm.
+"""The one rollout buffer and the one GAE (every on-policy algorithm), and the one replay
+buffer (every off-policy algorithm).
 
-Storage lives on the training device, so on a GPU neither the rollout nor the
-advantage computation copies through the host.
+Storage lives on the training device, so on a GPU neither the rollout, the advantage
+computation nor replay sampling copies through the host.
 """
 
 from __future__ import annotations
@@ -97,3 +98,105 @@ class RolloutBuffer:
         for start in range(0, self.size, mb_size):
             idx = perm[start:start + mb_size]
             yield {k: v[idx] for k, v in flat.items()}
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions for ``seeds`` independent runs, on the training device.
+
+    Each seed has its own rows (dim 0) and is sampled with its own generator, so K seeds
+    trained together draw exactly the batches each would draw alone. A transition is
+    ``(obs, action, reward, next_obs, terminated)``; ``next_obs`` is the real next
+    observation (the final one where an episode was truncated), so a time limit bootstraps.
+
+    ``seed_state(k)`` is seed k's part as an object with ``state_dict``/``load_state_dict``
+    for its run's checkpoint (only the filled rows are saved).
+    """
+
+    def __init__(self, seeds: int, capacity: int, obs_shape: tuple[int, ...], action_dim: int,
+                 device: torch.device | str = "cpu", obs_dtype: torch.dtype = torch.float32):
+        if capacity <= 0:
+            raise ValueError(f"replay capacity must be > 0, got {capacity}")
+        self.seeds, self.capacity, self.device = seeds, int(capacity), torch.device(device)
+        shape = (seeds, self.capacity)
+        self.obs = torch.zeros((*shape, *obs_shape), dtype=obs_dtype, device=self.device)
+        self.next_obs = torch.zeros_like(self.obs)
+        self.actions = torch.zeros((*shape, action_dim), device=self.device)
+        self.rewards = torch.zeros(shape, device=self.device)
+        self.terminated = torch.zeros(shape, device=self.device)
+        self.pos = 0  # next row to write (the same for every seed: they add in lock step)
+        self.size = 0
+
+    def add(self, obs: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor,
+            next_obs: torch.Tensor, terminated: torch.Tensor) -> None:
+        """Add n transitions per seed: tensors (seeds, n, ...)."""
+        n = obs.shape[1]
+        rows = (torch.arange(n) + self.pos) % self.capacity
+        rows = rows.to(self.device)
+        self.obs[:, rows] = obs.to(self.device, self.obs.dtype)
+        self.next_obs[:, rows] = next_obs.to(self.device, self.obs.dtype)
+        self.actions[:, rows] = actions.to(self.device, torch.float32)
+        self.rewards[:, rows] = rewards.to(self.device, torch.float32)
+        self.terminated[:, rows] = terminated.to(self.device, torch.float32)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, batch_size: int, generators: list[torch.Generator]
+               ) -> tuple[torch.Tensor, ...]:
+        """``batch_size`` transitions per seed, uniformly, seed k drawing with
+        ``generators[k]``: (obs, actions, rewards, next_obs, terminated), each (seeds, B, ...).
+        """
+        idx = torch.stack([torch.randint(0, self.size, (batch_size,), generator=g,
+                                         device=g.device) for g in generators]).to(self.device)
+        seed_rows = torch.arange(self.seeds, device=self.device)[:, None]
+        return (self.obs[seed_rows, idx].float(), self.actions[seed_rows, idx],
+                self.rewards[seed_rows, idx], self.next_obs[seed_rows, idx].float(),
+                self.terminated[seed_rows, idx])
+
+    def all(self) -> tuple[torch.Tensor, ...]:
+        """Every stored transition, (seeds, size, ...) in ring order (for held-out checks)."""
+        n = self.size
+        return (self.obs[:, :n].float(), self.actions[:, :n], self.rewards[:, :n],
+                self.next_obs[:, :n].float(), self.terminated[:, :n])
+
+    def nbytes(self) -> int:
+        return sum(t.element_size() * t.numel() for t in
+                   (self.obs, self.next_obs, self.actions, self.rewards, self.terminated))
+
+    def seed_state(self, seed_index: int) -> _SeedReplayState:
+        return _SeedReplayState(self, seed_index)
+
+
+class _SeedReplayState:
+    """One seed's rows of a :class:`ReplayBuffer` for its run's checkpoint."""
+
+    FIELDS = ("obs", "next_obs", "actions", "rewards", "terminated")
+
+    def __init__(self, buffer: ReplayBuffer, seed_index: int) -> None:
+        self.buffer, self.k = buffer, seed_index
+
+    def state_dict(self) -> dict:
+        b = self.buffer
+        out = {name: getattr(b, name)[self.k, :b.size].cpu().clone() for name in self.FIELDS}
+        return {**out, "pos": b.pos, "size": b.size, "capacity": b.capacity}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Load a seed's rows; a buffer of another capacity (the run's budget was raised, so
+        its capacity grew) gets them oldest first, the newest kept if they do not fit."""
+        b = self.buffer
+        size, pos = int(state["size"]), int(state["pos"])
+        order = torch.arange(size)
+        if size == state["capacity"] and b.capacity != state["capacity"]:
+            order = (order + pos) % size  # a full ring: oldest row first
+        keep = order[-b.capacity:] if b.capacity != state["capacity"] else order
+        for name in self.FIELDS:
+            saved = state[name][keep]
+            rows = getattr(b, name)[self.k, :len(keep)]
+            if rows.shape != saved.shape:
+                raise ValueError(f"replay {name}: shape {tuple(saved.shape)} "
+                                 f"!= {tuple(rows.shape)}")
+            rows.copy_(saved)
+        if b.capacity == state["capacity"]:
+            b.pos, b.size = pos, size
+        else:
+            b.size = len(keep)
+            b.pos = b.size % b.capacity

@@ -20,6 +20,7 @@ class EpisodeLog:
         self.returns: list[np.ndarray] = []
         self.lengths: list[np.ndarray] = []
         self.success: list[np.ndarray] = []
+        self.normalized: list[np.ndarray] = []  # envs with a reference return (0..1000)
 
     def add(self, info: dict[str, Any]) -> None:
         """Record the episodes a step's ``info`` reports (possibly none)."""
@@ -27,10 +28,13 @@ class EpisodeLog:
         self.lengths.append(info["episode_length"])
         if "episode_success" in info:
             self.success.append(info["episode_success"])
+        if "episode_normalized_return" in info:
+            self.normalized.append(info["episode_normalized_return"])
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """``return_mean``, ``episode_length``, ``episodes`` and ``success_rate`` (when the
-        env reports success) of the episodes collected; empty if none ended."""
+        """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` (when the env
+        reports success) and ``normalized_return_mean`` (when it has a reference return) of
+        the episodes collected; empty if none ended."""
         out: dict[str, float] = {}
         returns = np.concatenate(self.returns) if self.returns else np.zeros(0)
         if returns.size:
@@ -40,12 +44,16 @@ class EpisodeLog:
         success = np.concatenate(self.success) if self.success else np.zeros(0)
         if success.size:
             out[f"{prefix}success_rate"] = float(success.mean())
+        normalized = np.concatenate(self.normalized) if self.normalized else np.zeros(0)
+        if normalized.size:
+            out[f"{prefix}normalized_return_mean"] = float(normalized.mean())
         return out
 
     def clear(self) -> None:
         self.returns.clear()
         self.lengths.clear()
         self.success.clear()
+        self.normalized.clear()
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) -> dict[str, float]:
@@ -59,6 +67,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     per_env = math.ceil(episodes / envs.num_envs)
     returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
     successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
+    normalized: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
     while min(len(r) for r in returns) < per_env:
         obs, _, terminated, truncated, info = envs.step(policy(obs))
@@ -68,12 +77,17 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
         if ended is None:
             ended = np.flatnonzero(np.logical_or(terminated, truncated))
         success = info.get("episode_success")
+        norm = info.get("episode_normalized_return")
         for j, env_index in enumerate(ended):
             if len(returns[env_index]) < per_env:
                 returns[env_index].append(float(info["episode_return"][j]))
                 if success is not None:
                     successes[env_index].append(float(success[j]))
+                if norm is not None:
+                    normalized[env_index].append(float(norm[j]))
     out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
     if any(successes):
         out["eval_success"] = float(np.mean([x for s in successes for x in s]))
+    if any(normalized):  # envs with a reference return: the studies' 0..1000 scale
+        out["eval_normalized_return"] = float(np.mean([x for n in normalized for x in n]))
     return out

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from envs.base import EnvConfig, EpisodeStats, VecEnv
+from envs.dmc import DMCEnvConfig, make_dmc
+from envs.gym import REFERENCE_RETURNS, GymEnvConfig, make_gym
 from envs.mnist import MnistEnvConfig, make_mnist
 from envs.probe import PROBES, ProbeEnvConfig, make_probe
 from envs.procgen import ProcgenEnvConfig, make_procgen
@@ -24,6 +26,8 @@ ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
     "procgen": make_procgen,
     "mnist": make_mnist,
     "probe": make_probe,
+    "gym": make_gym,
+    "dmc": make_dmc,
 }
 
 
@@ -31,10 +35,11 @@ def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
     """Build a vectorised env of one family from plain keyword arguments.
 
     Args:
-        family: "procgen", "mnist" or "probe".
+        family: "procgen", "mnist", "probe", "gym" or "dmc".
         num_envs: number of envs stepped together (> 0).
         seed: seeds everything random in the env, in [0, 2**31).
-        kwargs: the family's own arguments (see `make_procgen`, `make_mnist`, `make_probe`).
+        kwargs: the family's own arguments (see `make_procgen`, `make_mnist`, `make_probe`,
+            `make_gym`, `make_dmc`).
 
     Raises:
         ValueError: unknown family or a bad argument (the message names it).
@@ -47,13 +52,18 @@ def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
 __all__ = [
     "ENV_BUILDERS",
     "PROBES",
+    "REFERENCE_RETURNS",
+    "DMCEnvConfig",
     "EnvConfig",
     "EpisodeStats",
+    "GymEnvConfig",
     "MnistEnvConfig",
     "ProbeEnvConfig",
     "ProcgenEnvConfig",
     "VecEnv",
+    "make_dmc",
     "make_env",
+    "make_gym",
     "make_mnist",
     "make_probe",
     "make_procgen",

@@ -273,7 +273,8 @@ class RunContext:
 
     # ---- networks -----------------------------------------------------------------------
     def network(self, role: str, build: str | Callable[..., nn.Module] | None = None, *,
-                effective: bool = True, example: Any = None, **knobs: Any) -> nn.Module:
+                effective: bool = True, example: Any = None, copy_of: str | None = None,
+                **knobs: Any) -> nn.Module:
         """Build the network of ``role``, initialised from the run's ``torch_rng``, on the
         training device, registered with the FLOP accountant.
 
@@ -284,7 +285,9 @@ class RunContext:
         study's N (the run's ``effective_roles`` can narrow this). ``example``: an input
         batch for counting FLOPs (a tuple for several arguments); default one zero
         observation of ``spec``. Inside the module, ``scaled_modules()`` names the scaled
-        parts (every module counts where it is absent).
+        parts (every module counts where it is absent). ``copy_of``: this network is a
+        forward-only copy of that role (a Polyak target): its forwards are compute like any
+        other, but its parameters are the same model's and do not add to N.
         """
         if role in self.networks:
             raise ValueError(f"network role {role!r} is built twice")
@@ -309,6 +312,8 @@ class RunContext:
         scaled = hasattr(module, "scaled_modules")
         flops_total = forward_flops(module, args, effective=False, n_samples=n)
         flops_eff = forward_flops(module, args, effective=scaled, n_samples=n)
+        if copy_of is not None and copy_of not in self.networks:
+            raise ValueError(f"network {role!r}: copy_of={copy_of!r} is not built yet")
         if self._effective_roles is not None:
             effective = role in self._effective_roles
         self.flops.register(role, forward_total=flops_total, forward_effective=flops_eff,
@@ -317,6 +322,8 @@ class RunContext:
                                "flops_per_forward": {"total": flops_total,
                                                      "effective": flops_eff},
                                "effective": bool(effective)}
+        if copy_of is not None:
+            self.networks[role]["copy_of"] = copy_of
         return module
 
     def networks_info(self) -> dict[str, Any]:
@@ -327,7 +334,8 @@ class RunContext:
         return {
             "networks": self.networks, "effective_roles": eff,
             "params": {"total": sum(n["params"]["total"] for n in nets),
-                       "effective": sum(self.networks[r]["params"]["effective"] for r in eff)},
+                       "effective": sum(self.networks[r]["params"]["effective"] for r in eff
+                                        if "copy_of" not in self.networks[r])},
             "flops_per_forward": {
                 "total": sum(n["flops_per_forward"]["total"] for n in nets),
                 "effective": sum(self.networks[r]["flops_per_forward"]["effective"]

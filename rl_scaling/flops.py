@@ -15,6 +15,9 @@ the modules reads the real input/output shapes, then
              2 * gates * hidden * (in + hidden) (+ 2 * hidden * proj for LSTM proj_size)
 - nn.MultiheadAttention: q/k/v and output projections + QK^T + AV
 - F.scaled_dot_product_attention called directly by a module: QK^T + AV
+- any module with a ``matmul_flops(args, out) -> int`` method (e.g. the grouped layers of
+  agents/ensemble.py, which run several networks' weights in one batched matmul): that
+  number, for the whole call
 
 Algorithms then add what they really run through :class:`FlopAccountant`.
 """
@@ -130,7 +133,14 @@ def _sdpa_flops(query: Tensor, key: Tensor, value: Tensor) -> int:
     return 2 * rows * src_len * (query.shape[-1] + value.shape[-1])
 
 
+def _is_counted(module: nn.Module) -> bool:
+    return isinstance(module, _COUNTED) or callable(getattr(module, "matmul_flops", None))
+
+
 def _module_flops(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> int:
+    own = getattr(module, "matmul_flops", None)
+    if callable(own):
+        return int(own(args, out))
     if isinstance(module, (*_CONV, *_CONV_T)):
         return _conv_flops(module, args[0], out)
     if isinstance(module, nn.Linear):
@@ -174,18 +184,18 @@ def _count(model: nn.Module, example_obs: Tensor) -> list[tuple[str, nn.Module, 
     def inside_counted() -> bool:
         # Work inside a module we count by formula (e.g. MHA's own linears/SDPA) is
         # already in that formula.
-        return any(isinstance(m, _COUNTED) for m in stack[:-1])
+        return any(_is_counted(m) for m in stack[:-1])
 
     def pre_hook(module, args, kwargs):
         stack.append(module)
 
     def post_hook(module, args, kwargs, out):
-        if isinstance(module, _COUNTED) and not inside_counted():
+        if _is_counted(module) and not inside_counted():
             records.append((names[module], module, _module_flops(module, args, kwargs, out)))
         stack.pop()
 
     def on_sdpa(query, key, value):
-        if stack and not any(isinstance(m, _COUNTED) for m in stack):
+        if stack and not any(_is_counted(m) for m in stack):
             records.append((names[stack[-1]], stack[-1], _sdpa_flops(query, key, value)))
 
     uncounted = sorted(
@@ -193,8 +203,9 @@ def _count(model: nn.Module, example_obs: Tensor) -> list[tuple[str, nn.Module, 
             type(m).__name__
             for m in model.modules()
             if next(m.parameters(recurse=False), None) is not None
-            and not isinstance(m, _COUNTED)
+            and not _is_counted(m)
             and not isinstance(m, _FREE)
+            and not getattr(m, "matmul_free", False)
         }
     )
     if uncounted:
