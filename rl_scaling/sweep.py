@@ -64,8 +64,8 @@ def seed_run_dirs(cfg: DictConfig, hydra_cfg: DictConfig) -> list[Path] | None:
     if int(cfg.seeds_per_process) == 1 or hydra_cfg.mode != RunMode.MULTIRUN:
         return None
     naming = hydra_cfg.job.config.override_dirname
-    output = Path(hydra_cfg.runtime.output_dir)
-    if output != Path(hydra_cfg.sweep.dir) / hydra_cfg.job.override_dirname:
+    output = Path(hydra_cfg.runtime.output_dir)  # absolute; hydra.sweep.dir may be relative
+    if output.name != hydra_cfg.job.override_dirname:
         return None
     parser = OverridesParser.create()
     task = [o for o in hydra_cfg.overrides.task
@@ -75,7 +75,7 @@ def seed_run_dirs(cfg: DictConfig, hydra_cfg: DictConfig) -> list[Path] | None:
         overrides = parser.parse_overrides([*task, f"seed={int(cfg.seed) + k}"])
         name = get_overrides_dirname(overrides, list(naming.exclude_keys),
                                      naming.item_sep, naming.kv_sep)
-        dirs.append(Path(hydra_cfg.sweep.dir) / name)
+        dirs.append(output.parent / name)
     return dirs
 
 

@@ -269,3 +269,27 @@ def test_dmc_cartpole_trains_and_logs_the_normalised_return(tmp_path):
     last = rows[-1]
     assert 0 <= last["eval_normalized_return"] <= 1000
     assert np.isfinite(last["critical_batch_size"]) or math.isnan(last["critical_batch_size"])
+
+
+def test_a_multirun_puts_each_seed_where_a_one_seed_sweep_would(tmp_path):
+    """``seeds_per_process=2`` with ``seed=3`` writes ``...,seed=3`` and ``...,seed=4``; the
+    same sweep with one seed per job finds both runs finished instead of starting new ones."""
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "rl_scaling.sweep", "-m", "algo=sac", "env=gym", "~model",
+            "budget.value=200", "algo.learning_starts=100", "algo.steps_per_iteration=100",
+            "algo.critic_width=16", "algo.actor_width=16", "algo.batch_size=16",
+            "logger.progress=none", "torch_threads=1", f"hydra.sweep.dir={tmp_path}"]
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([*args, "seeds_per_process=2", "seed=3"], cwd=root,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    records = sorted(p.parent.name for p in tmp_path.rglob("run.json"))
+    assert len(records) == 2 and "seed=3," in records[0]
+    assert records[1] == records[0].replace("seed=3,", "seed=4,")  # siblings, not nested
+    again = subprocess.run([*args, "seed=3,4"], cwd=root, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stderr.count("already finished") + again.stdout.count("already finished") == 2
+    assert sorted(p.parent.name for p in tmp_path.rglob("run.json")) == records
