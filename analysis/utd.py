@@ -673,10 +673,32 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
     st.context["main threshold J"] = main_j
     per_run = d.groupby("run_dir").first()
     task = per_run[tcol].astype(str) if tcol else pd.Series("all", index=per_run.index)
-    n_params = float(per_run[n_col].median()) if n_col else float("nan")
+    wcol = axes.get("width")
+    if wcol and wcol in per_run and per_run[wcol].nunique() > 1:
+        # Fu et al.'s joint grid: each model width is its own D_J(sigma), N and frontier
+        width = per_run[wcol].map(lambda w: f"width={w:g}" if isinstance(w, float | int)
+                                  else f"width={w}")
+        task = width if not tcol else task + ", " + width
+    # Compute in the study's convention where the algorithm logs it (SAC: flops_10nbsd =
+    # 10 N B sigma D with N the critic's parameters), so measured C_J and the fitted
+    # C_J(sigma) = 10 N B*(sigma) sigma D_J(sigma) use the same N; else the exact FLOPs.
+    compute = "flops_10nbsd" if "flops_10nbsd" in d else "flops"
+    if compute == "flops_10nbsd":
+        st.context["compute C_J"] = "10 N B sigma D (flops_10nbsd; N = critic parameters)"
+        last = d.sort_values("env_steps").groupby("run_dir").last()
+        denom = 10.0 * last["env_steps"] * pd.to_numeric(per_run[scol], errors="coerce")
+        denom = denom * (pd.to_numeric(per_run[bcol], errors="coerce") if bcol else 1.0)
+        n_run = pd.to_numeric(last["flops_10nbsd"], errors="coerce") / denom
+    else:
+        st.context["compute C_J"] = "exact FLOPs (flops)"
+        n_run = (pd.to_numeric(per_run[n_col], errors="coerce") if n_col
+                 else pd.Series(np.nan, index=per_run.index))
+    n_by_task = n_run.groupby(task).median().to_dict()
+    n_params = float(n_run.median())
     res: dict[float, pd.DataFrame] = {}
     for j in thresholds:
-        tj = curves.to_threshold(d, j, metric, x="env_steps", by="run_dir").set_index("run_dir")
+        tj = curves.to_threshold(d, j, metric, x="env_steps", compute=compute,
+                                 by="run_dir").set_index("run_dir")
         tj["sigma"] = pd.to_numeric(per_run[scol], errors="coerce")
         tj["B"] = pd.to_numeric(per_run[bcol], errors="coerce") if bcol else 1.0
         tj["lr"] = pd.to_numeric(per_run[lcol], errors="coerce") if lcol else 1.0
@@ -760,15 +782,15 @@ def study_utd(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
     rows = []
     for t in tasks:
         for j in thresholds:  # each threshold has its own data-compute trade-off
-            _pareto_figure(st, res[j], utd_fits.get((j, t)), b_law, n_params, j, t, out,
-                           multi=multi)
+            _pareto_figure(st, res[j], utd_fits.get((j, t)), b_law, n_by_task[t], j, t,
+                           out, multi=multi)
         for j in thresholds:
             if (j, t) in utd_fits:
-                o = optimal_utd(utd_fits[(j, t)].params, b_law.params, n_params, delta,
-                                task=t)
+                o = optimal_utd(utd_fits[(j, t)].params, b_law.params, n_by_task[t],
+                                delta, task=t)
                 rows.append({"task": t, "J": j, **o})
                 if j == main_j:
-                    fc = forecast_utd(utd_fits[(j, t)], b_law, n_params, delta, task=t,
+                    fc = forecast_utd(utd_fits[(j, t)], b_law, n_by_task[t], delta, task=t,
                                       lr_law=wf.hparam_fits.get("lr"))
                     names = {"sigma": "sigma*", "B": "B*(sigma*)", "lr": "eta*(sigma*)",
                              "D": "D_J(sigma*)", "C": "C_J(sigma*)", "F": "F(sigma*)"}

@@ -39,7 +39,8 @@ WIDTH, BATCH, LR = 256, 256, 3e-4
 
 def run_ours(env_id: str, total_steps: int, *, utd: float = 1, learning_starts: int = 1000,
              seed: int = 1, seeds_per_process: int = 1, device: str = "cpu",
-             threads: int | None = None) -> dict:
+             threads: int | None = None, actor_every: int = 1, width: int = WIDTH,
+             batch_size: int = BATCH) -> dict:
     """Our SAC through ``rl_scaling.run.run``; steps/s over the env steps after
     ``learning_starts`` (from the run's own metrics lines), summed over the K seeds."""
     from hydra import compose, initialize_config_dir
@@ -51,8 +52,9 @@ def run_ours(env_id: str, total_steps: int, *, utd: float = 1, learning_starts: 
     register_configs()
     overrides = [
         "algo=sac", "env=gym", f"env.id={env_id}", "~model", "logger.progress=none",
-        f"budget.value={total_steps}", f"algo.utd={utd}", f"algo.batch_size={BATCH}",
-        f"algo.lr={LR}", f"algo.critic_width={WIDTH}", f"algo.actor_width={WIDTH}",
+        f"budget.value={total_steps}", f"algo.utd={utd}", f"algo.batch_size={batch_size}",
+        f"algo.lr={LR}", f"algo.critic_width={width}", f"algo.actor_width={width}",
+        f"algo.actor_every={actor_every}",
         f"algo.learning_starts={learning_starts}", f"algo.steps_per_iteration={learning_starts}",
         "algo.td_holdout_every=0", "algo.gns_chunks=0", "checkpoint_every=null",
         f"seed={seed}", f"seeds_per_process={seeds_per_process}", f"device={device}",
@@ -97,11 +99,16 @@ def main() -> None:
 
     for utd, n in train.items():
         total = starts + n
-        for name, fn in (("rl-scaling", run_ours), ("Stable-Baselines3", run_sb3),
-                         ("CleanRL-style", run_cleanrl_style)):
+        impls = [("rl-scaling", run_ours), ("Stable-Baselines3", run_sb3),
+                 ("CleanRL-style", run_cleanrl_style)]
+        if utd > 1:  # the CleanRL-style loop keeps one actor update per env step
+            impls.append(("rl-scaling actor_every=utd", run_ours))
+        for name, fn in impls:
             kwargs = {"utd": utd, "learning_starts": starts, "threads": args.threads}
-            if name == "rl-scaling":
+            if name.startswith("rl-scaling"):
                 kwargs["device"] = args.device
+                if name.endswith("actor_every=utd"):
+                    kwargs["actor_every"] = utd
             else:
                 kwargs.update(batch_size=BATCH, width=WIDTH)
                 kwargs.update({"lr": LR} if name == "Stable-Baselines3"
@@ -113,11 +120,14 @@ def main() -> None:
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
     n_seed = train[1] // 2
-    for k in (1, 2, 4, 8):
-        out = run_ours(args.env, starts + n_seed, utd=1, learning_starts=starts,
-                       seeds_per_process=k, device=args.device, threads=args.threads)
-        results["seeds"][k] = out["steps_per_s"]
-        print(f"rl-scaling K={k}: {out['steps_per_s']:8.1f} aggregate steps/s", flush=True)
+    for size in (WIDTH, 64):  # the bench's networks, and small ones (batch 64)
+        for k in (1, 2, 4, 8):
+            out = run_ours(args.env, starts + n_seed, utd=1, learning_starts=starts,
+                           seeds_per_process=k, device=args.device, threads=args.threads,
+                           width=size, batch_size=BATCH if size == WIDTH else 64)
+            results["seeds"][f"{size} {k}"] = out["steps_per_s"]
+            print(f"rl-scaling width {size} K={k}: {out['steps_per_s']:8.1f} aggregate "
+                  "steps/s", flush=True)
 
     if not args.skip_return:
         steps = 3000 if args.quick else 10_000
@@ -137,20 +147,31 @@ def main() -> None:
     rows = []
     for utd in train:
         ours = speed[f"rl-scaling utd={utd}"]
-        rows.append([utd, f"{ours:.1f}", f"{speed[f'Stable-Baselines3 utd={utd}']:.1f}",
+        # the peer with the same actor schedule: SB3 (an actor update per critic update);
+        # the CleanRL-style loop (one actor update per env step) against ours with
+        # actor_every=utd
+        matched = speed.get(f"rl-scaling actor_every=utd utd={utd}", ours)
+        rows.append([utd, f"{ours:.1f}", f"{matched:.1f}",
+                     f"{speed[f'Stable-Baselines3 utd={utd}']:.1f}",
                      f"{speed[f'CleanRL-style utd={utd}']:.1f}",
                      f"{ours / speed[f'Stable-Baselines3 utd={utd}']:.2f}x",
-                     f"{ours / speed[f'CleanRL-style utd={utd}']:.2f}x"])
+                     f"{matched / speed[f'CleanRL-style utd={utd}']:.2f}x"])
     print(_table(f"SAC env steps/s on {args.env} ({args.device}, {torch.get_num_threads()} "
-                 "threads)", ["UTD", "rl-scaling", "SB3", "CleanRL-style", "vs SB3",
-                              "vs CleanRL-style"], rows))
+                 "threads)", ["UTD", "rl-scaling", "rl-scaling actor_every=UTD", "SB3",
+                              "CleanRL-style", "vs SB3", "vs CleanRL-style (same schedule)"],
+                 rows))
     scale = {name: speed[f"{name} utd=1"] / speed[f"{name} utd=8"]
              for name in ("rl-scaling", "Stable-Baselines3", "CleanRL-style")}
+    scale["rl-scaling actor_every=UTD"] = (speed["rl-scaling utd=1"]
+                                           / speed["rl-scaling actor_every=utd utd=8"])
     print(_table("Slowdown from UTD 1 to UTD 8 (lower scales better)", ["impl", "UTD1/UTD8"],
                  [[name, f"{v:.2f}"] for name, v in scale.items()]))
-    k1 = results["seeds"][1]
-    print(_table("Seeds per process (ours, UTD 1)", ["K", "aggregate steps/s", "vs K=1"],
-                 [[k, f"{v:.1f}", f"{v / k1:.2f}x"] for k, v in results["seeds"].items()]))
+    seed_rows = []
+    for key, v in results["seeds"].items():
+        size, k = key.split()
+        seed_rows.append([size, k, f"{v:.1f}", f"{v / results['seeds'][f'{size} 1']:.2f}x"])
+    print(_table("Seeds per process (ours, UTD 1)", ["width", "K", "aggregate steps/s",
+                                                     "vs K=1"], seed_rows))
     if results["return"]:
         print(_table("Pendulum-v1 return at equal env steps (UTD 1)", ["impl", "return"],
                      [[n, f"{v:.1f}"] for n, v in results["return"].items()]))
