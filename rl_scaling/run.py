@@ -290,6 +290,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
         keep_freed_memory()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     device = resolve_device(cfg.device)
@@ -417,6 +418,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
                 )
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
+        # process-wide: the next run in this process (a worker's next job) sets its own
+        torch.use_deterministic_algorithms(was_deterministic)
     chained = old_handlers.get(preempt["signal"])
     if "running" in statuses and callable(chained):
         chained(preempt["signal"], None)  # e.g. submitit: requeue this job, then exit

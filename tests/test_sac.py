@@ -293,3 +293,13 @@ def test_a_multirun_puts_each_seed_where_a_one_seed_sweep_would(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stderr.count("already finished") + again.stdout.count("already finished") == 2
     assert sorted(p.parent.name for p in tmp_path.rglob("run.json")) == records
+
+
+def test_the_same_seed_gives_the_same_curve(tmp_path):
+    common = [*SMALL, "budget.value=300", "eval_every='300 env_steps'", "seed=11"]
+    for name in ("a", "b"):
+        assert run(_cfg(common), tmp_path / name) == "finished"
+    assert _curve(tmp_path / "a") == _curve(tmp_path / "b")
+    other = _cfg([*SMALL, "budget.value=300", "eval_every='300 env_steps'", "seed=12"])
+    run(other, tmp_path / "c")
+    assert _curve(tmp_path / "c")[-1]["critic_loss"] != _curve(tmp_path / "a")[-1]["critic_loss"]
