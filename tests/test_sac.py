@@ -303,3 +303,29 @@ def test_the_same_seed_gives_the_same_curve(tmp_path):
     other = _cfg([*SMALL, "budget.value=300", "eval_every='300 env_steps'", "seed=12"])
     run(other, tmp_path / "c")
     assert _curve(tmp_path / "c")[-1]["critic_loss"] != _curve(tmp_path / "a")[-1]["critic_loss"]
+
+
+def test_dmc_utd_experiment_runs_its_grid_with_short_overrides(tmp_path):
+    """``+experiment=dmc_utd`` as a multirun (two UTD ratios, two seeds per job, BRO critic
+    shrunk): four complete records declaring the UTD study."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "rl_scaling.sweep", "-m", "+experiment=dmc_utd",
+         "env.id=cartpole-swingup", "env.action_repeat=4", "algo.utd=0.5,2",
+         "algo.batch_size=16", "algo.lr=1e-3", "seeds_per_process=2", "budget.value=250",
+         "algo.learning_starts=50", "algo.steps_per_iteration=50", "algo.critic_width=16",
+         "algo.actor_width=16", "eval_every='250 env_steps'", "eval_episodes=1",
+         "log_every='50 env_steps'", "logger.progress=none", "hydra.launcher.n_jobs=1",
+         "torch_threads=1", f"hydra.sweep.dir={tmp_path}"],
+        cwd=root, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    infos = [RunRecord(p.parent).read_run_json() for p in tmp_path.rglob("run.json")]
+    assert len(infos) == 4 and {i["status"] for i in infos} == {"finished"}
+    assert {i["study"]["kind"] for i in infos} == {"utd"}
+    assert sorted(i["seed"] for i in infos) == [1, 1, 2, 2]
+    for p in tmp_path.rglob("run.json"):
+        last = RunRecord(p.parent).read_metrics()[-1]
+        assert last["env_steps"] == 250 and "eval_normalized_return" in last
