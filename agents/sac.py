@@ -55,7 +55,7 @@ from agents.ensemble import (
     stack_seeds,
 )
 from agents.evaluation import EpisodeLog, evaluate
-from rl_scaling.context import RunContext, all_done, end_iterations
+from rl_scaling.context import RunContext, StopTraining, all_done, end_iterations
 from rl_scaling.flops import flops_sac
 from rl_scaling.registry import ConfigError, register_algo
 
@@ -318,6 +318,10 @@ class _Seeds:
             state["replay"] = self.replay.seed_state(k)
         return state
 
+    def active(self) -> list[RunContext]:
+        """The seeds still training (a diverged seed stops; its slice computes on unused)."""
+        return [ctx for ctx in self.ctxs if ctx.stopped is None]
+
     def alpha(self) -> Tensor:
         return self.temperature.log_alpha.detach().exp()  # (K,)
 
@@ -371,7 +375,7 @@ class _Seeds:
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target.parameters()),
                                  list(self.critic.parameters()), cfg.tau)
-        for ctx in self.ctxs:
+        for ctx in self.active():
             ctx.flops.add_forward_backward("critic", b)
             ctx.flops.add_forward("critic_target", b)
             ctx.flops.add_forward("actor", b)
@@ -393,7 +397,7 @@ class _Seeds:
                 self.alpha_opt.zero_grad(set_to_none=True)
                 alpha_loss.sum().backward()
                 self.alpha_opt.step()
-            for ctx in self.ctxs:
+            for ctx in self.active():
                 ctx.flops.add_forward_backward("actor", b)
                 ctx.flops.add_forward("critic", b, passes=2)  # forward + backward to actions
         return out
@@ -450,6 +454,18 @@ def _reset_points(cfg: SACConfig, before: int, after: int) -> bool:
     return cfg.reset_every > 0 and after // cfg.reset_every > before // cfg.reset_every
 
 
+def _stop_non_finite(ctxs: list[RunContext], actions: Tensor, update: int) -> Tensor:
+    """Stop the seeds whose actions are not finite (their weights diverged) before their
+    envs see them; they act with zeros from then on, unrecorded."""
+    bad = ~torch.isfinite(actions).flatten(1).all(dim=1)
+    if not bool(bad.any()):
+        return actions
+    for j in torch.nonzero(bad).flatten().tolist():
+        if ctxs[j].stopped is None:
+            ctxs[j].stopped = StopTraining("diverged", f"non-finite action at update {update}")
+    return torch.where(bad[:, None, None], torch.zeros_like(actions), actions)
+
+
 def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
     """Train ``len(ctxs)`` seeds in lock step, each into its own run record."""
     seeds = _Seeds(cfg, ctxs)
@@ -459,12 +475,15 @@ def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
     for j, ctx in enumerate(ctxs):
         ctx.restore(**seeds.state_of(j))
     c0 = ctxs[0].counters
+    # the group's clock: every seed starts at the same point (the spine checks), and a seed
+    # that stopped (diverged) keeps its own counters where it stopped
+    steps, updates = c0.env_steps, c0.updates
     # Updates owed are a function of the counters (a fractional utd carries its remainder,
     # across resumes too), counted from an anchor: the end of the random phase, or, for a
     # resume whose checkpoint has no replay, learning_starts steps after the resume.
     anchor_steps, anchor_updates = cfg.learning_starts, 0
     if ctxs[0].resumed and not cfg.checkpoint_buffer:
-        anchor_steps, anchor_updates = c0.env_steps + cfg.learning_starts, c0.updates
+        anchor_steps, anchor_updates = steps + cfg.learning_starts, updates
     obs = np.stack([e.reset(seed=int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng)))
                     for e, ctx in zip(envs, ctxs, strict=True)])
     logs = [EpisodeLog() for _ in range(k)]
@@ -478,7 +497,7 @@ def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
         for _ in range(max(1, cfg.steps_per_iteration // num_envs)):
             if all_done(ctxs):
                 break
-            step0 = c0.env_steps
+            step0 = steps
             if step0 < cfg.learning_starts:
                 u = torch.stack([torch.rand((num_envs, seeds.action_dim),
                                             generator=ctx.device_rng, device=device)
@@ -489,8 +508,9 @@ def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
                     obs_t = torch.as_tensor(obs, dtype=torch.float32, device=device)
                     actions, _ = seeds.actor.sample(
                         obs_t, seeds.noise((num_envs, seeds.action_dim)))
-                for ctx in ctxs:
+                for ctx in seeds.active():
                     ctx.flops.add_forward("actor", num_envs)
+                actions = _stop_non_finite(ctxs, actions, updates)
             actions_np = actions.cpu().numpy()
             next_obs = np.empty_like(obs)
             real_next = np.empty_like(obs)
@@ -511,18 +531,20 @@ def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
             buffer.add(torch.as_tensor(obs), actions.cpu(), torch.as_tensor(rewards),
                        torch.as_tensor(real_next), torch.as_tensor(terminated))
             obs = next_obs
-            for ctx in ctxs:
+            steps += num_envs
+            for ctx in seeds.active():
                 ctx.counters.env_steps += num_envs
-            step1 = c0.env_steps
+            step1 = steps
             if _reset_points(cfg, step0, step1):
                 seeds.reset()
             if step1 <= anchor_steps or seeds.replay.size < cfg.batch_size:
                 continue
             owed = int(math.floor(updates_per_step * (step1 - anchor_steps))
-                       - (c0.updates - anchor_updates))
+                       - (updates - anchor_updates))
             for _ in range(owed):
-                last = seeds.update(c0.updates + 1)
-                for ctx in ctxs:
+                updates += 1
+                last = seeds.update(updates)
+                for ctx in seeds.active():
                     ctx.counters.updates += 1
                     ctx.counters.samples += cfg.batch_size
 

@@ -329,3 +329,32 @@ def test_dmc_utd_experiment_runs_its_grid_with_short_overrides(tmp_path):
     for p in tmp_path.rglob("run.json"):
         last = RunRecord(p.parent).read_metrics()[-1]
         assert last["env_steps"] == 250 and "eval_normalized_return" in last
+
+
+def test_a_seed_that_diverges_stops_alone(tmp_path, monkeypatch):
+    """NaN weights in seed 2 of a two-seed job: its record ends ``diverged`` with its curve
+    kept, seed 1 trains to the end unaffected (the same curve as alone)."""
+    from agents import sac
+
+    real_update = sac._Seeds.update
+
+    def poisoned(self, update_index):
+        if update_index == 150:
+            with torch.no_grad():
+                for p in self.critic.parameters():
+                    rows = p.shape[0] // len(self.ctxs)
+                    p[rows:2 * rows] = float("nan")  # seed index 1 only
+        return real_update(self, update_index)
+
+    monkeypatch.setattr(sac._Seeds, "update", poisoned)
+    common = [*SMALL, "budget.value=500", "deterministic=true"]
+    dirs = [tmp_path / "s1", tmp_path / "s2"]
+    assert run(_cfg([*common, "seed=1", "seeds_per_process=2"]), tmp_path / "x",
+               seed_dirs=dirs) == "diverged"
+    ok, bad = (RunRecord(d).read_run_json() for d in dirs)
+    assert ok["status"] == "finished" and ok["env_steps"] == 500
+    assert bad["status"] == "diverged" and "non-finite" in bad["error"]
+    assert RunRecord(dirs[1]).read_metrics()[-1]["env_steps"] < 500
+    monkeypatch.setattr(sac._Seeds, "update", real_update)
+    run(_cfg([*common, "seed=1"]), tmp_path / "alone")
+    assert _curve(dirs[0]) == _curve(tmp_path / "alone")
