@@ -109,6 +109,18 @@ class VecEnv:
     def close(self) -> None:
         """Free the env's resources. Calling it twice is harmless."""
 
+    def checked_actions(self, actions: Any) -> np.ndarray:
+        """The start of every `step`: refuse a step before `reset` (an env that sets
+        `_needs_reset`), check `actions` against the action space, clip Box actions to their
+        bounds."""
+        if getattr(self, "_needs_reset", False):
+            raise RuntimeError("call reset() before step()")
+        actions = check_actions(actions, self.num_envs, self.single_action_space)
+        space = self.single_action_space
+        if isinstance(space, gymnasium.spaces.Box):
+            actions = np.clip(actions, space.low, space.high)
+        return actions
+
     def __enter__(self) -> VecEnv:
         return self
 
@@ -146,6 +158,7 @@ class EpisodeStats:
         rewards: np.ndarray,
         dones: np.ndarray,
         final_obs: np.ndarray | None = None,
+        reference_return: float | None = None,
         **extra: np.ndarray,
     ) -> dict[str, np.ndarray]:
         """Add one step and return the info arrays of the episodes that ended with it.
@@ -156,6 +169,9 @@ class EpisodeStats:
                 (terminated or truncated).
             final_obs: (num_envs, *obs_shape) the observation each env's step led to, before
                 any auto-reset (only the rows where `dones` is True are read), or None.
+            reference_return: the return a study calls 1000 (e.g. Rybkin et al.'s HalfCheetah
+                8500); given, the episodes' returns on that 0..1000 scale are reported as
+                `info["episode_normalized_return"]`.
             extra: (num_envs,) arrays of per-episode facts known at the end of an episode,
                 e.g. `success=level_complete`; reported as `info["episode_<key>"]`.
 
@@ -176,6 +192,9 @@ class EpisodeStats:
         }
         for key, values in extra.items():
             info[f"episode_{key}"] = np.asarray(values)[ended]
+        if reference_return is not None:
+            info["episode_normalized_return"] = info["episode_return"] * (
+                1000.0 / reference_return)
         if final_obs is not None and len(ended):
             info["final_obs"] = final_obs[ended]
         self.returns[ended] = 0.0

@@ -32,7 +32,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from envs.base import EnvConfig, EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from envs.base import EnvConfig, EpisodeStats, VecEnv, check_num_envs, check_seed
 from rl_scaling.registry import register_env
 
 # Named in errors as examples of valid ids (the usual DMC benchmark tasks).
@@ -142,7 +142,6 @@ class DMCVecEnv(VecEnv):
         high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float32)
         self.single_action_space = gymnasium.spaces.Box(low, high, dtype=np.float32)
         self.single_action_space.seed(seed)
-        self._low, self._high = low.astype(np.float64), high.astype(np.float64)
         obs_dim = sum(int(np.prod(s.shape)) for s in first.observation_spec().values())
         self._obs_dim = obs_dim
         self.single_observation_space = gymnasium.spaces.Box(
@@ -176,10 +175,7 @@ class DMCVecEnv(VecEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.single_action_space)
-        actions = np.clip(actions, self._low, self._high)
+        actions = self.checked_actions(actions)
         n = self.num_envs
         obs = np.empty((n, self._obs_dim), dtype=np.float32)
         rewards = np.zeros(n, dtype=np.float64)  # the stats sum them at full precision
@@ -205,10 +201,8 @@ class DMCVecEnv(VecEnv):
                 truncated[i] = not ended_terminal  # the time limit
                 o = _flatten(env.reset().observation)
             obs[i] = o
-        info = self._stats.update(rewards, terminated | truncated, final_obs=final_obs)
-        info["episode_normalized_return"] = info["episode_return"] * (
-            1000.0 / self.reference_return
-        )
+        info = self._stats.update(rewards, terminated | truncated, final_obs=final_obs,
+                                  reference_return=self.reference_return)
         return obs, rewards.astype(np.float32), terminated, truncated, info
 
     def _close_envs(self) -> None:

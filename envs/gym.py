@@ -30,7 +30,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from envs.base import EnvConfig, EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from envs.base import EnvConfig, EpisodeStats, VecEnv, check_num_envs, check_seed
 from rl_scaling.registry import register_env
 
 # Returns that map to 1000 on the normalised 0..1000 scale (Rybkin et al. 2025, "Value-based
@@ -149,7 +149,6 @@ class GymVecEnv(VecEnv):
         self.max_episode_steps = max_episode_steps
         self.reference_return = reference_return
         self._limit = max_episode_steps if max_episode_steps is not None else np.inf
-        self._low, self._high = act_space.low, act_space.high
         self._obs_dim = obs_space.shape[0]
         self._stats = EpisodeStats(num_envs)
         self._t = [0] * num_envs  # agent steps into each env's current episode
@@ -183,10 +182,7 @@ class GymVecEnv(VecEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.single_action_space)
-        actions = np.clip(actions, self._low, self._high)
+        actions = self.checked_actions(actions)
         n = self.num_envs
         obs = np.empty((n, self._obs_dim), dtype=np.float32)
         rewards = np.empty(n, dtype=np.float64)  # the stats sum them at full precision
@@ -207,11 +203,8 @@ class GymVecEnv(VecEnv):
                 o, _ = env.reset()  # continues env i's random stream
                 t[i] = 0
             obs[i] = o
-        info = self._stats.update(rewards, terminated | truncated, final_obs=final_obs)
-        if self.reference_return is not None:
-            info["episode_normalized_return"] = info["episode_return"] * (
-                1000.0 / self.reference_return
-            )
+        info = self._stats.update(rewards, terminated | truncated, final_obs=final_obs,
+                                  reference_return=self.reference_return)
         return obs, rewards.astype(np.float32), terminated, truncated, info
 
     def close(self) -> None:

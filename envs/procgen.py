@@ -25,7 +25,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
-from envs.base import EnvConfig, EpisodeStats, VecEnv, check_actions, check_num_envs, check_seed
+from envs.base import EnvConfig, EpisodeStats, VecEnv, check_num_envs, check_seed
 from rl_scaling.registry import register_env
 
 GAMES = (
@@ -164,9 +164,7 @@ class ProcgenVecEnv(VecEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        if self._needs_reset:
-            raise RuntimeError("call reset() before step()")
-        actions = check_actions(actions, self.num_envs, self.single_action_space)
+        actions = self.checked_actions(actions)
         self._env.act(actions.astype(np.int32, copy=False))
         self._fresh = False
         # observe() copies rew/ob/first out of the C buffers, so they are safe to keep
