@@ -325,10 +325,12 @@ class _Seeds:
     def alpha(self) -> Tensor:
         return self.temperature.log_alpha.detach().exp()  # (K,)
 
-    def noise(self, shape: tuple[int, ...]) -> Tensor:
-        """Standard normal noise, seed k's rows from seed k's generator: (K, *shape)."""
-        return torch.stack([torch.randn(shape, generator=ctx.device_rng, device=self.device)
-                            for ctx in self.ctxs])
+    def noise(self, shape: tuple[int, ...], gens: list[torch.Generator] | None = None
+              ) -> Tensor:
+        """Standard normal noise, seed k's rows from seed k's generator (its training stream,
+        or ``gens[k]``): (K, *shape)."""
+        gens = gens or [ctx.device_rng for ctx in self.ctxs]
+        return torch.stack([torch.randn(shape, generator=g, device=self.device) for g in gens])
 
     def reset(self) -> None:
         """Re-initialise every network from each seed's own generator; forget the optimisers'
@@ -350,18 +352,21 @@ class _Seeds:
             opt.state.clear()
 
     # ---- the update ------------------------------------------------------------------------
-    def td_target(self, rewards: Tensor, next_obs: Tensor, terminated: Tensor) -> Tensor:
+    def td_target(self, rewards: Tensor, next_obs: Tensor, terminated: Tensor,
+                  gens: list[torch.Generator] | None = None) -> Tensor:
         with torch.no_grad():
-            next_action, next_logp = self.actor.sample(next_obs, self.noise(next_obs.shape[1:2]
-                                                                             + (self.action_dim,)))
+            noise = self.noise((next_obs.shape[1], self.action_dim), gens)
+            next_action, next_logp = self.actor.sample(next_obs, noise)
             q_next = self.target(next_obs, next_action).min(dim=1).values
             soft = q_next - self.alpha()[:, None] * next_logp
             return rewards + self.cfg.gamma * (1.0 - terminated) * soft
 
-    def critic_losses(self, batch: tuple[Tensor, ...]) -> Tensor:
-        """Per-seed critic loss (K,): the twins' mean squared TD errors, summed."""
+    def critic_losses(self, batch: tuple[Tensor, ...],
+                      gens: list[torch.Generator] | None = None) -> Tensor:
+        """Per-seed critic loss (K,): the twins' mean squared TD errors, summed. ``gens``:
+        the generators of the next actions (default: the training streams)."""
         obs, actions, rewards, next_obs, terminated = batch
-        target = self.td_target(rewards, next_obs, terminated)
+        target = self.td_target(rewards, next_obs, terminated, gens)
         q = self.critic(obs, actions)  # (K, 2, B)
         return (q - target[:, None]).pow(2).mean(dim=-1).sum(dim=1)
 
@@ -408,12 +413,12 @@ class _Seeds:
         gens = [ctx.eval_rng for ctx in self.ctxs]
         out: list[dict[str, float]] = [{} for _ in range(k)]
         with torch.no_grad():
-            train_td = self.critic_losses(self.replay.sample(cfg.batch_size, gens)) / 2
+            train_td = self.critic_losses(self.replay.sample(cfg.batch_size, gens), gens) / 2
             norms = torch.zeros(k, device=self.device)
             for p in self.critic.parameters():
                 norms += p.pow(2).reshape(k, -1).sum(-1)
             if self.heldout.size > 0:
-                held_td = self.critic_losses(self.heldout.all()) / 2
+                held_td = self.critic_losses(self.heldout.all(), gens) / 2
         for j in range(k):
             out[j]["td_error_train"] = float(train_td[j])
             out[j]["critic_param_norm"] = float(norms[j].sqrt())
@@ -433,7 +438,7 @@ class _Seeds:
         params = list(self.critic.parameters())
         grads = []
         for _ in range(m):
-            loss = self.critic_losses(self.replay.sample(cfg.batch_size, gens)).sum()
+            loss = self.critic_losses(self.replay.sample(cfg.batch_size, gens), gens).sum()
             grads.append(torch.autograd.grad(loss, params))
         small_sq = torch.zeros(k, device=self.device)  # mean over chunks of |g_i|^2
         big_sq = torch.zeros(k, device=self.device)  # |mean g_i|^2

@@ -358,3 +358,15 @@ def test_a_seed_that_diverges_stops_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(sac._Seeds, "update", real_update)
     run(_cfg([*common, "seed=1"]), tmp_path / "alone")
     assert _curve(dirs[0]) == _curve(tmp_path / "alone")
+
+
+def test_evaluating_does_not_change_the_training_curve(tmp_path):
+    """Evaluations and the critic diagnostics draw from the evaluation stream only."""
+    common = [*SMALL, "budget.value=400", "algo.utd=2"]
+    run(_cfg([*common, "eval_every='100 env_steps'"]), tmp_path / "eval")
+    run(_cfg(common), tmp_path / "plain")
+    train_keys = ("critic_loss", "actor_loss", "alpha", "return_mean", "flops")
+    with_eval, without = _curve(tmp_path / "eval"), _curve(tmp_path / "plain")
+    assert "td_overfitting" in with_eval[-1] and "td_overfitting" not in without[-1]
+    assert [[r.get(k) for k in train_keys] for r in with_eval] == \
+        [[r.get(k) for k in train_keys] for r in without]
