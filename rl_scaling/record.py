@@ -24,7 +24,8 @@ run, so it cannot order its lines).
   effective roles, ``total`` over every role);
 - ``budget`` ``{counter, value}``; at the end ``env_steps``, ``samples``, ``updates``, ``flops``;
 - ``starts``: one entry per start of the run (host, pid, time, Slurm job/array/requeue ids);
-- ``versions``, ``git_rev``, ``host``, ``device``.
+- ``versions``, ``git_rev`` (the commit of the code the process imported, ``-dirty`` if
+  tracked files differed), ``host``, ``device``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import os
 import platform
@@ -141,14 +142,21 @@ def _config_mismatch(old: DictConfig, new: DictConfig) -> list[str]:
     return diffs
 
 
+@functools.cache
 def _git_rev() -> str | None:
+    """The commit of the code this process runs, ``-dirty`` if tracked files differed from
+    it. Read once per process (when its first run starts): a worker process keeps running
+    the code it imported even after the checkout moves on, and its records must say so."""
+    root = Path(__file__).resolve().parent.parent
     try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
+    return (rev + ("-dirty" if dirty else "")) or None
 
 
 def _versions() -> dict[str, str]:
