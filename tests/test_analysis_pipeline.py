@@ -379,3 +379,46 @@ def test_detect_notes_invalid_and_partial_declarations():
     [guessed] = detect.detect(df.assign(**{"study.kind": "bogus"}))
     assert guessed.kind == "curves" and not guessed.declared
     assert "3 run(s) declare an invalid study" in guessed.notes[0]
+
+
+def test_utd_joint_width_grid_and_the_studys_compute_convention(tmp_path: Path):
+    """Fu et al.'s joint grid: two critic widths, each its own D_J(sigma) law (the wider one
+    needs half the data here); compute to threshold read from ``flops_10nbsd`` with its own N
+    (the critic's), not from ``flops`` or ``params.effective``."""
+    import yaml
+
+    grid = {"sigmas": (1, 2, 4, 8), "batches": (64, 128, 256), "lrs": (5e-4, 1e-3, 2e-3),
+            "seeds": (0,), "n_points": 24, "tasks": ("HalfCheetah-v4",)}
+    study = {"kind": "utd", "axes": {"sigma": "algo.utd", "batch_size": "algo.batch_size",
+                                     "lr": "algo.lr", "task": "env.id",
+                                     "width": "algo.critic_width"}}
+    runs = tmp_path / "runs"
+    n_critic = {256: 50_000, 512: 200_000}
+    for width, data_scale in ((256, 1.0), (512, 0.5)):
+        root = runs / f"w{width}"
+        truth = synthetic.utd_sweep(root, study=study, **grid)
+        for run_dir in (root / "mujoco_utd").iterdir():
+            cfg_path = run_dir / "config.yaml"
+            cfg = yaml.safe_load(cfg_path.read_text())
+            cfg["algo"]["critic_width"] = width
+            cfg_path.write_text(yaml.safe_dump(cfg))
+            b, sigma = cfg["algo"]["batch_size"], cfg["algo"]["utd"]
+            lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().split("\n")
+                     if x.strip()]
+            for row in lines:  # the wider critic reaches J with less data
+                row["env_steps"] = int(row["env_steps"] * data_scale)
+                row["flops_10nbsd"] = 10.0 * n_critic[width] * b * sigma * row["env_steps"]
+            (run_dir / "metrics.jsonl").write_text(
+                "".join(json.dumps(r) + "\n" for r in lines))
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--n-boot", "0",
+                          "--formats", "png", "--no-cache", "--threshold",
+                          str(truth["J"])]) == 0
+    u = _laws(out)["studies"]["mujoco_utd/utd"]
+    assert u["context"]["compute C_J"].startswith("10 N B sigma D (flops_10nbsd")
+    fits = {w: u["fits"][f"D_J(sigma) J={truth['J']:.4g} [HalfCheetah-v4, width={w}]"]
+            for w in (256, 512)}
+    for fit in fits.values():
+        assert fit["params"]["alpha"] == pytest.approx(truth["alpha_J"], abs=0.3)
+    ratio = fits[512]["params"]["D_min"] / fits[256]["params"]["D_min"]
+    assert ratio == pytest.approx(0.5, rel=0.2)
