@@ -533,7 +533,7 @@ def train_many(cfg: SACConfig, ctxs: list[RunContext]) -> None:
                 logs[j].add(info)
             to_holdout = holdout and (step0 // num_envs) % holdout == holdout - 1
             buffer = seeds.heldout if to_holdout else seeds.replay
-            buffer.add(torch.as_tensor(obs), actions.cpu(), torch.as_tensor(rewards),
+            buffer.add(torch.as_tensor(obs), actions, torch.as_tensor(rewards),
                        torch.as_tensor(real_next), torch.as_tensor(terminated))
             obs = next_obs
             steps += num_envs

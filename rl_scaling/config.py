@@ -51,7 +51,7 @@ class Config:
     study: Any = None
     seed: int = 1
     # Train the seeds seed .. seed+K-1 in this one process, in lock step, each into its own
-    # run record (the algorithm must register train_many; SAC does). Not part of a run's
+    # run record (the algorithm must register train_many). Not part of a run's
     # identity: a record written with K=4 resumes with K=1 and vice versa.
     seeds_per_process: int = 1
     budget: BudgetConfig = field(default_factory=BudgetConfig)
