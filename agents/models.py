@@ -144,7 +144,8 @@ class ImpalaCNN(nn.Module):
 
     Three stacks with ``16, 32, 32`` x width channels, each conv -> max-pool ->
     ``depth`` residual blocks; then relu, flatten, dense to ``256`` x width, relu;
-    a shared trunk feeds a policy head and a value head.
+    a shared trunk feeds a policy head and a value head (``separate_value=True``: the value
+    head gets a trunk of its own, PPG's "dual" architecture).
     Width 1, depth 2 on 64x64x3 with 15 actions: 626,256 parameters, 61.2 MFLOP.
     """
 
@@ -157,36 +158,48 @@ class ImpalaCNN(nn.Module):
         num_actions: int,
         width: float = 1.0,
         depth: int = 2,
+        separate_value: bool = False,
     ):
         super().__init__()
-        h, w, c = _check_image_shape("impala_cnn", obs_shape)
-        self.obs_shape, self.num_actions = (h, w, c), num_actions
+        h0, w0, c = _check_image_shape("impala_cnn", obs_shape)
+        self.obs_shape, self.num_actions = (h0, w0, c), num_actions
         self.width, self.depth = width, depth
+        hidden = self.hidden_size = scaled_channels(self.base_hidden, width)
 
-        stacks: list[nn.Module] = []
-        in_channels = c
-        for base in self.base_channels:
-            out_channels = scaled_channels(base, width)
-            stacks.append(ConvSequence(in_channels, out_channels, depth))
-            in_channels = out_channels
-            h, w = ConvSequence.output_hw(h, w)
-        hidden = scaled_channels(self.base_hidden, width)
-        self.trunk = nn.Sequential(
-            *stacks,
-            nn.ReLU(inplace=True),  # acts on a fresh residual-block output
-            nn.Flatten(),
-            nn.Linear(in_channels * h * w, hidden),
-            nn.ReLU(inplace=True),
-        )
+        def trunk() -> nn.Sequential:
+            stacks: list[nn.Module] = []
+            in_channels, h, w = c, h0, w0
+            for base in self.base_channels:
+                out_channels = scaled_channels(base, width)
+                stacks.append(ConvSequence(in_channels, out_channels, depth))
+                in_channels = out_channels
+                h, w = ConvSequence.output_hw(h, w)
+            return nn.Sequential(
+                *stacks,
+                nn.ReLU(inplace=True),  # acts on a fresh residual-block output
+                nn.Flatten(),
+                nn.Linear(in_channels * h * w, hidden),
+                nn.ReLU(inplace=True),
+            )
+
+        self.trunk = trunk()
+        self.value_trunk = trunk() if separate_value else None
         self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
         self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
 
+    def features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(policy features, value features)``: the inputs of the two heads (the same
+        tensor when the trunk is shared)."""
+        x = _pixels_to_nchw(obs)
+        hidden = self.trunk(x)
+        return hidden, hidden if self.value_trunk is None else self.value_trunk(x)
+
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        hidden = self.trunk(_pixels_to_nchw(obs))
-        return self.policy_head(hidden), self.value_head(hidden).squeeze(-1)
+        h_pi, h_v = self.features(obs)
+        return self.policy_head(h_pi), self.value_head(h_v).squeeze(-1)
 
     def scaled_modules(self) -> list[nn.Module]:
-        return [self.trunk]
+        return [self.trunk] + ([self.value_trunk] if self.value_trunk is not None else [])
 
 
 # ---------------------------------------------------------------------------
@@ -200,12 +213,14 @@ class MnistCNN(nn.Module):
     Each network: conv5x5 (16 x width, no padding) -> relu -> max-pool 2x2 ->
     conv3x3 (32 x width) -> relu -> max-pool 2x2 -> flatten -> dense (1000 x width)
     -> relu -> head (num_actions logits, or 1 value). Input (H, W) or (H, W, 1) pixels.
+    ``separate_value=False`` shares one trunk between the heads.
     """
 
     base_channels = (16, 32)
     base_hidden = 1000
 
-    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0):
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0,
+                 separate_value: bool = True):
         super().__init__()
         if len(obs_shape) == 2:  # accept (28, 28) as well as (28, 28, 1)
             obs_shape = (*obs_shape, 1)
@@ -220,7 +235,7 @@ class MnistCNN(nn.Module):
                 f"mnist_cnn needs images of at least 14x14, got obs_shape={tuple(obs_shape)}"
             )
         c1, c2 = (scaled_channels(b, width) for b in self.base_channels)
-        hidden = scaled_channels(self.base_hidden, width)
+        hidden = self.hidden_size = scaled_channels(self.base_hidden, width)
 
         def trunk() -> nn.Sequential:
             return nn.Sequential(
@@ -235,20 +250,25 @@ class MnistCNN(nn.Module):
                 nn.ReLU(),
             )
 
-        self.policy_trunk, self.value_trunk = trunk(), trunk()
+        self.policy_trunk = trunk()
+        self.value_trunk = trunk() if separate_value else None
         self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
         self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(policy features, value features)``: the inputs of the two heads."""
         if obs.ndim == 3:
             obs = obs.unsqueeze(-1)
         x = _pixels_to_nchw(obs)
-        logits = self.policy_head(self.policy_trunk(x))
-        value = self.value_head(self.value_trunk(x)).squeeze(-1)
-        return logits, value
+        h_pi = self.policy_trunk(x)
+        return h_pi, h_pi if self.value_trunk is None else self.value_trunk(x)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        h_pi, h_v = self.features(obs)
+        return self.policy_head(h_pi), self.value_head(h_v).squeeze(-1)
 
     def scaled_modules(self) -> list[nn.Module]:
-        return [self.policy_trunk, self.value_trunk]
+        return [m for m in (self.policy_trunk, self.value_trunk) if m is not None]
 
 
 # ---------------------------------------------------------------------------
@@ -257,7 +277,8 @@ class MnistCNN(nn.Module):
 
 
 class MLPActorCritic(nn.Module):
-    """Separate tanh policy and value MLPs: ``depth`` hidden layers of 64 x width units."""
+    """Separate tanh policy and value MLPs: ``depth`` hidden layers of 64 x width units
+    (``separate_value=False``: one MLP feeds both heads)."""
 
     base_hidden = 64
 
@@ -267,6 +288,7 @@ class MLPActorCritic(nn.Module):
         num_actions: int,
         width: float = 1.0,
         depth: int = 2,
+        separate_value: bool = True,
     ):
         super().__init__()
         if len(obs_shape) != 1:
@@ -276,7 +298,7 @@ class MLPActorCritic(nn.Module):
             )
         self.obs_shape, self.num_actions = (int(obs_shape[0]),), num_actions
         self.width, self.depth = width, depth
-        hidden = scaled_channels(self.base_hidden, width)
+        hidden = self.hidden_size = scaled_channels(self.base_hidden, width)
 
         def trunk() -> nn.Sequential:
             layers: list[nn.Module] = []
@@ -286,18 +308,23 @@ class MLPActorCritic(nn.Module):
                 in_features = hidden
             return nn.Sequential(*layers)
 
-        self.policy_trunk, self.value_trunk = trunk(), trunk()
+        self.policy_trunk = trunk()
+        self.value_trunk = trunk() if separate_value else None
         self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
         self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(policy features, value features)``: the inputs of the two heads."""
         x = obs.float()  # no copy when already float32
-        logits = self.policy_head(self.policy_trunk(x))
-        value = self.value_head(self.value_trunk(x)).squeeze(-1)
-        return logits, value
+        h_pi = self.policy_trunk(x)
+        return h_pi, h_pi if self.value_trunk is None else self.value_trunk(x)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        h_pi, h_v = self.features(obs)
+        return self.policy_head(h_pi), self.value_head(h_v).squeeze(-1)
 
     def scaled_modules(self) -> list[nn.Module]:
-        return [self.policy_trunk, self.value_trunk]
+        return [m for m in (self.policy_trunk, self.value_trunk) if m is not None]
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +339,9 @@ class ModelConfig:
     family: str = MISSING  # impala_cnn | mnist_cnn | mlp, or any registered family
     width: float = 1.0  # multiplier on channels/units; 1.0 = the paper's default
     depth: int | None = None  # blocks per stage / hidden layers; None: the family's default
+    # a value trunk of its own (true) or one trunk for both heads (false); None: the family's
+    # default (impala_cnn shares its trunk, mnist_cnn and mlp do not)
+    separate_value: bool | None = None
 
     def validate(self) -> None:
         if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) \
@@ -322,21 +352,27 @@ class ModelConfig:
             raise ValueError(f"model.depth must be >= 1 (an integer), got {self.depth!r}")
 
 
-def _build_impala(obs_shape, num_actions, width, depth):
-    return ImpalaCNN(obs_shape, num_actions, width=width, depth=2 if depth is None else depth)
+def _separate(separate_value: bool | None, default: bool) -> dict[str, bool]:
+    return {"separate_value": default if separate_value is None else bool(separate_value)}
 
 
-def _build_mnist(obs_shape, num_actions, width, depth):
+def _build_impala(obs_shape, num_actions, width, depth, separate_value=None):
+    return ImpalaCNN(obs_shape, num_actions, width=width, depth=2 if depth is None else depth,
+                     **_separate(separate_value, False))
+
+
+def _build_mnist(obs_shape, num_actions, width, depth, separate_value=None):
     if depth not in (None, 1):
         raise ValueError(
             f"model.depth is not a knob of mnist_cnn (fixed architecture); "
             f"leave it null or 1, got {depth}"
         )
-    return MnistCNN(obs_shape, num_actions, width=width)
+    return MnistCNN(obs_shape, num_actions, width=width, **_separate(separate_value, True))
 
 
-def _build_mlp(obs_shape, num_actions, width, depth):
-    return MLPActorCritic(obs_shape, num_actions, width=width, depth=2 if depth is None else depth)
+def _build_mlp(obs_shape, num_actions, width, depth, separate_value=None):
+    return MLPActorCritic(obs_shape, num_actions, width=width, depth=2 if depth is None else depth,
+                          **_separate(separate_value, True))
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -358,6 +394,7 @@ def build_model(
     *,
     width: float = 1.0,
     depth: int | None = None,
+    separate_value: bool | None = None,
 ) -> nn.Module:
     """Build an actor-critic of ``family`` for ``obs_shape`` (no batch dim) and a
     discrete action space of ``num_actions``.
@@ -365,16 +402,18 @@ def build_model(
     ``width`` multiplies every scaled layer's channels/units (1.0 = the paper's
     default; fractional allowed). ``depth`` is residual blocks per stack for
     ``impala_cnn`` (default 2), hidden layers for ``mlp`` (default 2), and must be
-    None or 1 for ``mnist_cnn``.
+    None or 1 for ``mnist_cnn``. ``separate_value``: a value trunk of its own (None: the
+    family's default). Every family has ``features(obs) -> (policy, value features)``,
+    ``policy_head``, ``value_head`` and ``hidden_size`` (PPG's auxiliary head reads them).
     """
     if family not in _REGISTRY:
         raise ValueError(f"unknown model family '{family}'; known: {', '.join(known_families())}")
-    ModelConfig(family, width, depth).validate()
+    ModelConfig(family, width, depth, separate_value).validate()
     if int(num_actions) != num_actions or num_actions < 1:
         raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
     obs_shape = tuple(int(s) for s in obs_shape)
     return _REGISTRY[family](obs_shape, int(num_actions), float(width),
-                             None if depth is None else int(depth))
+                             None if depth is None else int(depth), separate_value)
 
 
 def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Module:
@@ -385,7 +424,8 @@ def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Modul
         raise ValueError(f"model family {cfg.family!r} is a discrete actor-critic; the env's "
                          f"action space is {spec.action_space}")
     return build_model(cfg.family, tuple(spec.observation_space.shape), int(n),
-                       width=cfg.width, depth=cfg.depth)
+                       width=cfg.width, depth=cfg.depth,
+                       separate_value=getattr(cfg, "separate_value", None))
 
 
 for _family in _REGISTRY:

@@ -14,6 +14,7 @@ sample. Held-out evaluation is not training compute and is not counted.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -39,12 +40,16 @@ class PPOConfig:
     num_minibatches: int = 8  # per epoch; must divide the batch
     gamma: float = 0.999  # discount
     gae_lambda: float = 0.95  # GAE lambda (1: Monte-Carlo returns bootstrapped at the end)
-    clip_coef: float = 0.2  # ratio clip for the policy (and the value, with clip_vloss)
+    clip_coef: float = 0.2  # ratio clip for the policy (and the value, with clip_vloss); 0: off
     clip_vloss: bool = True  # clip the value update around the rollout's values
+    kl_coef: float = 0.0  # fixed KL penalty 0.5 E[(log pi - log pi_prox)^2]; 0: off
     ent_coef: float = 0.01  # entropy bonus
     vf_coef: float = 0.5  # value-loss weight
-    lr: float = 5e-4  # Adam learning rate at width 1
+    lr: float = 5e-4  # Adam learning rate at width 1 (and lr_base_depth)
     lr_width_rule: bool = True  # lr = lr * model.width^-1/2 (Hilton et al. 2023)
+    lr_depth_rule: bool = False  # lr *= (model.depth / lr_base_depth)^lr_depth_exponent
+    lr_depth_exponent: float = -0.5
+    lr_base_depth: int = 2  # the depth at which algo.lr was tuned
     anneal_lr: bool = False  # decay lr linearly to 0 over the budget
     adam_eps: float = 1e-5
     max_grad_norm: float = 0.5  # global gradient-norm clip
@@ -59,17 +64,31 @@ class PPOConfig:
             ("lr", self.lr > 0, "must be > 0"),
             ("gamma", 0 <= self.gamma <= 1, "must be in [0, 1]"),
             ("gae_lambda", 0 <= self.gae_lambda <= 1, "must be in [0, 1]"),
-            ("clip_coef", self.clip_coef > 0, "must be > 0"),
+            ("clip_coef", self.clip_coef >= 0, "must be >= 0 (0: no clipping)"),
+            ("kl_coef", self.kl_coef >= 0, "must be >= 0"),
+            ("clip_coef", self.clip_coef > 0 or self.kl_coef > 0,
+             "is 0 with algo.kl_coef=0: nothing limits the policy update"),
             ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
+            ("lr_base_depth", self.lr_base_depth >= 1, "must be >= 1"),
         ]
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"algo.{key}={getattr(self, key)} {why}")
 
 
-def learning_rate(cfg: PPOConfig, width: float) -> float:
-    """lr = base_lr * width^-1/2 when ``lr_width_rule`` (Hilton et al. 2023), else base_lr."""
-    return cfg.lr * width**-0.5 if cfg.lr_width_rule else cfg.lr
+def learning_rate(cfg: PPOConfig, width: float, depth: int | None = None) -> float:
+    """The learning rate of a model of this width and depth.
+
+    ``lr_width_rule``: ``lr * width^-1/2`` (Hilton et al. 2023's rule for width scaling).
+    ``lr_depth_rule``: times ``(depth / lr_base_depth)^lr_depth_exponent``, -1/2 by default:
+    a residual stack of ``depth`` blocks sums ``depth`` updates into its output, so the
+    step per block shrinks as depth^-1/2 to keep the output's change fixed (our reading of
+    the depth rule; the exponent is a knob). ``depth=None`` (a family's default) leaves it.
+    """
+    lr = cfg.lr * width**-0.5 if cfg.lr_width_rule else cfg.lr
+    if cfg.lr_depth_rule and depth is not None:
+        lr *= (depth / cfg.lr_base_depth) ** cfg.lr_depth_exponent
+    return lr
 
 
 def _obs_tensor(obs: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -125,17 +144,44 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
 
 
 def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
-             cfg: PPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The clipped PPO objective on one minibatch; returns the loss and its parts
-    (detached: ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clipfrac``)."""
+             cfg: PPOConfig, prox_logprob: torch.Tensor | None = None,
+             imp_samp_max: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The PPO objective on one minibatch; returns the loss and its parts (detached:
+    ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clipfrac``).
+
+    ``prox_logprob=None``: the proximal policy is the behaviour policy (plain PPO: clip the
+    ratio ``pi / pi_behav``). Given (PPO-EWMA, Hilton et al. 2021), the objective is
+    decoupled: the importance weight ``pi / pi_behav`` corrects for the data's policy, while
+    clipping and the KL penalty act on ``r = pi / pi_prox``:
+    ``max(-A pi/pi_behav, -A clip(r, 1-eps, 1+eps) pi_prox/pi_behav)``, computed in log
+    space with the weight capped at ``imp_samp_max`` against stale-data blow-ups. With
+    ``pi_prox = pi_behav`` both forms are the same number. ``cfg.kl_coef`` adds the fixed
+    penalty ``kl_coef * 0.5 E[log(pi / pi_prox)^2]``; ``cfg.clip_coef = 0`` turns clipping off.
+    """
     new_logprob, entropy = categorical_logprob_entropy(logits, mb["actions"])
-    log_ratio = new_logprob - mb["logprobs"]
-    ratio = log_ratio.exp()
     adv = mb["advantages"]
     if cfg.norm_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    clipped = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
-    pg_loss = torch.max(-adv * ratio, -adv * clipped).mean()
+    behav_logprob = mb["logprobs"]
+    if prox_logprob is None:
+        log_ratio = new_logprob - behav_logprob
+        ratio = log_ratio.exp()
+        pg_losses = -adv * ratio
+        if cfg.clip_coef > 0:
+            clipped = ratio.clamp(1 - cfg.clip_coef, 1 + cfg.clip_coef)
+            pg_losses = torch.max(pg_losses, -adv * clipped)
+    else:
+        log_ratio = new_logprob - prox_logprob  # what the trust region limits
+        ratio = log_ratio.exp()
+        # cap the importance weight: behav_logprob >= new_logprob - log(imp_samp_max)
+        behav = torch.max(behav_logprob, new_logprob.detach() - math.log(imp_samp_max))
+        pg_losses = -adv * (new_logprob - behav).exp()
+        if cfg.clip_coef > 0:
+            clipped = log_ratio.clamp(math.log(1 - cfg.clip_coef), math.log(1 + cfg.clip_coef))
+            pg_losses = torch.max(pg_losses, -adv * (clipped + prox_logprob - behav).exp())
+    pg_loss = pg_losses.mean()
+    if cfg.kl_coef > 0:
+        pg_loss = pg_loss + cfg.kl_coef * 0.5 * (log_ratio**2).mean()
     if cfg.clip_vloss:
         v_clipped = mb["values"] + (new_value - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
         v_loss = 0.5 * torch.max((new_value - mb["returns"]) ** 2,
@@ -147,7 +193,8 @@ def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.
     with torch.no_grad():
         parts = {"policy_loss": pg_loss.detach(), "value_loss": v_loss.detach(),
                  "entropy": ent.detach(), "approx_kl": ((ratio - 1) - log_ratio).mean(),
-                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()}
+                 "clipfrac": ((ratio - 1.0).abs() > cfg.clip_coef).float().mean()
+                 if cfg.clip_coef > 0 else torch.zeros((), device=ratio.device)}
     return loss, parts
 
 
@@ -162,7 +209,7 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
                           f"env.num_envs*algo.num_steps={batch_size}")
     minibatch_size = batch_size // cfg.num_minibatches
     model = ctx.network("policy")
-    base_lr = learning_rate(cfg, ctx.model.get("width", 1.0))
+    base_lr = learning_rate(cfg, ctx.model.get("width", 1.0), ctx.model.get("depth"))
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
     reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None
     obs_space = envs.single_observation_space

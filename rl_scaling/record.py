@@ -47,7 +47,7 @@ STATUSES = ("running", "finished", "failed", "diverged")
 #   utd            UTD ratio, batch size and lr vary (value-based RL): Rybkin et al.'s workflow
 #   generalization problem complexity varies: compute/data to sufficient generalization
 #   curves         learning curves per configuration, no law
-STUDY_KINDS = ("scaling", "isoflop", "utd", "generalization", "curves")
+STUDY_KINDS = ("scaling", "isoflop", "utd", "generalization", "curves", "horizon")
 # Roles an axis may name; analysis looks the config key of each role up here.
 STUDY_AXES = ("width", "depth", "params", "sigma", "batch_size", "lr", "complexity",
               "horizon", "seed", "task", "budget")

@@ -1,0 +1,431 @@
+"""Phasic Policy Gradient (Cobbe et al. 2021) and the EWMA proximal policy (Hilton et al. 2021).
+
+One trainer, three registered algorithms:
+
+- ``ppo_ewma``: PPO whose proximal policy is a bias-corrected exponential moving average
+  of the policy's weights. The importance weight uses the behaviour policy (which
+  collected the data); clipping, or the fixed KL penalty, is taken against the EWMA
+  (``agents.ppo.ppo_loss`` with ``prox_logprob``). This is what makes PPO batch
+  size-invariant.
+- ``ppg``: a policy phase of ``n_pi`` PPO iterations, then an auxiliary phase of
+  ``n_aux_epochs`` passes over the phase's rollouts that distils the value targets into an
+  auxiliary value head on the policy's features while a KL term (weight ``bc_coef``)
+  keeps the policy where it was, and trains the true value head further.
+- ``ppg_ewma``: both, the trainer of Hilton, Tang & Schulman 2023. After every auxiliary
+  phase the EWMA restarts from the current weights.
+
+Reads top to bottom: collect a rollout with PPO's ``collect_rollout``, compute GAE, run the
+policy-phase minibatches with PPO's ``ppo_loss``, every ``n_pi`` iterations run the
+auxiliary phase, hand the iteration to the run context. The batch may grow under a
+schedule (``agents.batch_schedule``). The value network is the model's: shared with the
+policy or separate (``model.separate_value``).
+
+FLOPs: role ``policy`` as in PPO (acting forwards, a forward and backward per minibatch
+sample per epoch), plus a forward of ``proximal`` (the EWMA copy) per policy-phase sample
+per epoch, and in the auxiliary phase one forward of ``policy`` per stored sample for the
+old action distribution, then a forward and backward of ``policy`` and ``aux_value`` per
+sample per auxiliary epoch.
+
+Checkpoints: an iteration ends after its auxiliary phase, so a checkpoint never falls
+inside one. Inside a policy phase the stored rollouts go into the checkpoint
+(``checkpoint_aux_buffer``, default), so a resumed run distils exactly what an
+uninterrupted one would; with it off the checkpoint stays small and a resumed run says
+that its next auxiliary phase distils only the rollouts collected since the resume.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from agents.batch_schedule import SCHEDULES, BatchSchedule, GradientNoiseScale
+from agents.buffers import RolloutBuffer
+from agents.common import RewardNormalizer, categorical_logprob_entropy, sample_categorical
+from agents.evaluation import EpisodeLog, evaluate
+from agents.models import layer_init
+from agents.ppo import PPOConfig, _obs_tensor, collect_rollout, learning_rate, ppo_loss
+from rl_scaling.context import RunContext
+from rl_scaling.registry import ConfigError, register_algo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPGConfig(PPOConfig):
+    """PPO's keys (``algo.*``) plus the proximal policy, the phases and the batch schedule.
+
+    Defaults: PPG-EWMA on Procgen (Cobbe et al. 2021; Hilton et al. 2021): one policy epoch
+    of 8 minibatches, ``n_pi`` 32, 6 auxiliary epochs with a behavioural-cloning weight of 1.
+    """
+
+    name: str = "ppg_ewma"
+    num_epochs: int = 1  # policy-phase epochs (PPG's E_pi)
+    proximal: str = "ewma"  # ewma | behaviour: what clipping / the KL penalty act against
+    # EWMA decay per policy step. 0.8 puts the EWMA's centre of mass 4 steps back, the mean
+    # age of PPO's proximal (= behaviour) policy over one epoch of 8 minibatches.
+    ewma_decay: float = 0.8
+    imp_samp_max: float = 100.0  # cap on the importance weight pi / pi_behav (EWMA only)
+    n_pi: int = 32  # policy iterations per phase
+    n_aux_epochs: int = 6  # auxiliary epochs per phase; 0: no auxiliary phase (PPO)
+    aux_minibatches_per_iteration: int = 16  # aux minibatches per stored iteration per epoch
+    aux_lr: float = 5e-4  # Adam lr of the auxiliary phase (width rule applies as for lr)
+    bc_coef: float = 1.0  # weight of KL(pi_old || pi) in the auxiliary phase
+    aux_vf_coef: float = 1.0  # weight of the true value head's loss in the auxiliary phase
+    checkpoint_aux_buffer: bool = True  # store the phase's rollouts in checkpoints
+    batch_schedule: str = "constant"  # constant | power_law | greedy
+    batch_max: int | None = None  # largest batch (default 16 x the first)
+    batch_power: float = 0.5  # power_law: B = B_min (E / E_0)^p
+    batch_e0: int | None = None  # power_law: E_0 (default: 32 iterations at B_min)
+    batch_check_every: int = 4  # greedy: iterations between noise-scale checks
+    batch_rescale: bool = True  # scale lr, Adam betas and ewma_decay with the batch
+
+    def validate(self) -> None:
+        super().validate()
+        checks = [
+            ("proximal", self.proximal in ("ewma", "behaviour"), "must be ewma or behaviour"),
+            ("ewma_decay", 0 <= self.ewma_decay < 1, "must be in [0, 1)"),
+            ("imp_samp_max", self.imp_samp_max > 1, "must be > 1"),
+            ("n_pi", self.n_pi >= 1, "must be >= 1"),
+            ("n_aux_epochs", self.n_aux_epochs >= 0, "must be >= 0"),
+            ("aux_minibatches_per_iteration", self.aux_minibatches_per_iteration >= 1,
+             "must be >= 1"),
+            ("aux_lr", self.aux_lr > 0, "must be > 0"),
+            ("bc_coef", self.bc_coef >= 0, "must be >= 0"),
+            ("batch_schedule", self.batch_schedule in SCHEDULES,
+             f"must be one of {', '.join(SCHEDULES)}"),
+            ("batch_power", self.batch_power >= 0, "must be >= 0"),
+            ("batch_check_every", self.batch_check_every >= 1, "must be >= 1"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"algo.{key}={getattr(self, key)} {why}")
+
+
+class EwmaModel:
+    """A bias-corrected exponential moving average of ``model``'s weights, kept in ``copy``.
+
+    After ``t`` updates, ``copy = sum_i decay^(t-i) theta_i / sum_i decay^(t-i)`` over the
+    weights ``theta_0`` (at construction or the last ``reset``) .. ``theta_t``: the running
+    total weight ``w <- decay w + 1`` is the bias correction (an EWMA started from
+    ``theta_0`` with weight 1, not from zeros). Buffers are copied, not averaged.
+    """
+
+    def __init__(self, model: nn.Module, copy: nn.Module, decay: float) -> None:
+        self.model, self.copy, self.decay = model, copy, float(decay)
+        self.copy.requires_grad_(False)
+        self.reset()
+
+    @torch.no_grad()
+    def update(self) -> None:
+        total = self.decay * self.total_weight + 1.0
+        keep = self.decay * self.total_weight / total
+        params = list(self.model.parameters())
+        averaged = list(self.copy.parameters())
+        torch._foreach_mul_(averaged, keep)
+        torch._foreach_add_(averaged, params, alpha=1.0 / total)
+        for b, b_avg in zip(self.model.buffers(), self.copy.buffers(), strict=True):
+            b_avg.copy_(b)
+        self.total_weight = total
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.copy.load_state_dict(self.model.state_dict())
+        self.total_weight = 1.0
+
+    def state_dict(self) -> dict[str, float]:
+        return {"total_weight": self.total_weight, "decay": self.decay}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.total_weight, self.decay = float(state["total_weight"]), float(state["decay"])
+
+
+class AuxBuffer:
+    """The observations and value targets of the current policy phase (on the host)."""
+
+    def __init__(self, keep_in_checkpoint: bool) -> None:
+        self.keep_in_checkpoint = keep_in_checkpoint
+        self.obs: list[torch.Tensor] = []
+        self.returns: list[torch.Tensor] = []
+        self.iterations = 0  # policy iterations in this phase, stored or not
+
+    def add(self, buffer: RolloutBuffer) -> None:
+        self.obs.append(buffer.obs.flatten(0, 1).cpu().clone())
+        self.returns.append(buffer.returns.flatten().cpu().clone())
+        self.iterations += 1
+
+    def clear(self) -> None:
+        self.obs, self.returns, self.iterations = [], [], 0
+
+    @property
+    def size(self) -> int:
+        return sum(len(r) for r in self.returns)
+
+    def state_dict(self) -> dict[str, Any]:
+        stored = self.keep_in_checkpoint
+        return {"iterations": self.iterations, "obs": self.obs if stored else None,
+                "returns": self.returns if stored else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.iterations = int(state["iterations"])
+        if state["obs"] is None:
+            self.obs, self.returns = [], []
+            if self.iterations:
+                log.warning("resumed %d iterations into a policy phase whose rollouts were not "
+                            "checkpointed (algo.checkpoint_aux_buffer=false): the next "
+                            "auxiliary phase distils only the rollouts collected from now",
+                            self.iterations)
+        else:
+            self.obs, self.returns = list(state["obs"]), list(state["returns"])
+
+
+def _check_features(model: nn.Module) -> None:
+    if not all(hasattr(model, a) for a in ("features", "policy_head", "value_head",
+                                             "hidden_size")):
+        raise ConfigError(f"algo=ppg needs a model with features(obs), policy_head, "
+                          f"value_head and hidden_size for its auxiliary value head; "
+                          f"{type(model).__name__} lacks them")
+
+
+def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Module,
+              optimizer: torch.optim.Optimizer, store: AuxBuffer) -> dict[str, float]:
+    """PPG's auxiliary phase over the stored rollouts; returns its mean losses."""
+    device = ctx.device
+    n = store.size
+    if n == 0:
+        return {}
+    obs, returns = torch.cat(store.obs), torch.cat(store.returns)
+    chunk = max(1, n // (cfg.aux_minibatches_per_iteration * max(1, len(store.obs))))
+    model.eval()
+    with torch.inference_mode():  # the policy to stay close to: before any aux step
+        old_logp = torch.cat([F.log_softmax(model(o.to(device))[0], -1)
+                              for o in obs.split(4 * chunk)])
+    ctx.flops.add_forward("policy", n)
+    model.train()
+    num_mb = cfg.aux_minibatches_per_iteration * len(store.obs)
+    sums: dict[str, torch.Tensor] = {}
+    for _epoch in range(cfg.n_aux_epochs):
+        perm = torch.randperm(n, generator=ctx.torch_rng)
+        for idx in perm.chunk(num_mb):
+            mb_obs = obs[idx].to(device, non_blocking=True)
+            target = returns[idx].to(device, non_blocking=True)
+            h_pi, h_v = model.features(mb_obs)
+            logp = F.log_softmax(model.policy_head(h_pi), -1)
+            value = model.value_head(h_v).squeeze(-1)
+            aux_value = aux_head(h_pi).squeeze(-1)
+            old = old_logp[idx.to(device)]
+            kl = (old.exp() * (old - logp)).sum(-1).mean()  # KL(pi_old || pi)
+            aux_loss = 0.5 * ((aux_value - target) ** 2).mean()
+            true_loss = 0.5 * ((value - target) ** 2).mean()
+            loss = aux_loss + cfg.bc_coef * kl + cfg.aux_vf_coef * true_loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_([*model.parameters(), *aux_head.parameters()],
+                                     cfg.max_grad_norm)
+            optimizer.step()
+            ctx.flops.add_forward_backward("policy", len(idx))
+            ctx.flops.add_forward_backward("aux_value", len(idx))
+            ctx.counters.updates += 1
+            ctx.counters.samples += len(idx)
+            for k, v in (("aux_kl", kl), ("aux_value_loss", aux_loss),
+                         ("aux_true_value_loss", true_loss)):
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+    steps = cfg.n_aux_epochs * num_mb
+    return {k: float(v) / steps for k, v in sums.items()}
+
+
+def _rescale(optimizers: list[torch.optim.Optimizer], ewma: EwmaModel | None, factor: float
+             ) -> None:
+    """Hilton et al. 2021's batch-size rules for a batch ``factor`` times larger."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] *= factor
+            b1, b2 = group["betas"]
+            group["betas"] = (b1**factor, b2**factor)
+    if ewma is not None:
+        ewma.decay **= factor
+
+
+def train(cfg: PPGConfig, ctx: RunContext) -> str:
+    """Train ``policy`` (and the auxiliary value head) until the budget is spent."""
+    device = ctx.device
+    envs = ctx.envs("train")
+    num_envs = envs.num_envs
+    if (num_envs * cfg.num_steps) % cfg.num_minibatches:
+        raise ConfigError(f"algo.num_minibatches={cfg.num_minibatches} must divide "
+                          f"env.num_envs*algo.num_steps={num_envs * cfg.num_steps}")
+    model = ctx.network("policy")
+    ewma = None
+    if cfg.proximal == "ewma":
+        ewma = EwmaModel(model, ctx.network("proximal", copy_of="policy"), cfg.ewma_decay)
+    aux_head = aux_opt = None
+    if cfg.n_aux_epochs > 0:
+        _check_features(model)
+        hidden = model.hidden_size
+        aux_head = ctx.network("aux_value", lambda: layer_init(nn.Linear(hidden, 1), std=1.0),
+                               effective=False, example=torch.zeros(1, hidden, device=device))
+    width, depth = ctx.model.get("width", 1.0), ctx.model.get("depth")
+    base_lr = learning_rate(cfg, width, depth)
+    optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
+    if aux_head is not None:
+        aux_lr = cfg.aux_lr * base_lr / cfg.lr  # the same width/depth rule
+        aux_opt = torch.optim.Adam([*model.parameters(), *aux_head.parameters()], lr=aux_lr,
+                                   eps=cfg.adam_eps)
+    reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None
+    noise = GradientNoiseScale()
+    schedule = BatchSchedule(cfg.batch_schedule, num_envs=num_envs, num_steps=cfg.num_steps,
+                             batch_max=cfg.batch_max, power=cfg.batch_power, e0=cfg.batch_e0,
+                             check_every=cfg.batch_check_every, noise=noise,
+                             num_minibatches=cfg.num_minibatches)
+    store = AuxBuffer(cfg.checkpoint_aux_buffer)
+    ctx.restore(model=model, optimizer=optimizer, reward_normalizer=reward_norm,
+                proximal=ewma.copy if ewma else None, ewma=ewma,
+                aux_head=aux_head, aux_optimizer=aux_opt, batch_schedule=schedule,
+                aux_buffer=store if aux_head is not None else None)
+    lr_scale = optimizer.param_groups[0]["lr"] / base_lr  # where a resumed schedule left it
+
+    obs_space = envs.single_observation_space
+    obs_dtype = torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype
+
+    def new_buffer() -> RolloutBuffer:
+        return RolloutBuffer(schedule.num_steps, num_envs, obs_space.shape, obs_dtype, device)
+
+    buffer = new_buffer()
+
+    @torch.inference_mode()
+    def sampling_policy(obs: np.ndarray) -> np.ndarray:  # samples from pi, as in training
+        model.eval()
+        logits, _ = model(_obs_tensor(obs, device))
+        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
+
+    # Envs are not checkpointed (Procgen cannot be), so a resumed run starts fresh episodes.
+    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
+    next_obs = _obs_tensor(envs.reset(seed=env_seed), device)
+    next_done = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    episodes = EpisodeLog()
+    c = ctx.counters
+    params = list(model.parameters())
+    measure_noise = cfg.batch_schedule == "greedy"
+
+    while not ctx.done:
+        batch_size = schedule.batch_size
+        minibatch_size = batch_size // cfg.num_minibatches
+        if cfg.anneal_lr:
+            optimizer.param_groups[0]["lr"] = base_lr * lr_scale * (1.0 - ctx.budget_fraction())
+
+        # ---- rollout (PPO's) ------------------------------------------------------------
+        t_rollout = time.perf_counter()
+        episodes.clear()
+        rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
+                                  generator=ctx.device_rng, reward_norm=reward_norm,
+                                  episodes=episodes)
+        next_obs, next_done = rollout.next_obs, rollout.next_done
+        ctx.flops.add_forward("policy", batch_size + rollout.final_value_forwards)
+        c.env_steps += batch_size
+        with torch.inference_mode():
+            _, last_value = model(next_obs)
+        ctx.flops.add_forward("policy", num_envs)
+        buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
+        t_rollout = time.perf_counter() - t_rollout
+
+        # ---- policy phase: PPO's loss against the proximal policy -----------------------
+        t_update = time.perf_counter()
+        model.train()
+        sums: dict[str, torch.Tensor] = {}
+        for epoch in range(cfg.num_epochs):
+            for mb in buffer.minibatches(cfg.num_minibatches, generator=ctx.torch_rng):
+                prox_logprob = None
+                if ewma is not None:
+                    with torch.no_grad():
+                        prox_logits, _ = ewma.copy(mb["obs"])
+                        prox_logprob, _ = categorical_logprob_entropy(prox_logits,
+                                                                      mb["actions"])
+                    ctx.flops.add_forward("proximal", minibatch_size)
+                logits, new_value = model(mb["obs"])
+                loss, parts = ppo_loss(logits, new_value, mb, cfg, prox_logprob,
+                                       cfg.imp_samp_max)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if measure_noise and epoch == 0:
+                    noise.add_minibatch(params)
+                nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                if ewma is not None:
+                    ewma.update()
+                for k, v in parts.items():
+                    sums[k] = sums[k] + v if k in sums else v
+                ctx.flops.add_forward_backward("policy", minibatch_size)
+                c.updates += 1
+                c.samples += minibatch_size
+            if measure_noise and epoch == 0:
+                noise.end_epoch(minibatch_size)
+        n_mb = cfg.num_epochs * cfg.num_minibatches
+        averaged = (torch.stack(list(sums.values())) / n_mb).tolist()  # one device sync
+        means = dict(zip(sums, averaged, strict=True))
+
+        # ---- auxiliary phase every n_pi iterations --------------------------------------
+        aux_metrics: dict[str, float] = {}
+        if aux_head is not None:
+            store.add(buffer)
+            if store.iterations >= cfg.n_pi and not ctx.done:
+                aux_metrics = aux_phase(cfg, ctx, model, aux_head, aux_opt, store)
+                store.clear()
+                if ewma is not None:
+                    ewma.reset()
+        t_update = time.perf_counter() - t_update
+
+        # ---- the batch for the next iteration -------------------------------------------
+        factor = schedule.update(c.env_steps, c.iterations + 1)
+        if factor != 1:
+            if cfg.batch_rescale:
+                _rescale([o for o in (optimizer, aux_opt) if o is not None], ewma, factor)
+                lr_scale *= factor
+            buffer = new_buffer()
+
+        metrics = {
+            "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
+            + cfg.vf_coef * means["value_loss"],
+            **means, **aux_metrics, "lr": optimizer.param_groups[0]["lr"],
+            "batch_size": batch_size,
+            "reward_mean": rollout.raw_reward_sum / batch_size,
+            "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
+            **episodes.metrics(),
+        }
+        if measure_noise:
+            metrics["noise_scale"] = noise.value if np.isfinite(noise.value) else None
+        if ewma is not None:
+            metrics["ewma_decay"] = ewma.decay
+        ctx.end_iteration(metrics, evaluate=lambda: evaluate(sampling_policy,
+                                                             ctx.envs("eval"), ctx.eval_episodes))
+    return "finished"
+
+
+@dataclass
+class PPOEwmaConfig(PPGConfig):
+    """PPO-EWMA: the Procgen PPO recipe (3 epochs x 8 minibatches) with an EWMA proximal
+    policy and no auxiliary phase."""
+
+    name: str = "ppo_ewma"
+    num_epochs: int = 3
+    n_aux_epochs: int = 0
+    # centre of mass 12 steps back: the mean age of PPO's proximal policy over 3 x 8 steps
+    ewma_decay: float = 0.923
+
+
+@dataclass
+class PPGBehaviourConfig(PPGConfig):
+    """PPG as published (Cobbe et al. 2021): proximal policy = behaviour policy."""
+
+    name: str = "ppg"
+    proximal: str = "behaviour"
+
+
+register_algo("ppo_ewma", PPOEwmaConfig, train)
+register_algo("ppg", PPGBehaviourConfig, train)
+register_algo("ppg_ewma", PPGConfig, train)
