@@ -237,7 +237,7 @@ def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Mo
                          ("aux_true_value_loss", true_loss)):
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
     steps = cfg.n_aux_epochs * num_mb
-    return {k: float(v) / steps for k, v in sums.items()}
+    return {**{k: float(v) / steps for k, v in sums.items()}, "aux_samples": n}
 
 
 def _rescale(optimizers: list[torch.optim.Optimizer], ewma: EwmaModel | None, factor: float

@@ -441,3 +441,81 @@ def plot_law_comparison(
             ax.axhline(ceiling, color="0.4", lw=0.8, ls=":", label=f"ceiling {fmt_num(ceiling)}")
         return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
                       legend={"fontsize": "small"})
+
+
+def plot_affine(
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    fit_x: np.ndarray | None = None,
+    fit_y: np.ndarray | None = None,
+    band: tuple[np.ndarray, np.ndarray] | None = None,
+    fit_label: str = "fit",
+    highlight: str | None = None,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> list[Path]:
+    """Points per series (``points[label] = (x, y)``; ``highlight`` drawn solid, the rest
+    faint) and an affine law with its band, on linear axes (an affine law is a line there)."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        if fit_x is not None and fit_y is not None:
+            if band is not None:
+                _band(ax, fit_x, band[0], band[1])
+            ax.plot(fit_x, fit_y, "-", color=FIT_COLOR, lw=1.2, label=fit_label)
+        for i, (label, (x, y)) in enumerate(points.items()):
+            strong = highlight is None or label == highlight
+            ax.plot(x, y, "os^dv"[i % 5], color=f"C{i}", alpha=1.0 if strong else 0.35,
+                    ms=6 if strong else 4, ls="none", label=label, zorder=3)
+        ax.set_ylim(bottom=0)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logx=False, legend={"fontsize": "small"})
+
+
+def plot_estimates(
+    x: np.ndarray,
+    series: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+    logx: bool = True,
+) -> list[Path]:
+    """Estimates with intervals against one variable (``series[label] = (value, low,
+    high)``), e.g. a law's exponents per horizon; a missing interval draws no bar."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        x = np.asarray(x, dtype=float)
+        for i, (label, (v, lo, hi)) in enumerate(series.items()):
+            v, lo, hi = (np.asarray(a, dtype=float) for a in (v, lo, hi))
+            err = np.vstack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])
+            err = np.where(np.isfinite(err), err, 0.0)
+            shift = x * (1 + 0.03 * (i - (len(series) - 1) / 2)) if logx else x
+            ax.errorbar(shift, v, yerr=err, fmt="os^d"[i % 4] + "-", color=f"C{i}",
+                        capsize=3, label=label)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logx=logx, legend={})
+
+
+def plot_lines(
+    lines: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    out_dir: str | Path,
+    name: str,
+    *,
+    title: str = "",
+    xlabel: str = "",
+    ylabel: str = "",
+) -> list[Path]:
+    """Several curves on log-log axes, one colour each (e.g. optimal size vs compute per
+    horizon)."""
+    with figure_style():
+        fig, ax = plt.subplots()
+        for i, (label, (x, y)) in enumerate(lines.items()):
+            ax.plot(x, y, color=plt.get_cmap("viridis")(0.05 + 0.85 * i / max(1, len(lines) - 1)),
+                    label=label)
+        return finish(fig, ax, out_dir, name, xlabel=xlabel, ylabel=ylabel, title=title,
+                      logy=True, legend={"fontsize": "small"})

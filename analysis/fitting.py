@@ -56,6 +56,8 @@ __all__ = [
     "as_array",
     "fit_loglog",
     "loglog_intervals",
+    "fit_affine",
+    "affine_intervals",
     "predict_power",
     "fit_power_offset",
     "power_offset_intervals",
@@ -405,6 +407,57 @@ def fit_loglog(x: Any, y: Any, *, level: float = LEVEL, law: str = "loglog") -> 
             "r2": 1.0 - sse / sst if sst > 0 else float("nan"),
         },
     )
+
+
+def fit_affine(x: Any, y: Any, *, level: float = LEVEL, law: str = "affine") -> FitResult:
+    """Affine law ``y = a + b x`` by ordinary least squares (linear axes).
+
+    Loss: sum of squared residuals (``loss``). Optimiser: closed form. Uncertainty:
+    classical OLS t-intervals with ``n - 2`` degrees of freedom. Needs >= 3 points and >= 2
+    distinct ``x``. ``extra`` holds what :func:`affine_intervals` needs (``cov`` of
+    ``[a, b]``, ``sigma``, ``dof``, ``x_mean``, ``sxx``) and ``r2``.
+    """
+    x = as_array(x, "x", min_len=3)
+    y = as_array(y, "y", min_len=3)
+    _same_length(x=x, y=y)
+    require_distinct(x, "x", 2, "the slope is not identifiable")
+    n = x.size
+    xm = float(x.mean())
+    sxx = float(((x - xm) ** 2).sum())
+    b = float(((x - xm) * (y - y.mean())).sum() / sxx)
+    a = float(y.mean() - b * xm)
+    resid = y - (a + b * x)
+    sse = float((resid**2).sum())
+    dof = n - 2
+    s2 = sse / dof if dof > 0 else float("nan")
+    var_b, var_a = s2 / sxx, s2 * (1.0 / n + xm**2 / sxx)
+    cov_ab = -xm * s2 / sxx
+    t = t_quantile(level, dof)
+    se_a, se_b = math.sqrt(var_a), math.sqrt(var_b)
+    sst = float(((y - y.mean()) ** 2).sum())
+    return FitResult(
+        law=law, params={"a": a, "b": b},
+        ci={"a": (a - t * se_a, a + t * se_a), "b": (b - t * se_b, b + t * se_b)},
+        n_points=n, loss=sse,
+        extra={"level": level, "form": "y = a + b x", "method": "OLS, t-intervals",
+               "se": {"a": se_a, "b": se_b}, "cov": [[var_a, cov_ab], [cov_ab, var_b]],
+               "sigma": math.sqrt(s2), "dof": dof, "x_mean": xm, "sxx": sxx,
+               "r2": 1.0 - sse / sst if sst > 0 else float("nan")})
+
+
+def affine_intervals(result: FitResult, x_new: Any, *, level: float | None = None
+                     ) -> dict[str, np.ndarray]:
+    """The line of a :func:`fit_affine` result at ``x_new`` with its confidence band
+    (``conf_low``/``conf_high``: where the line is) and prediction band (``pred_*``)."""
+    ex = result.extra
+    level = ex["level"] if level is None else level
+    x = np.asarray(x_new, dtype=float)
+    mu = result.params["a"] + result.params["b"] * x
+    lev = 1.0 / result.n_points + (x - ex["x_mean"]) ** 2 / ex["sxx"]
+    t = t_quantile(level, ex["dof"])
+    se_conf, se_pred = ex["sigma"] * np.sqrt(lev), ex["sigma"] * np.sqrt(1.0 + lev)
+    return {"y": mu, "conf_low": mu - t * se_conf, "conf_high": mu + t * se_conf,
+            "pred_low": mu - t * se_pred, "pred_high": mu + t * se_pred}
 
 
 def loglog_intervals(

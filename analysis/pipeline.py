@@ -8,7 +8,8 @@
    study, which it was.
 3. Dispatch each study to its driver (:data:`DRIVERS`): ``scaling`` and ``curves``
    (:mod:`analysis.scaling`), ``isoflop`` (:mod:`analysis.isoflop`), ``utd``
-   (:mod:`analysis.utd`), ``generalization`` (:mod:`analysis.generalization`). A law that
+   (:mod:`analysis.utd`), ``generalization`` (:mod:`analysis.generalization`), ``horizon``
+   (:mod:`analysis.horizon`). A law that
    cannot be fitted gets a one-line reason in the report, never a crash.
 4. Write figures (PNG + PDF), ``report.md`` and ``laws.json`` (:mod:`analysis.report`;
    docs/analysis.md).
@@ -26,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import collect, curves, detect, figures, isoflop, scaling, utd
+from analysis import collect, curves, detect, figures, horizon, isoflop, scaling, utd
 from analysis import generalization as generalization_study
 from analysis.fitting import one_blas_thread, one_line
 from analysis.report import StudyResult, write_outputs
@@ -42,6 +43,7 @@ DRIVERS: dict[str, Driver] = {
     "isoflop": isoflop.run_study,
     "utd": utd.run_study,
     "generalization": generalization_study.run_study,
+    "horizon": horizon.run_study,
 }
 TITLES = {
     "scaling": "Model-size scaling: learning curves, compute-efficient frontier, intrinsic "
@@ -50,6 +52,7 @@ TITLES = {
     "utd": "UTD-ratio scaling (value-based RL)",
     "generalization": "Generalization vs problem complexity",
     "curves": "Learning curves",
+    "horizon": "Task horizon: scaling laws per horizon, interactions needed vs horizon",
 }
 
 

@@ -119,6 +119,8 @@ STUDIES: dict[str, dict[str, Any]] = {
             "metric": "return_mean"},
     "generalization": {"kind": "generalization", "axes": {"complexity": "env.complexity"},
                        "metric": "return_mean"},
+    "horizon": {"kind": "horizon", "axes": {"width": "model.width", "horizon": "algo.gamma",
+                                            "seed": "seed"}, "metric": "return_mean"},
 }
 
 
@@ -294,6 +296,53 @@ def hilton_width_sweep(
                       params=n_params, flops_per_forward=fpf, truncate_last=trunc,
                       study=declared, budget={"counter": "env_steps", "value": total_steps})
     return dict(HILTON_TRUTH)
+
+
+def horizon_sweep(
+    out: str | Path,
+    *,
+    horizons: Sequence[float] = (1, 4, 16),
+    widths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    seeds: Sequence[int] = (0, 1),
+    h0: float = 4.0,
+    total_steps: int = 100_000_000,
+    n_points: int = 48,
+    noise: float = 0.1,
+    experiment: str = "mnist_horizon",
+    rng: int | np.random.Generator = 0,
+) -> dict[str, float]:
+    """Write a width x horizon sweep (the horizon as ``algo.gamma = 1 - 1/h``) whose returns
+    follow Hilton's law with the same exponents at every horizon and an interaction scale
+    affine in the horizon, ``E_c(h) = E_c (1 + h / h0)``; return the truth (``h0``, the
+    exponents). The interactions to any return level then grow as ``1 + h / h0`` for a
+    model large enough not to limit it."""
+    rng = np.random.default_rng(rng)
+    out = Path(out) / experiment
+    declared = declared_study(True, "horizon")
+    for h in horizons:
+        t = {**HILTON_TRUTH, "E_c": HILTON_TRUTH["E_c"] * (1 + h / h0)}
+        for w in widths:
+            n_params = round(IMPALA_PARAMS * w**2)
+            fpf = round(IMPALA_FLOPS * w**2)
+            for s in seeds:
+                E = _log_grid(total_steps, n_points)
+                ret = hilton_return(n_params, E, t) * (1 + 0.02 * rng.standard_normal())
+                ret = ret + noise * rng.standard_normal(E.size)
+                metrics = [{"env_steps": int(e), "updates": int(e // 2048) * 3,
+                            "samples": int(e) * 3,
+                            "flops": float(PPO_FORWARDS_PER_STEP * fpf * e),
+                            "wall_time": float(e / 1e4), "return_mean": float(r),
+                            "loss": 0.1} for e, r in zip(E, ret, strict=True)]
+                config = {"experiment": experiment, "seed": int(s),
+                          "algo": {"name": "ppo_ewma", "gamma": 1.0 - 1.0 / h,
+                                   "gae_lambda": 1.0},
+                          "env": {"family": "mnist", "id": "mnist", "num_envs": 4},
+                          "model": {"family": "mnist_cnn", "width": float(w)}}
+                write_run(out / f"algo.gamma={1 - 1 / h:g},model.width={w},seed={s}", config,
+                          metrics, params=n_params, flops_per_forward=fpf, study=declared,
+                          budget={"counter": "env_steps", "value": total_steps})
+    return {"h0": h0, "alpha_N": HILTON_TRUTH["alpha_N"], "alpha_E": HILTON_TRUTH["alpha_E"],
+            "k": HILTON_TRUTH["k"]}
 
 
 def bc_loss(N, D, t: dict[str, float] = BC_TRUTH):
