@@ -4,7 +4,7 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-sac clean
+.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
 # Where a torch is already installed (e.g. a CUDA build on a GPU box) it is kept.
@@ -32,6 +32,10 @@ lint:
 
 bench:
 	$(PYTHON) bench/ppo_procgen.py
+
+# PPO-EWMA and PPG-EWMA next to PPO on the same Procgen config, same run (bench/README.md)
+bench-ppg:
+	$(PYTHON) bench/ppg_procgen.py
 
 # SAC against Stable-Baselines3 and a CleanRL-style loop, same run (bench/README.md)
 bench-sac:

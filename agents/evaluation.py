@@ -32,8 +32,9 @@ class EpisodeLog:
             self.normalized.append(info["episode_normalized_return"])
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
-        """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` (when the env
-        reports success) and ``normalized_return_mean`` (when it has a reference return) of
+        """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` and
+        ``fail_to_success`` (when the env reports success) and ``normalized_return_mean``
+        (when it has a reference return) of
         the episodes collected; empty if none ended."""
         out: dict[str, float] = {}
         returns = np.concatenate(self.returns) if self.returns else np.zeros(0)
@@ -44,6 +45,7 @@ class EpisodeLog:
         success = np.concatenate(self.success) if self.success else np.zeros(0)
         if success.size:
             out[f"{prefix}success_rate"] = float(success.mean())
+            out[f"{prefix}fail_to_success"] = fail_to_success(float(success.mean()))
         normalized = np.concatenate(self.normalized) if self.normalized else np.zeros(0)
         if normalized.size:
             out[f"{prefix}normalized_return_mean"] = float(normalized.mean())
@@ -54,6 +56,13 @@ class EpisodeLog:
         self.lengths.clear()
         self.success.clear()
         self.normalized.clear()
+
+
+def fail_to_success(success_rate: float) -> float | None:
+    """Failures per success, ``(1 - s) / s``: Hilton et al. 2023's "natural" metric for
+    CoinRun, which keeps improving as a power law long after the success rate saturates.
+    None (not measured) when nothing succeeded."""
+    return (1.0 - success_rate) / success_rate if success_rate > 0 else None
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) -> dict[str, float]:
@@ -88,6 +97,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
     if any(successes):
         out["eval_success"] = float(np.mean([x for s in successes for x in s]))
+        out["eval_fail_to_success"] = fail_to_success(out["eval_success"])
     if any(normalized):  # envs with a reference return: the studies' 0..1000 scale
         out["eval_normalized_return"] = float(np.mean([x for n in normalized for x in n]))
     return out

@@ -116,10 +116,9 @@ def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: 
                 scaling.study_curves(s, d, metric, out, frontier=True, n_boot=opts.n_boot,
                                      axes=axes))
         st.figures += sub.figures
-        for name, fit in sub.fits.items():
-            st.fits[f"h={figures.fmt_num(h)}: {name}"] = fit
-        for name, why in sub.skipped.items():
-            st.skipped[f"h={figures.fmt_num(h)}: {name}"] = why
+        for kind in ("fits", "skipped", "tables"):
+            for name, v in getattr(sub, kind).items():
+                getattr(st, kind)[f"h={figures.fmt_num(h)}: {name}"] = v
         if INTRINSIC in sub.fits:
             fits[h] = sub.fits[INTRINSIC]
 

@@ -594,28 +594,82 @@ def _intrinsic(st: StudyResult, df: pd.DataFrame, metric: str, n_col: str, xdata
         fit_curve=(g[o] ** (-1 / fit.params["beta"]), fmap[o]), fit_label="monotone map",
         title=f"{st.experiment}: {metric} vs intrinsic performance",
         xlabel="intrinsic performance I (FLOPs on the efficient frontier)", ylabel=metric)
-    for nat in ("success_rate", "eval_success"):
-        if nat in df and d[nat].notna().sum() >= 3:
-            s = pd.to_numeric(d[nat], errors="coerce").to_numpy(float)
-            m = np.isfinite(s) & (s > 0) & (s < 1)
-            if m.sum() >= 3:
-                st.figures += figures.plot_scatter(
-                    I[m], (1 - s[m]) / s[m], out, f"{slug(st.key)}_{nat}_ratio_vs_intrinsic",
-                    color_by=d[n_col].to_numpy(float)[m], color_label="N",
-                    title=f"{st.experiment}: fail-to-success ratio vs I",
-                    xlabel="intrinsic performance I", ylabel=f"(1 - {nat}) / {nat}",
-                    logy=True)
-                break
+    if any(c in d for c in ("fail_to_success", "success_rate", "eval_success")):
+        attempt(st, "fail-to-success ratio vs intrinsic performance",
+                lambda: _fail_to_success(st, d, I, n_col, out))
     if budget:
         for name, f in forecast_intrinsic_allocation(fit, budget).items():
             st.forecasts[f"{name} (intrinsic law)"] = {**f, "at": f"C={budget:.3g}"}
 
 
+def _fail_to_success(st: StudyResult, d: pd.DataFrame, I: np.ndarray, n_col: str,
+                     out: Path) -> None:
+    """Hilton et al.'s "natural" metric beside intrinsic performance: failures per success,
+    ``(1 - s) / s`` (logged as ``fail_to_success``, or derived from ``success_rate``), drawn
+    against ``I`` and fitted as a power law ``ratio = c I^k`` (log-log OLS)."""
+    for logged, rate in (("fail_to_success", "success_rate"),
+                         ("eval_fail_to_success", "eval_success")):
+        if logged in d and pd.to_numeric(d[logged], errors="coerce").notna().sum() >= 3:
+            r = pd.to_numeric(d[logged], errors="coerce").to_numpy(float)
+        elif rate in d and pd.to_numeric(d[rate], errors="coerce").notna().sum() >= 3:
+            s = pd.to_numeric(d[rate], errors="coerce").to_numpy(float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = (1 - s) / s
+        else:
+            continue
+        m = np.isfinite(r) & (r > 0) & np.isfinite(I)
+        if m.sum() < 3:
+            continue
+        fit = fit_loglog(I[m], r[m], law="power")
+        fit.extra["form"] = f"{logged} = c I^k"
+        st.fits[f"{logged} vs intrinsic performance"] = fit
+        grid = np.geomspace(I[m].min(), I[m].max(), 40)
+        st.figures += figures.plot_scatter(
+            I[m], r[m], out, f"{slug(st.key)}_{logged}_vs_intrinsic",
+            color_by=d[n_col].to_numpy(float)[m], color_label="N",
+            fit_curve=(grid, fit.params["c"] * grid ** fit.params["k"]),
+            fit_label=f"{logged} = c I^{fit.params['k']:.3g}",
+            title=f"{st.experiment}: fail-to-success ratio vs I",
+            xlabel="intrinsic performance I", ylabel=f"{logged} = (1 - s) / s", logy=True)
+        return
+    raise FitError("no success rate in the log points (the env reports none)")
+
+
+def task_labels(df: pd.DataFrame, task_col: str | None) -> pd.Series | None:
+    """One label per row naming its task: the ``task`` axis (e.g. ``env.id``), with the
+    Procgen distribution mode appended where it varies too (``coinrun/hard``); None when
+    one task only."""
+    if not task_col or task_col not in df:
+        return None
+    label = df[task_col].astype(str)
+    mode = "env.distribution_mode"
+    if mode in df and df[mode].nunique(dropna=True) > 1:
+        label = label + "/" + df[mode].astype(str)
+    return label if label.nunique() > 1 else None
+
+
 def run_scaling(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: Path,
                 opts: Options) -> None:
-    """The ``scaling`` study: :func:`study_curves` with the frontier and both laws."""
-    study_curves(st, df, metric, out, frontier=True, n_boot=opts.n_boot, budget=opts.budget,
-                 axes=spec.axes)
+    """The ``scaling`` study: :func:`study_curves` with the frontier and both laws; once per
+    task when the study's ``task`` axis holds several (each game its own laws, as in Hilton
+    et al.; their fits and figures are prefixed by the task)."""
+    tasks = task_labels(df, spec.axes.get("task"))
+    if tasks is None:
+        study_curves(st, df, metric, out, frontier=True, n_boot=opts.n_boot,
+                     budget=opts.budget, axes=spec.axes)
+        return
+    st.context["tasks"] = ", ".join(sorted(tasks.unique()))
+    for task, d in df.groupby(tasks, sort=True):
+        sub = StudyResult(key=f"{st.key}/{task}", study="scaling",
+                          experiment=f"{st.experiment} ({task})", title="")
+        attempt(st, f"{task}: model-size study", lambda s=sub, d=d: study_curves(
+            s, d, metric, out, frontier=True, n_boot=opts.n_boot, budget=opts.budget,
+            axes=spec.axes))
+        st.figures += sub.figures
+        st.notes += [f"{task}: {n}" for n in sub.notes]
+        for kind in ("fits", "forecasts", "skipped", "tables"):
+            for name, v in getattr(sub, kind).items():
+                getattr(st, kind)[f"{task}: {name}"] = v
 
 
 def run_curves(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: Path,

@@ -243,8 +243,14 @@ def hilton_width_sweep(
     running: bool = True,
     failed: bool = True,
     study: Mapping[str, Any] | bool = True,
+    env_id: str = "coinrun",
+    success: bool = False,
 ) -> dict[str, float]:
     """Write a PPO width sweep whose returns follow Hilton's law; return the truth.
+
+    ``env_id`` names the game (run directories gain ``env.id=...`` when it is not CoinRun);
+    ``success`` also logs a success rate, ``return / return_max`` clipped to (0, 1), and its
+    ``fail_to_success`` ratio.
 
     With ``running``/``failed`` the largest width's last seed is still running (stops at
     60% of training) and the smallest width's last seed failed at 30% with a truncated
@@ -281,6 +287,9 @@ def hilton_width_sweep(
                 }
                 if i % 4 == 3:  # held-out levels are evaluated less often
                     row["eval_return"] = float(0.85 * r)
+                if success:
+                    rate = float(np.clip(r / HILTON_TRUTH["return_max"], 0.01, 0.99))
+                    row.update(success_rate=rate, fail_to_success=(1 - rate) / rate)
                 metrics.append(row)
             config = {
                 "experiment": experiment,
@@ -288,11 +297,12 @@ def hilton_width_sweep(
                 # The trainer applies lr = lr * width^-1/2 itself (algo.lr_width_rule).
                 "algo": {"name": "ppo", "total_steps": total_steps, "lr": 5e-4,
                          "lr_width_rule": True, "num_epochs": 3},
-                "env": {"family": "procgen", "id": "coinrun", "num_envs": 64},
+                "env": {"family": "procgen", "id": env_id, "num_envs": 64},
                 "model": {"family": "impala_cnn", "width": float(w), "depth": 2},
                 "logger": {"wandb": False, "log_every": total_steps // n_points},
             }
-            write_run(out / f"model.width={w},seed={s}", config, metrics, status=status,
+            game = "" if env_id == "coinrun" else f"env.id={env_id},"
+            write_run(out / f"{game}model.width={w},seed={s}", config, metrics, status=status,
                       params=n_params, flops_per_forward=fpf, truncate_last=trunc,
                       study=declared, budget={"counter": "env_steps", "value": total_steps})
     return dict(HILTON_TRUTH)
