@@ -68,9 +68,10 @@ class PPGConfig(PPOConfig):
     name: str = "ppg_ewma"
     num_epochs: int = 1  # policy-phase epochs (PPG's E_pi)
     proximal: str = "ewma"  # ewma | behaviour: what clipping / the KL penalty act against
-    # EWMA decay per policy step. 0.8 puts the EWMA's centre of mass 4 steps back, the mean
-    # age of PPO's proximal (= behaviour) policy over one epoch of 8 minibatches.
-    ewma_decay: float = 0.8
+    # EWMA decay per policy step; null: c / (1 + c) with c = num_epochs * num_minibatches / 2,
+    # which puts the EWMA's centre of mass where PPO's proximal policy is on average over an
+    # iteration (0.8 for 1 x 8 minibatches, 0.923 for 3 x 8)
+    ewma_decay: float | None = None
     imp_samp_max: float = 100.0  # cap on the importance weight pi / pi_behav (EWMA only)
     n_pi: int = 32  # policy iterations per phase
     n_aux_epochs: int = 6  # auxiliary epochs per phase; 0: no auxiliary phase (PPO)
@@ -90,7 +91,8 @@ class PPGConfig(PPOConfig):
         super().validate()
         checks = [
             ("proximal", self.proximal in ("ewma", "behaviour"), "must be ewma or behaviour"),
-            ("ewma_decay", 0 <= self.ewma_decay < 1, "must be in [0, 1)"),
+            ("ewma_decay", self.ewma_decay is None or 0 <= self.ewma_decay < 1,
+             "must be in [0, 1) (or null)"),
             ("imp_samp_max", self.imp_samp_max > 1, "must be > 1"),
             ("n_pi", self.n_pi >= 1, "must be >= 1"),
             ("n_aux_epochs", self.n_aux_epochs >= 0, "must be >= 0"),
@@ -185,6 +187,16 @@ class AuxBuffer:
             self.obs, self.returns = list(state["obs"]), list(state["returns"])
 
 
+def ewma_decay(cfg: PPGConfig) -> float:
+    """``cfg.ewma_decay``, or by default ``c / (1 + c)`` with ``c = num_epochs *
+    num_minibatches / 2``: the EWMA's centre of mass, ``decay / (1 - decay)`` optimiser
+    steps back, is then PPO's mean proximal (= behaviour) policy age over an iteration."""
+    if cfg.ewma_decay is not None:
+        return float(cfg.ewma_decay)
+    c = cfg.num_epochs * cfg.num_minibatches / 2
+    return c / (1 + c)
+
+
 def _check_features(model: nn.Module) -> None:
     if not all(hasattr(model, a) for a in ("features", "policy_head", "value_head",
                                              "hidden_size")):
@@ -263,7 +275,7 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
     model = ctx.network("policy")
     ewma = None
     if cfg.proximal == "ewma":
-        ewma = EwmaModel(model, ctx.network("proximal", copy_of="policy"), cfg.ewma_decay)
+        ewma = EwmaModel(model, ctx.network("proximal", copy_of="policy"), ewma_decay(cfg))
     aux_head = aux_opt = None
     if cfg.n_aux_epochs > 0:
         _check_features(model)
@@ -414,8 +426,6 @@ class PPOEwmaConfig(PPGConfig):
     name: str = "ppo_ewma"
     num_epochs: int = 3
     n_aux_epochs: int = 0
-    # centre of mass 12 steps back: the mean age of PPO's proximal policy over 3 x 8 steps
-    ewma_decay: float = 0.923
 
 
 @dataclass

@@ -9,9 +9,12 @@ horizon the learner sees). The driver
 1. runs the model-size study (:func:`analysis.scaling.study_curves`: curves, the
    compute-efficient frontier, optimal size vs compute, the intrinsic-performance law
    with bootstrap intervals over runs) for each horizon on its own;
-2. tabulates and draws the intrinsic law's exponents per horizon (``alpha_N``,
-   ``alpha_E``, and ``k`` in ``N_opt ~ C^k``) and ``N_opt(C)`` per horizon on one figure:
-   the paper finds that the horizon mostly moves the coefficient, not the exponent;
+2. tabulates and draws the exponents per horizon with their intervals: ``k`` in
+   ``N_opt ~ C^k`` from the frontier law (sizes that are best somewhere on the measured
+   compute-efficient frontier) and from the intrinsic law, with its ``alpha_N`` and
+   ``alpha_E``; and ``N_opt(C)`` of the frontier law per horizon on one figure, over the
+   measured compute range: the paper finds that the horizon mostly moves the coefficient,
+   not the exponent;
 3. measures the interactions needed to reach a return threshold ``J``: per run, the first
    interaction count at which its (isotonic) training curve reaches ``J``; per seed and
    horizon, the fewest over model sizes (the best size for that target); fits
@@ -32,12 +35,12 @@ import pandas as pd
 from analysis import curves, figures, scaling
 from analysis.fitting import FitError, affine_intervals, fit_affine
 from analysis.report import StudyResult
-from analysis.scaling import intrinsic_n_opt
 from analysis.study import Options, Study, attempt, finite, size_columns, slug
 
 __all__ = ["horizon_values", "interactions_to_threshold", "default_thresholds", "run_study"]
 
 INTRINSIC = "intrinsic performance (Hilton et al.)"
+FRONTIER = "optimal size vs compute (frontier)"
 
 
 def horizon_values(values: pd.Series) -> tuple[pd.Series, bool]:
@@ -107,7 +110,8 @@ def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: 
         df["seed"], seed_col = df["run_dir"], "seed"
 
     # 1. the model-size study at each horizon
-    fits = {}
+    fits: dict[float, object] = {}
+    frontier: dict[float, object] = {}
     for h in hs:
         sub = StudyResult(key=f"{st.key}/h={figures.fmt_num(h)}", study="scaling",
                           experiment=f"{st.experiment} (h = {figures.fmt_num(h)})", title="")
@@ -121,33 +125,45 @@ def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: 
                 getattr(st, kind)[f"h={figures.fmt_num(h)}: {name}"] = v
         if INTRINSIC in sub.fits:
             fits[h] = sub.fits[INTRINSIC]
+        if FRONTIER in sub.fits:
+            frontier[h] = sub.fits[FRONTIER]
 
-    # 2. the intrinsic law's exponents and N_opt(C) across horizons
-    if fits:
+    # 2. exponents and N_opt(C) across horizons
+    if fits or frontier:
         rows = []
-        for h, f in fits.items():
-            row = {"horizon h": h}
-            for p in ("alpha_N", "alpha_E", "k"):
-                lo, hi = f.ci.get(p, (np.nan, np.nan))
-                row[p] = f.params[p]
-                row[f"{p} interval"] = f"[{lo:.3g}, {hi:.3g}]"
+        for h in hs:
+            row: dict[str, object] = {"horizon h": h}
+            for label, fit, params in (("frontier", frontier.get(h), ("k",)),
+                                       ("intrinsic", fits.get(h), ("k", "alpha_N", "alpha_E"))):
+                for p in params:
+                    lo, hi = fit.ci.get(p, (np.nan, np.nan)) if fit else (np.nan, np.nan)
+                    row[f"{p} ({label})"] = fit.params[p] if fit else np.nan
+                    row[f"{p} ({label}) interval"] = f"[{lo:.3g}, {hi:.3g}]"
             rows.append(row)
-        st.tables["intrinsic law per horizon"] = pd.DataFrame(rows)
-        hx = np.array(list(fits), dtype=float)
-        series = {p: tuple(np.array([fits[h].params[p] if i == 0 else fits[h].ci[p][i - 1]
-                                     for h in fits]) for i in range(3))
-                  for p in ("k", "alpha_E", "alpha_N")}
+        st.tables["exponents per horizon"] = pd.DataFrame(rows)
+
+        def series(source: dict, p: str) -> tuple[np.ndarray, ...]:
+            return tuple(np.array([source[h].params[p] if i == 0 else source[h].ci[p][i - 1]
+                                   if h in source else np.nan for h in hs]) for i in range(3))
+
+        shown = {}
+        if frontier:
+            shown["k, frontier law (N_opt ~ C^k)"] = series(frontier, "k")
+        if fits:
+            shown["k, intrinsic law"] = series(fits, "k")
+            shown["alpha_E, intrinsic law"] = series(fits, "alpha_E")
+            shown["alpha_N, intrinsic law"] = series(fits, "alpha_N")
         st.figures += figures.plot_estimates(
-            hx, {"k (N_opt ~ C^k)": series["k"], "alpha_E": series["alpha_E"],
-                 "alpha_N": series["alpha_N"]}, out, f"{slug(st.key)}_exponents_vs_horizon",
-            title=f"{st.experiment}: intrinsic-law exponents vs horizon",
-            xlabel="horizon h", ylabel="exponent (bootstrap interval)")
+            np.array(hs, dtype=float), shown, out, f"{slug(st.key)}_exponents_vs_horizon",
+            title=f"{st.experiment}: exponents vs horizon",
+            xlabel="horizon h", ylabel="exponent (95% interval)")
+    if frontier:
         flops = pd.to_numeric(df["flops"], errors="coerce")
-        C = np.logspace(np.log10(flops[flops > 0].min()), np.log10(flops.max()) + 1, 40)
+        C = np.logspace(np.log10(flops[flops > 0].min()), np.log10(flops.max()), 40)
         st.figures += figures.plot_lines(
-            {f"h = {figures.fmt_num(h)}": (C, intrinsic_n_opt(f.params, C, f.extra["kappa"]))
-             for h, f in fits.items()}, out, f"{slug(st.key)}_n_opt_vs_compute",
-            title=f"{st.experiment}: compute-optimal model size per horizon",
+            {f"h = {figures.fmt_num(h)}": (C, f.params["c"] * C ** f.params["k"])
+             for h, f in frontier.items()}, out, f"{slug(st.key)}_n_opt_vs_compute",
+            title=f"{st.experiment}: optimal model size vs compute per horizon (frontier)",
             xlabel="training FLOPs C", ylabel="N_opt (parameters)")
 
     # 3. interactions to threshold, affine in the horizon

@@ -2,11 +2,13 @@
 
 Every algorithm goes through the real entry path (config -> run -> the trainer) on
 ``+experiment=procgen_width`` (CoinRun, 64 envs x 256 steps, IMPALA CNN) for the same number
-of iterations; PPG's phases are shortened to ``--n-pi`` iterations so that the run contains
-whole auxiliary phases (the auxiliary cost per interaction does not depend on ``n_pi``: 6
-epochs over every stored sample). The table gives env steps/s, the split into rollout and
-update (policy phase + auxiliary phase), training FLOPs per env step (from the FLOP
-accountant, every role) and the achieved FLOP/s, with ratios against PPO measured here.
+of iterations; PPG's phases are shortened to ``--n-pi`` iterations so that the measured
+iterations hold whole auxiliary phases (the auxiliary cost per interaction does not depend
+on ``n_pi``: 6 epochs over every stored sample). Each run trains one iteration more than it
+measures, because no auxiliary phase runs once the budget is spent. The table gives env
+steps/s, the split into rollout and update (policy phase + auxiliary phase), training FLOPs
+per env step (from the FLOP accountant, every role) and the achieved FLOP/s, with ratios
+against PPO measured here.
 
     python bench/ppg_procgen.py [--iterations 4] [--n-pi 2] [--width 1] [--device auto]
                                 [--algos ppo,ppo_ewma,ppg_ewma] [--threads 0]
@@ -34,7 +36,8 @@ def train(algo: str, width: float, iterations: int, n_pi: int, device: str, thre
           ) -> dict:
     register_configs()
     overrides = ["+experiment=procgen_width", f"algo={algo}", f"model.width={width}",
-                 f"device={device}", f"budget.value={iterations * 64 * 256}", "eval_every=null",
+                 f"device={device}", f"budget.value={(iterations + 1) * 64 * 256}",
+                 "eval_every=null",
                  "checkpoint_every=null", f"torch_threads={threads}", "logger.progress=none",
                  "seed=1"]
     if algo.startswith("ppg"):
@@ -46,6 +49,7 @@ def train(algo: str, width: float, iterations: int, n_pi: int, device: str, thre
         run(cfg, tmp)
         total = time.perf_counter() - t
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    rows = rows[:iterations]
     last = rows[-1]
     steps = last["env_steps"]
     rollout = sum(r["rollout_time"] for r in rows)
@@ -66,6 +70,8 @@ def main() -> None:
     p.add_argument("--algos", default="ppo,ppo_ewma,ppg_ewma")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     args = p.parse_args()
+    if args.iterations % args.n_pi:
+        p.error(f"--iterations {args.iterations} must be a multiple of --n-pi {args.n_pi}")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)

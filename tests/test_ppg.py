@@ -16,7 +16,7 @@ from torch import nn
 
 from agents.batch_schedule import BatchSchedule, GradientNoiseScale
 from agents.models import build_model
-from agents.ppg import EwmaModel
+from agents.ppg import EwmaModel, PPGConfig, PPOEwmaConfig, ewma_decay
 from agents.ppo import PPOConfig, learning_rate, ppo_loss
 from rl_scaling.checkpoint import load_checkpoint
 from rl_scaling.config import register_configs
@@ -62,6 +62,16 @@ def test_ewma_weights_are_the_bias_corrected_average_computed_by_hand():
     ewma.reset()  # after an auxiliary phase the EWMA restarts at the current weights
     torch.testing.assert_close(copy.weight, model.weight)
     assert ewma.total_weight == 1.0
+
+
+def test_default_ewma_decay_matches_ppo_proximal_age():
+    """Centre of mass decay / (1 - decay) = num_epochs * num_minibatches / 2 steps back."""
+    assert ewma_decay(PPGConfig()) == pytest.approx(0.8)  # 1 x 8 minibatches: 4 steps
+    assert ewma_decay(PPOEwmaConfig()) == pytest.approx(12 / 13)  # 3 x 8: 12 steps
+    assert ewma_decay(PPOEwmaConfig(num_minibatches=4)) == pytest.approx(6 / 7)
+    assert ewma_decay(PPGConfig(ewma_decay=0.5)) == 0.5
+    with pytest.raises(ConfigError, match=r"^algo\.ewma_decay=1"):
+        PPGConfig(ewma_decay=1.0).validate()
 
 
 def _minibatch(n=64, actions=4, seed=0):
@@ -286,3 +296,12 @@ def test_batch_schedule_grows_the_rollout_and_rescales(tmp_path):
     first, last = rows[0], rows[-1]
     assert last["lr"] == pytest.approx(4 * first["lr"])  # lr x 4 for a 4x batch
     assert last["ewma_decay"] == pytest.approx(first["ewma_decay"] ** 4)
+
+
+@pytest.mark.parametrize("algo", ["ppo", "ppo_ewma", "ppg_ewma"])
+def test_mnist_experiments_keep_their_recipe_with_every_trainer(algo):
+    for experiment in ("mnist_width", "mnist_horizon"):
+        cfg = _cfg([f"+experiment={experiment}", f"algo={algo}"])
+        assert cfg.algo.name == algo
+        assert (cfg.algo.num_steps, cfg.algo.num_minibatches, cfg.algo.gae_lambda) == (512, 4, 1.0)
+        assert cfg.algo.norm_reward is False
