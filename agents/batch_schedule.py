@@ -10,13 +10,15 @@ the batch (a ladder ``B_min * 2^k`` up to ``B_max``), by lengthening the rollout
 - ``greedy``: the adaptive schedule. Every ``check_every`` iterations the gradient noise
   scale ``B_noise = tr(Sigma) / |G|^2`` (McCandlish et al. 2018, the "simple" noise scale)
   is read from the last update, and the batch doubles when the minibatch is at most half
-  of ``B_noise``: a larger batch then still buys a near-proportional speed-up per step, so
-  the greedy choice never costs interactions.
+  of ``B_noise``: below the noise scale a larger batch still buys a near-proportional
+  step (McCandlish et al.), so the doubling should cost few interactions. No measurement
+  (or a non-positive ``|G|^2`` estimate) means no doubling.
 
 With ``rescale`` (default) a change by a factor ``c`` also multiplies the learning rate by
-``c``, raises Adam's betas and the proximal EWMA's decay to the power ``c``: the rules of
-Hilton et al. 2021 that keep PPO-EWMA's learning curve, as a function of interactions,
-unchanged by the batch size (valid while the batch is small against ``B_noise``).
+``c``, raises Adam's betas and the proximal EWMA's decay to the power ``c``: our reading of
+Hilton et al. 2021's rules for keeping PPO-EWMA's learning curve, per interaction, close to
+unchanged by the batch size while the batch is small against ``B_noise`` (not verified
+here; a longer rollout also changes where GAE is truncated).
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ class BatchSchedule:
                 math.log2(target / self.batch_min) + 1e-9)))
         elif self.kind == "greedy" and iteration % self.check_every == 0:
             minibatch = self.batch_size // self.num_minibatches
-            if self.noise.value >= 2 * minibatch:
+            noise = self.noise.value  # inf: not measured (yet), or |G|^2 estimated <= 0
+            if math.isfinite(noise) and noise >= 2 * minibatch:
                 self.doublings += 1
         self.doublings = min(self.doublings, self._max_doublings())
         return 2 ** (self.doublings - before)

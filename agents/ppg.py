@@ -27,10 +27,11 @@ old action distribution, then a forward and backward of ``policy`` and ``aux_val
 sample per auxiliary epoch.
 
 Checkpoints: an iteration ends after its auxiliary phase, so a checkpoint never falls
-inside one. Inside a policy phase the stored rollouts go into the checkpoint
-(``checkpoint_aux_buffer``, default), so a resumed run distils exactly what an
-uninterrupted one would; with it off the checkpoint stays small and a resumed run says
-that its next auxiliary phase distils only the rollouts collected since the resume.
+inside one (a preemption signal is honoured when the phase ends). Inside a policy phase the
+stored rollouts go into the checkpoint (``checkpoint_aux_buffer``, default), so a resumed
+run distils exactly what an uninterrupted one would; with it off the checkpoint stays small
+and a resumed run says that its next auxiliary phase distils only the rollouts collected
+since the resume.
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ class PPGConfig(PPOConfig):
              f"must be one of {', '.join(SCHEDULES)}"),
             ("batch_power", self.batch_power >= 0, "must be >= 0"),
             ("batch_check_every", self.batch_check_every >= 1, "must be >= 1"),
+            ("num_minibatches", self.batch_schedule != "greedy" or self.num_minibatches >= 2,
+             "must be >= 2 for algo.batch_schedule=greedy (the noise scale compares "
+             "minibatch gradients)"),
         ]
         for key, ok, why in checks:
             if not ok:
@@ -212,15 +216,23 @@ def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Mo
     n = store.size
     if n == 0:
         return {}
-    obs, returns = torch.cat(store.obs), torch.cat(store.returns)
-    chunk = max(1, n // (cfg.aux_minibatches_per_iteration * max(1, len(store.obs))))
+    rollouts = len(store.returns)
+    # one copy of the phase's observations: each stored rollout is freed once it is copied
+    obs = torch.empty((n, *store.obs[0].shape[1:]), dtype=store.obs[0].dtype)
+    start = 0
+    while store.obs:
+        seg = store.obs.pop(0)
+        obs[start:start + len(seg)] = seg
+        start += len(seg)
+    returns = torch.cat(store.returns)
+    num_mb = cfg.aux_minibatches_per_iteration * rollouts
+    chunk = max(1, n // num_mb)
     model.eval()
     with torch.inference_mode():  # the policy to stay close to: before any aux step
         old_logp = torch.cat([F.log_softmax(model(o.to(device))[0], -1)
                               for o in obs.split(4 * chunk)])
     ctx.flops.add_forward("policy", n)
     model.train()
-    num_mb = cfg.aux_minibatches_per_iteration * len(store.obs)
     sums: dict[str, torch.Tensor] = {}
     for _epoch in range(cfg.n_aux_epochs):
         perm = torch.randperm(n, generator=ctx.torch_rng)
@@ -285,8 +297,8 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
     width, depth = ctx.model.get("width", 1.0), ctx.model.get("depth")
     base_lr = learning_rate(cfg, width, depth)
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
+    aux_lr = cfg.aux_lr * base_lr / cfg.lr  # the same width/depth rule
     if aux_head is not None:
-        aux_lr = cfg.aux_lr * base_lr / cfg.lr  # the same width/depth rule
         aux_opt = torch.optim.Adam([*model.parameters(), *aux_head.parameters()], lr=aux_lr,
                                    eps=cfg.adam_eps)
     reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None
@@ -300,7 +312,8 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
                 proximal=ewma.copy if ewma else None, ewma=ewma,
                 aux_head=aux_head, aux_optimizer=aux_opt, batch_schedule=schedule,
                 aux_buffer=store if aux_head is not None else None)
-    lr_scale = optimizer.param_groups[0]["lr"] / base_lr  # where a resumed schedule left it
+    # the learning rates' factor from batch rescaling, where a resumed schedule left it
+    lr_scale = 2.0**schedule.doublings if cfg.batch_rescale else 1.0
 
     obs_space = envs.single_observation_space
     obs_dtype = torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype
@@ -329,7 +342,10 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
         batch_size = schedule.batch_size
         minibatch_size = batch_size // cfg.num_minibatches
         if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = base_lr * lr_scale * (1.0 - ctx.budget_fraction())
+            left = 1.0 - ctx.budget_fraction()
+            optimizer.param_groups[0]["lr"] = base_lr * lr_scale * left
+            if aux_opt is not None:
+                aux_opt.param_groups[0]["lr"] = aux_lr * lr_scale * left
 
         # ---- rollout (PPO's) ------------------------------------------------------------
         t_rollout = time.perf_counter()

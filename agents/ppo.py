@@ -182,7 +182,7 @@ def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.
     pg_loss = pg_losses.mean()
     if cfg.kl_coef > 0:
         pg_loss = pg_loss + cfg.kl_coef * 0.5 * (log_ratio**2).mean()
-    if cfg.clip_vloss:
+    if cfg.clip_vloss and cfg.clip_coef > 0:  # clip_coef 0 (the KL variant): no clipping
         v_clipped = mb["values"] + (new_value - mb["values"]).clamp(-cfg.clip_coef, cfg.clip_coef)
         v_loss = 0.5 * torch.max((new_value - mb["returns"]) ** 2,
                                  (v_clipped - mb["returns"]) ** 2).mean()

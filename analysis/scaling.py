@@ -622,6 +622,14 @@ def _fail_to_success(st: StudyResult, d: pd.DataFrame, I: np.ndarray, n_col: str
             continue
         fit = fit_loglog(I[m], r[m], law="power")
         fit.extra["form"] = f"{logged} = c I^k"
+        zero = int((np.isfinite(I) & (r == 0)).sum())
+        missing = int((np.isfinite(I) & ~np.isfinite(r)).sum())
+        if zero:
+            fit.dropped.append({"what": f"{zero} point(s) with no failure",
+                                "reason": "a ratio of 0 has no logarithm"})
+        if missing:
+            fit.dropped.append({"what": f"{missing} point(s) with no success",
+                                "reason": "the ratio is not finite (not measured)"})
         st.fits[f"{logged} vs intrinsic performance"] = fit
         grid = np.geomspace(I[m].min(), I[m].max(), 40)
         st.figures += figures.plot_scatter(

@@ -117,6 +117,18 @@ def test_decoupled_loss_clips_against_the_proximal_policy_and_penalises_kl():
     assert float(parts["policy_loss"]) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_kl_variant_does_not_clip_the_value_loss():
+    """clip_coef=0 (the fixed-KL variant) turns value clipping off too: clipping the value
+    within 0 of the rollout's values would freeze the critic."""
+    logits, mb = _minibatch(seed=3)
+    n = len(mb["actions"])
+    new_value = torch.randn(n, requires_grad=True)
+    cfg = PPOConfig(clip_coef=0.0, kl_coef=1.0, clip_vloss=True)
+    _, parts = ppo_loss(logits, new_value, mb, cfg, prox_logprob=mb["logprobs"])
+    expected = 0.5 * ((new_value.detach() - mb["returns"]) ** 2).mean()
+    assert float(parts["value_loss"]) == pytest.approx(float(expected), rel=1e-6)
+
+
 def test_importance_weight_is_capped_against_stale_data():
     logits, mb = _minibatch(seed=2)
     n = len(mb["actions"])
@@ -171,6 +183,9 @@ def test_greedy_schedule_doubles_only_while_the_minibatch_is_below_the_noise_sca
     sched = BatchSchedule("greedy", num_envs=4, num_steps=16, batch_max=512, check_every=2,
                           noise=noise, num_minibatches=4)
     assert sched.batch_size == 64 and math.isinf(noise.value)
+    assert sched.update(0, 2) == 1  # nothing measured yet: no doubling
+    noise.g2, noise.trace, noise.weight = -1.0, 100.0, 1.0  # |G|^2 estimated <= 0: none
+    assert sched.update(0, 2) == 1
     noise.g2, noise.trace, noise.weight = 1.0, 100.0, 1.0  # B_noise = 100
     assert sched.update(0, 1) == 1  # not a check iteration
     assert sched.update(0, 2) == 2 and sched.batch_size == 128  # minibatch 16 <= 50
@@ -217,10 +232,12 @@ def test_separate_value_knob_gives_the_value_head_its_own_trunk():
 
 # ---- runs ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("algo", ["ppo_ewma", "ppg_ewma"])
+@pytest.mark.parametrize("algo", ["ppo_ewma", "ppg_ewma", "ppg_ewma_kl"])
 def test_learns_the_obs_action_probe(algo, tmp_path):
+    kl = ["algo.clip_coef=0", "algo.kl_coef=1"] if algo.endswith("_kl") else []
+    algo = algo.removesuffix("_kl")
     overrides = ["env=probe", "env.id=obs_action_reward", "env.num_envs=8", "model=mlp",
-                 f"algo={algo}", "budget.value=8192", "algo.num_steps=16",
+                 f"algo={algo}", *kl, "budget.value=8192", "algo.num_steps=16",
                  "algo.num_minibatches=4", "algo.n_pi=4", "algo.aux_minibatches_per_iteration=2",
                  "algo.gamma=0.9", "algo.ent_coef=0.0", "algo.lr=3e-3",
                  "algo.lr_width_rule=false", "algo.norm_reward=false", "logger.progress=none",
@@ -270,6 +287,9 @@ def test_resume_inside_a_policy_phase(keep, tmp_path):
     kill_after_a_checkpoint(proc, run_dir, lines=2)
     at_kill = load_checkpoint(run_dir / "checkpoints/latest.pt")
     killed_at = at_kill["counters"]["iterations"]
+    # the EWMA copy and its running weight are part of the state
+    assert set(at_kill["objects"]) >= {"proximal", "ewma", "aux_head", "aux_buffer"}
+    assert at_kill["objects"]["ewma"]["total_weight"] > 1.0
     assert 0 < killed_at < 6  # inside the first policy phase
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -30,9 +30,26 @@ def test_procgen_experiments_sweep_three_games_with_each_trainer(experiment, alg
     cfg = _compose([f"+experiment={experiment}", f"algo={algo}"])
     params = cfg.hydra.sweeper.params
     assert params["env.id"].split(",") == ["coinrun", "starpilot", "fruitbot"]
+    assert params["env.distribution_mode"].split(",") == ["easy", "hard"]
     assert cfg.study.axes.task == "env.id"
     assert cfg.algo.name == algo
     assert cfg.algo.lr_depth_rule is (experiment == "procgen_depth")
+
+
+def test_task_labels_add_the_distribution_mode_where_it_varies():
+    import pandas as pd
+
+    from analysis.scaling import task_labels
+
+    df = pd.DataFrame({"env.id": ["coinrun", "coinrun", "starpilot", "starpilot"],
+                       "env.distribution_mode": ["easy", "hard", "easy", "hard"]})
+    assert task_labels(df, "env.id").tolist() == ["coinrun/easy", "coinrun/hard",
+                                                  "starpilot/easy", "starpilot/hard"]
+    one_mode = df.assign(**{"env.distribution_mode": "easy"})
+    assert task_labels(one_mode, "env.id").tolist() == ["coinrun", "coinrun", "starpilot",
+                                                        "starpilot"]
+    assert task_labels(df[df["env.id"] == "coinrun"].assign(
+        **{"env.distribution_mode": "easy"}), "env.id") is None  # one task: no split
 
 
 def test_fail_to_success_is_logged_where_the_env_reports_success():
@@ -69,7 +86,8 @@ def test_procgen_width_with_ppg_ewma_runs_as_a_multirun(tmp_path):
     pytest.importorskip("procgen")
     sweep = tmp_path / "runs"
     cmd = [sys.executable, "-m", "rl_scaling.sweep", "-m", "+experiment=procgen_width",
-           "algo=ppg_ewma", "model.width=0.125", "env.id=starpilot,fruitbot", "seed=1",
+           "algo=ppg_ewma", "model.width=0.125", "env.id=starpilot,fruitbot",
+           "env.distribution_mode=easy", "seed=1",
            "env.num_envs=4", "env.eval.num_envs=4", "algo.num_steps=32",
            "algo.num_minibatches=2", "algo.n_pi=2", "algo.aux_minibatches_per_iteration=2",
            "budget.value=640", "eval_every=null", "logger.progress=none", "torch_threads=1",
