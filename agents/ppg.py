@@ -36,6 +36,7 @@ since the resume.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class PPGConfig(PPOConfig):
     # iteration (0.8 for 1 x 8 minibatches, 0.923 for 3 x 8)
     ewma_decay: float | None = None
     imp_samp_max: float = 100.0  # cap on the importance weight pi / pi_behav (EWMA only)
+    # with norm_adv: normalise advantages per minibatch (as PPO) or once per batch (as the
+    # PPG/PPO-EWMA reference code; a minibatch's size then does not change the scale)
+    adv_norm: str = "minibatch"
     n_pi: int = 32  # policy iterations per phase
     n_aux_epochs: int = 6  # auxiliary epochs per phase; 0: no auxiliary phase (PPO)
     aux_minibatches_per_iteration: int = 16  # aux minibatches per stored iteration per epoch
@@ -92,6 +96,7 @@ class PPGConfig(PPOConfig):
         super().validate()
         checks = [
             ("proximal", self.proximal in ("ewma", "behaviour"), "must be ewma or behaviour"),
+            ("adv_norm", self.adv_norm in ("minibatch", "batch"), "must be minibatch or batch"),
             ("ewma_decay", self.ewma_decay is None or 0 <= self.ewma_decay < 1,
              "must be in [0, 1) (or null)"),
             ("imp_samp_max", self.imp_samp_max > 1, "must be > 1"),
@@ -336,6 +341,8 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
     episodes = EpisodeLog()
     c = ctx.counters
     params = list(model.parameters())
+    per_batch = cfg.norm_adv and cfg.adv_norm == "batch"
+    loss_cfg = dataclasses.replace(cfg, norm_adv=False) if per_batch else cfg
     measure_noise = cfg.batch_schedule == "greedy"
 
     while not ctx.done:
@@ -360,6 +367,9 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
             _, last_value = model(next_obs)
         ctx.flops.add_forward("policy", num_envs)
         buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
+        if per_batch:
+            adv = buffer.advantages
+            buffer.advantages = (adv - adv.mean()) / (adv.std() + 1e-8)
         t_rollout = time.perf_counter() - t_rollout
 
         # ---- policy phase: PPO's loss against the proximal policy -----------------------
@@ -376,7 +386,7 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
                                                                       mb["actions"])
                     ctx.flops.add_forward("proximal", minibatch_size)
                 logits, new_value = model(mb["obs"])
-                loss, parts = ppo_loss(logits, new_value, mb, cfg, prox_logprob,
+                loss, parts = ppo_loss(logits, new_value, mb, loss_cfg, prox_logprob,
                                        cfg.imp_samp_max)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

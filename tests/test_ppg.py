@@ -232,10 +232,11 @@ def test_separate_value_knob_gives_the_value_head_its_own_trunk():
 
 # ---- runs ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("algo", ["ppo_ewma", "ppg_ewma", "ppg_ewma_kl"])
+@pytest.mark.parametrize("algo", ["ppo_ewma", "ppg_ewma", "ppg_ewma_kl", "ppg_ewma_batchnorm"])
 def test_learns_the_obs_action_probe(algo, tmp_path):
-    kl = ["algo.clip_coef=0", "algo.kl_coef=1"] if algo.endswith("_kl") else []
-    algo = algo.removesuffix("_kl")
+    kl = {"kl": ["algo.clip_coef=0", "algo.kl_coef=1"],
+          "batchnorm": ["algo.adv_norm=batch"]}.get(algo.split("_")[-1], [])
+    algo = algo.removesuffix("_kl").removesuffix("_batchnorm")
     overrides = ["env=probe", "env.id=obs_action_reward", "env.num_envs=8", "model=mlp",
                  f"algo={algo}", *kl, "budget.value=8192", "algo.num_steps=16",
                  "algo.num_minibatches=4", "algo.n_pi=4", "algo.aux_minibatches_per_iteration=2",
