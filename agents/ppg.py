@@ -49,10 +49,18 @@ import torch.nn.functional as F
 
 from agents.batch_schedule import SCHEDULES, BatchSchedule, GradientNoiseScale
 from agents.buffers import RolloutBuffer
-from agents.common import RewardNormalizer, categorical_logprob_entropy, sample_categorical
+from agents.common import RewardNormalizer, categorical_logprob_entropy
 from agents.evaluation import EpisodeLog, evaluate
 from agents.models import layer_init
-from agents.ppo import PPOConfig, _obs_tensor, collect_rollout, learning_rate, ppo_loss
+from agents.ppo import (
+    PPOConfig,
+    iteration_metrics,
+    learning_rate,
+    ppo_loss,
+    rollout_with_advantages,
+    sampling_policy,
+    start_envs,
+)
 from rl_scaling.context import RunContext
 from rl_scaling.registry import ConfigError, register_algo
 
@@ -328,16 +336,8 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
 
     buffer = new_buffer()
 
-    @torch.inference_mode()
-    def sampling_policy(obs: np.ndarray) -> np.ndarray:  # samples from pi, as in training
-        model.eval()
-        logits, _ = model(_obs_tensor(obs, device))
-        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
-
-    # Envs are not checkpointed (Procgen cannot be), so a resumed run starts fresh episodes.
-    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
-    next_obs = _obs_tensor(envs.reset(seed=env_seed), device)
-    next_done = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    policy = sampling_policy(model, ctx)
+    next_obs, next_done = start_envs(envs, ctx)
     episodes = EpisodeLog()
     c = ctx.counters
     params = list(model.parameters())
@@ -357,16 +357,9 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
         # ---- rollout (PPO's) ------------------------------------------------------------
         t_rollout = time.perf_counter()
         episodes.clear()
-        rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
-                                  generator=ctx.device_rng, reward_norm=reward_norm,
-                                  episodes=episodes)
+        rollout = rollout_with_advantages(model, envs, buffer, next_obs, next_done, cfg, ctx,
+                                          reward_norm, episodes)
         next_obs, next_done = rollout.next_obs, rollout.next_done
-        ctx.flops.add_forward("policy", batch_size + rollout.final_value_forwards)
-        c.env_steps += batch_size
-        with torch.inference_mode():
-            _, last_value = model(next_obs)
-        ctx.flops.add_forward("policy", num_envs)
-        buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
         if per_batch:
             adv = buffer.advantages
             buffer.advantages = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -403,9 +396,6 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
                 c.samples += minibatch_size
             if measure_noise and epoch == 0:
                 noise.end_epoch(minibatch_size)
-        n_mb = cfg.num_epochs * cfg.num_minibatches
-        averaged = (torch.stack(list(sums.values())) / n_mb).tolist()  # one device sync
-        means = dict(zip(sums, averaged, strict=True))
 
         # ---- auxiliary phase every n_pi iterations --------------------------------------
         aux_metrics: dict[str, float] = {}
@@ -426,21 +416,16 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
                 lr_scale *= factor
             buffer = new_buffer()
 
-        metrics = {
-            "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
-            + cfg.vf_coef * means["value_loss"],
-            **means, **aux_metrics, "lr": optimizer.param_groups[0]["lr"],
-            "batch_size": batch_size,
-            "reward_mean": rollout.raw_reward_sum / batch_size,
-            "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
-            **episodes.metrics(),
-        }
+        metrics = {**iteration_metrics(cfg, sums, cfg.num_epochs * cfg.num_minibatches,
+                                       optimizer.param_groups[0]["lr"], rollout, batch_size,
+                                       t_rollout, t_update, episodes),
+                   **aux_metrics, "batch_size": batch_size}
         if measure_noise:
             metrics["noise_scale"] = noise.value if np.isfinite(noise.value) else None
         if ewma is not None:
             metrics["ewma_decay"] = ewma.decay
-        ctx.end_iteration(metrics, evaluate=lambda: evaluate(sampling_policy,
-                                                             ctx.envs("eval"), ctx.eval_episodes))
+        ctx.end_iteration(metrics, evaluate=lambda: evaluate(policy, ctx.envs("eval"),
+                                                             ctx.eval_episodes))
     return "finished"
 
 

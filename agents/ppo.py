@@ -2,8 +2,9 @@
 
 Reads top to bottom like CleanRL's ``ppo_procgen.py``: collect a rollout, compute GAE, run
 ``num_epochs`` of clipped-objective minibatch updates, then hand the iteration to the run
-context (log, evaluate, checkpoint). ``collect_rollout`` and ``ppo_loss`` are functions so
-that PPG and the EWMA variants reuse them; the shared blocks (rollout buffer + GAE,
+context (log, evaluate, checkpoint). The rollout (``collect_rollout``,
+``rollout_with_advantages``), ``ppo_loss`` and the log line (``iteration_metrics``) are
+functions so that PPG and the EWMA variants reuse them; the shared blocks (rollout buffer + GAE,
 categorical helpers, reward normalisation, evaluation) live in ``agents/``.
 
 FLOPs (role ``policy``): each env step costs one acting forward per env, plus one forward
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -143,6 +145,62 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
     return Rollout(next_obs, next_done, raw_reward_sum, final_value_forwards)
 
 
+def start_envs(envs, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reset the training envs with a seed from the run's generator; ``(obs, done)`` on the
+    device. Envs are not checkpointed (Procgen cannot be), so a resumed run starts fresh
+    episodes."""
+    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
+    obs = _obs_tensor(envs.reset(seed=env_seed), ctx.device)
+    return obs, torch.zeros(envs.num_envs, dtype=torch.bool, device=ctx.device)
+
+
+def sampling_policy(model: nn.Module, ctx: RunContext) -> Callable[[np.ndarray], np.ndarray]:
+    """The policy held-out evaluation runs: samples from pi, as in training, with the run's
+    evaluation generator (so evaluating does not change the training curve)."""
+
+    @torch.inference_mode()
+    def act(obs: np.ndarray) -> np.ndarray:
+        model.eval()
+        logits, _ = model(_obs_tensor(obs, ctx.device))
+        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
+
+    return act
+
+
+def rollout_with_advantages(model: nn.Module, envs, buffer: RolloutBuffer,
+                            next_obs: torch.Tensor, next_done: torch.Tensor, cfg: PPOConfig,
+                            ctx: RunContext, reward_norm: RewardNormalizer | None,
+                            episodes: EpisodeLog) -> Rollout:
+    """:func:`collect_rollout`, then the bootstrap value and GAE into ``buffer``; counts the
+    env steps and every acting forward (role ``policy``)."""
+    rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
+                              generator=ctx.device_rng, reward_norm=reward_norm,
+                              episodes=episodes)
+    ctx.flops.add_forward("policy", buffer.size + rollout.final_value_forwards)
+    ctx.counters.env_steps += buffer.size
+    with torch.inference_mode():
+        _, last_value = model(rollout.next_obs)
+    ctx.flops.add_forward("policy", buffer.num_envs)  # the bootstrap value is a real forward
+    buffer.finish(last_value, rollout.next_done, cfg.gamma, cfg.gae_lambda)
+    return rollout
+
+
+def iteration_metrics(cfg: PPOConfig, sums: dict[str, torch.Tensor], steps: int, lr: float,
+                      rollout: Rollout, batch_size: int, t_rollout: float, t_update: float,
+                      episodes: EpisodeLog) -> dict[str, Any]:
+    """A log line of the policy update: the mean of each :func:`ppo_loss` part over its
+    ``steps`` minibatches (one device sync), the total loss, lr, reward, timings, episodes."""
+    averaged = (torch.stack(list(sums.values())) / steps).tolist()
+    means = dict(zip(sums, averaged, strict=True))
+    return {
+        "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
+        + cfg.vf_coef * means["value_loss"],
+        **means, "lr": lr, "reward_mean": rollout.raw_reward_sum / batch_size,
+        "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
+        **episodes.metrics(),
+    }
+
+
 def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
              cfg: PPOConfig, prox_logprob: torch.Tensor | None = None,
              imp_samp_max: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -216,17 +274,8 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
     buffer = RolloutBuffer(cfg.num_steps, num_envs, obs_space.shape,
                            torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype, device)
     ctx.restore(model=model, optimizer=optimizer, reward_normalizer=reward_norm)
-
-    @torch.inference_mode()
-    def sampling_policy(obs: np.ndarray) -> np.ndarray:  # samples from pi, as in training
-        model.eval()
-        logits, _ = model(_obs_tensor(obs, device))
-        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
-
-    # Envs are not checkpointed (Procgen cannot be), so a resumed run starts fresh episodes.
-    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
-    next_obs = _obs_tensor(envs.reset(seed=env_seed), device)
-    next_done = torch.zeros(num_envs, dtype=torch.bool, device=device)
+    policy = sampling_policy(model, ctx)
+    next_obs, next_done = start_envs(envs, ctx)
     episodes = EpisodeLog()
     c = ctx.counters
 
@@ -234,19 +283,12 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         if cfg.anneal_lr:
             optimizer.param_groups[0]["lr"] = base_lr * (1.0 - ctx.budget_fraction())
 
-        # ---- rollout --------------------------------------------------------------------
+        # ---- rollout and GAE ------------------------------------------------------------
         t_rollout = time.perf_counter()
         episodes.clear()
-        rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
-                                  generator=ctx.device_rng, reward_norm=reward_norm,
-                                  episodes=episodes)
+        rollout = rollout_with_advantages(model, envs, buffer, next_obs, next_done, cfg, ctx,
+                                          reward_norm, episodes)
         next_obs, next_done = rollout.next_obs, rollout.next_done
-        ctx.flops.add_forward("policy", batch_size + rollout.final_value_forwards)
-        c.env_steps += batch_size
-        with torch.inference_mode():
-            _, last_value = model(next_obs)
-        ctx.flops.add_forward("policy", num_envs)  # the bootstrap value is a real forward too
-        buffer.finish(last_value, next_done, cfg.gamma, cfg.gae_lambda)
         t_rollout = time.perf_counter() - t_rollout
 
         # ---- update ---------------------------------------------------------------------
@@ -269,19 +311,11 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         t_update = time.perf_counter() - t_update
 
         # ---- log, evaluate, checkpoint (the run context's cadence) ----------------------
-        n_mb = cfg.num_epochs * cfg.num_minibatches
-        averaged = (torch.stack(list(sums.values())) / n_mb).tolist()  # one device sync
-        means = dict(zip(sums, averaged, strict=True))
-        metrics = {
-            "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
-            + cfg.vf_coef * means["value_loss"],
-            **means, "lr": optimizer.param_groups[0]["lr"],
-            "reward_mean": rollout.raw_reward_sum / batch_size,
-            "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
-            **episodes.metrics(),
-        }
-        ctx.end_iteration(metrics, evaluate=lambda: evaluate(sampling_policy,
-                                                             ctx.envs("eval"), ctx.eval_episodes))
+        metrics = iteration_metrics(cfg, sums, cfg.num_epochs * cfg.num_minibatches,
+                                    optimizer.param_groups[0]["lr"], rollout, batch_size,
+                                    t_rollout, t_update, episodes)
+        ctx.end_iteration(metrics, evaluate=lambda: evaluate(policy, ctx.envs("eval"),
+                                                             ctx.eval_episodes))
     return "finished"
 
 
