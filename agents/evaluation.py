@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from rl_scaling.metrics import task_generalization
+
 
 class EpisodeLog:
     """Collects the episodes that end during an iteration (from each step's ``info``)."""
@@ -72,8 +74,19 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     ``policy`` maps a batch of observations (num_envs, ...) to actions. Taking the first
     episodes to end across all envs instead would over-sample short episodes (e.g. early
     deaths). The envs are reset first.
+
+    Envs with a fixed set of held-out tasks (the point-mass world's evaluation sets) say how
+    many episodes cover every task once (``envs.min_eval_episodes``; ``episodes`` is raised to
+    it) and report each episode's ``task_set``, ``task`` and ``normalized_score``. Then, per
+    task set ``s`` of ``envs.task_sets`` (the first one unprefixed), the generalization
+    metrics of :func:`rl_scaling.metrics.task_generalization` over the per-task mean scores:
+    ``eval_[s_]normalized_score``, ``eval_[s_]solved_fraction`` (tasks at or above
+    ``envs.solve_threshold``), ``eval_[s_]lowest_score`` (mean of the lowest
+    ``envs.lowest_percentile`` %), and every task's score as ``task_score/<s>/<task>``.
     """
+    episodes = max(episodes, int(getattr(envs, "min_eval_episodes", 0)))
     per_env = math.ceil(episodes / envs.num_envs)
+    tasks: dict[tuple[int, int], list[float]] = {}
     returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
     successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
     normalized: list[list[float]] = [[] for _ in range(envs.num_envs)]
@@ -87,8 +100,12 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
             ended = np.flatnonzero(np.logical_or(terminated, truncated))
         success = info.get("episode_success")
         norm = info.get("episode_normalized_return")
+        task_score = info.get("episode_normalized_score")
         for j, env_index in enumerate(ended):
             if len(returns[env_index]) < per_env:
+                if task_score is not None:
+                    key = (int(info["episode_task_set"][j]), int(info["episode_task"][j]))
+                    tasks.setdefault(key, []).append(float(task_score[j]))
                 returns[env_index].append(float(info["episode_return"][j]))
                 if success is not None:
                     successes[env_index].append(float(success[j]))
@@ -100,4 +117,24 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
         out["eval_fail_to_success"] = fail_to_success(out["eval_success"])
     if any(normalized):  # envs with a reference return: the studies' 0..1000 scale
         out["eval_normalized_return"] = float(np.mean([x for n in normalized for x in n]))
+    if tasks:
+        out.update(task_metrics(tasks, envs))
+    return out
+
+
+def task_metrics(tasks: dict[tuple[int, int], list[float]], envs) -> dict[str, float]:
+    """The generalization metrics of :func:`evaluate` from ``{(set, task): scores}``."""
+    names = list(getattr(envs, "task_sets", ["test"]))
+    threshold = float(getattr(envs, "solve_threshold", 0.8))
+    percentile = float(getattr(envs, "lowest_percentile", 10.0))
+    out: dict[str, float] = {}
+    for set_index, name in enumerate(names):
+        per_task = {t: float(np.mean(v)) for (s, t), v in sorted(tasks.items())
+                    if s == set_index}
+        if not per_task:
+            continue
+        prefix = "eval_" if set_index == 0 else f"eval_{name}_"
+        summary = task_generalization(np.array(list(per_task.values())), threshold, percentile)
+        out.update({prefix + k: v for k, v in summary.items()})
+        out.update({f"task_score/{name}/{t}": v for t, v in per_task.items()})
     return out

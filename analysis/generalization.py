@@ -93,6 +93,16 @@ def fit_complexity(
 
 
 TEST_TASK_PATTERN = r"^(test|heldout|test_task)[/_.:]"
+# per-task scores already normalised by the env (0: random, 1: reference policy), logged by
+# agents.evaluation.evaluate as task_score/<task set>/<task>
+NORMALISED_PREFIX = "task_score/"
+
+
+def normalised_task_columns(df: pd.DataFrame, task_set: str = "test") -> list[str]:
+    """``task_score/<task_set>/<task>`` metrics with at least one value."""
+    prefix = f"{NORMALISED_PREFIX}{task_set}/"
+    return [c for c in df.columns if str(c).startswith(prefix)
+            and pd.to_numeric(df[c], errors="coerce").notna().any()]
 
 
 def test_task_columns(df: pd.DataFrame) -> list[str]:
@@ -105,29 +115,43 @@ def test_task_columns(df: pd.DataFrame) -> list[str]:
 def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Path, *,
                          complexity: str | None, level: float = 0.8,
                          criterion: str = "fraction", fraction: float = 0.95,
-                         percentile: float = 10.0) -> None:
+                         percentile: float = 10.0, size: str | None = None,
+                         task_set: str = "test") -> None:
     """Data and compute to reach "sufficient generalization" vs problem complexity (the
     config column ``complexity``, the study's ``complexity`` axis).
 
-    With per-test-task metrics (:func:`test_task_columns`) each task's score is normalised
-    by the best value seen for that task, and :func:`generalization_score`
+    Per-task scores the env normalised already (``task_score/<task_set>/<task>``, 0 = a
+    random policy, 1 = the reference policy; :func:`normalised_task_columns`) are used as
+    they are. Otherwise, with per-test-task metrics (:func:`test_task_columns`) each task's
+    score is normalised by the best value seen for that task. :func:`generalization_score`
     turns them into one score per run and log point (``criterion`` "fraction": the score
     reached on at least ``fraction`` of the test tasks; "lowest": the mean of the lowest
     ``percentile`` %); seeds are then averaged per complexity and the first crossing of
     ``level`` gives D and C. Without them, one test metric (``eval_return``...) normalised
     by the best seen plays that role. Each law's ``used`` lists the complexities fitted,
     ``dropped`` those that never reached ``level`` (or have no D/C at the crossing).
+
+    ``size`` (the study's ``width`` or ``params`` axis, when it varies): seeds are averaged
+    per (complexity, size), each size's crossing is tabulated, and the law is fitted to the
+    fewest data and the least compute over sizes at each complexity (the best model size
+    for that target, as in Meulemans et al.'s "compute needed").
     """
     ccol = complexity
     if ccol is None:
         raise FitError("no complexity axis (declare study.axes.complexity: the config key "
                        "holding the problem complexity)")
     xdata = curves.data_column(df)
-    cols = test_task_columns(df)
+    normalised = normalised_task_columns(df, task_set)
+    cols = normalised or test_task_columns(df)
     if cols:
         d = finite(df, [ccol, xdata]).copy()
         sc = d[cols].apply(pd.to_numeric, errors="coerce")
-        best = sc.max()
+        d = d[sc.notna().any(axis=1)]  # evaluation lines only
+        sc = sc.loc[d.index]
+        if normalised:
+            best = pd.Series(1.0, index=sc.columns)
+        else:
+            best = sc.max()
         if not (best > 0).all():
             bad = ", ".join(str(c) for c in best.index[~(best > 0)][:3])
             raise FitError(f"test task(s) with no positive score to normalise by: {bad}")
@@ -138,9 +162,10 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         what = (f"at least {fraction:.0%} of the {len(cols)} test tasks"
                 if criterion == "fraction" else
                 f"mean of the lowest {percentile:g}% of the {len(cols)} test tasks")
-        st.context["criterion"] = (f"{what} >= {level} (each task's score ÷ its best seen; "
-                                   "per run, then averaged over seeds)")
-        test = "test-task score"
+        how = ("normalised by the env: 0 random, 1 reference policy" if normalised
+               else "each task's score ÷ its best seen")
+        st.context["criterion"] = f"{what} >= {level} ({how}; per run, then averaged over seeds)"
+        test = f"{task_set} task score" if normalised else "test-task score"
     else:
         test = next((c for c in ("eval_return", "eval_success") if c in df
                      and df[c].notna().any()), metric)
@@ -152,12 +177,20 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         st.context["criterion"] = (f"normalised {test} (÷ best seen, {score_max:.4g}) >= "
                                    f"{level} (no per-test-task metrics test/<task>)")
     st.context["criterion kind"] = criterion if cols else "single test metric"
-    avg = curves.average_seeds(d, xdata, "score", by=ccol)
+    sizes = size is not None and size in d and d[size].nunique() > 1
+    group = [ccol, size] if sizes else [ccol]
+    avg = curves.average_seeds(d, xdata, "score", by=group)
     if "flops" in d:
         # compute at each data point of the averaged curve (seeds share their counters)
-        fl = d.groupby([ccol, xdata])["flops"].mean().reset_index()
-        avg = avg.merge(fl, on=[ccol, xdata], how="left")
-    thr = curves.to_threshold(avg, level, "score", x=xdata, compute="flops", by=ccol)
+        fl = d.groupby([*group, xdata])["flops"].mean().reset_index()
+        avg = avg.merge(fl, on=[*group, xdata], how="left")
+    thr = curves.to_threshold(avg, level, "score", x=xdata, compute="flops", by=group)
+    if sizes:
+        st.tables["data and compute to sufficient generalization, per size"] = thr
+        st.context["size axis"] = f"{size}: the fewest data and least compute over sizes"
+        thr = _best_over_sizes(thr, ccol)
+        avg = (avg.sort_values([ccol, xdata]).groupby([ccol, xdata], as_index=False)
+               .agg(score=("score", "max")))  # the upper envelope over sizes, for the figure
     st.tables["data and compute to sufficient generalization"] = thr
     st.figures += figures.plot_curves(
         avg.assign(**{ccol: pd.to_numeric(avg[ccol])}), xdata, "score", ccol, out,
@@ -190,9 +223,23 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         attempt(st, f"{name} vs complexity", fitc)
 
 
+def _best_over_sizes(thr: pd.DataFrame, ccol: str) -> pd.DataFrame:
+    """Per complexity: reached if any size reached; ``D_J`` and ``C_J`` the least over the
+    sizes that reached (each may come from another size), ``y_max`` the best."""
+    rows = []
+    for c, g in thr.groupby(ccol, sort=True):
+        r = g[g["reached"]]
+        rows.append({ccol: c, "D_J": r["D_J"].min() if len(r) else np.nan,
+                     "C_J": r["C_J"].min() if len(r) else np.nan, "reached": bool(len(r)),
+                     "y_max": g["y_max"].max(), "sizes_reached": int(len(r))})
+    return pd.DataFrame(rows)
+
+
 def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: Path,
               opts: Options) -> None:
     """The ``generalization`` study (:func:`study_generalization` with the options'
-    criterion)."""
-    study_generalization(st, df, metric, out, complexity=spec.axes.get("complexity"),
+    criterion); the ``width`` (else ``params``) axis is the model size."""
+    axes = spec.axes
+    study_generalization(st, df, metric, out, complexity=axes.get("complexity"),
+                         size=axes.get("width") or axes.get("params"),
                          **dict(opts.generalization or {}))
