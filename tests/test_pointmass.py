@@ -1,0 +1,273 @@
+"""The point-mass world (envs/pointmass.py): generation from a seed, disjoint and held-out task
+sets, the reference policies, the VecEnv contract, the generalization metrics, bad knobs, and
+PPO improving on the simplest level through the real sweep entry point."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from agents.evaluation import evaluate
+from envs.pointmass import (
+    AGENT_PLACE,
+    IN_ZONE,
+    LEVELS,
+    SETS,
+    PointMassEnvConfig,
+    World,
+    make_pointmass,
+    play,
+    task_keys,
+)
+from rl_scaling.config import register_configs
+from rl_scaling.metrics import lowest_mean, task_generalization
+from rl_scaling.record import RunRecord
+from rl_scaling.run import run
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+register_configs()
+
+
+def _cfg(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _tasks(world: World, set_name: str, n: int, task_seed: int = 0) -> dict[str, np.ndarray]:
+    keys = task_keys(task_seed, SETS.index(set_name), np.arange(n))
+    return world.generate(keys, set_name)
+
+
+def test_generation_is_a_function_of_the_task_seed():
+    world = World(PointMassEnvConfig(level=3))
+    a, b = _tasks(world, "train", 200), _tasks(world, "train", 200)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    other = _tasks(world, "train", 200, task_seed=1)
+    assert not np.allclose(a["obj_pos"], other["obj_pos"])
+    # a task does not depend on which batch generated it
+    single = world.generate(task_keys(0, 0, np.array([17])), "train")
+    np.testing.assert_array_equal(single["obj_pos"][0], a["obj_pos"][17])
+    np.testing.assert_array_equal(single["pred"][0], a["pred"][17])
+
+
+def test_same_seed_same_trajectory_and_different_seed_differs():
+    def rollout(seed: int) -> np.ndarray:
+        env = make_pointmass(num_envs=16, seed=seed, level=4)
+        obs = [env.reset()]
+        actions = np.random.default_rng(0).integers(0, env.single_action_space.n, (60, 16))
+        for a in actions:
+            obs.append(env.step(a)[0])
+        return np.stack(obs)
+
+    np.testing.assert_array_equal(rollout(3), rollout(3))
+    assert not np.array_equal(rollout(3), rollout(4))
+
+
+def test_train_and_test_task_sets_are_disjoint():
+    world = World(PointMassEnvConfig(level=2))
+    train_keys = task_keys(0, SETS.index("train"), np.arange(5000))
+    test_keys = task_keys(0, SETS.index("test"), np.arange(5000))
+    assert not set(train_keys.tolist()) & set(test_keys.tolist())
+    train = world.generate(train_keys[:500], "train")
+    test = world.generate(test_keys[:500], "test")
+    # no test layout equals a training layout
+    flat = lambda t: {tuple(np.round(p, 9).ravel()) for p in t["obj_pos"]}  # noqa: E731
+    assert not flat(train) & flat(test)
+
+
+def test_held_out_objects_never_appear_in_training_worlds():
+    cfg = PointMassEnvConfig(level=3)
+    world = World(cfg)
+    assert world.held_pairs.sum() == round(0.25 * world.num_colors * world.num_shapes)
+    for name in ("train", "test"):
+        t = _tasks(world, name, 2000)
+        pair = t["obj_color"] * world.num_shapes + t["obj_shape"]
+        assert not world.held_pairs[pair].any(), name
+        # pairs are unique within a world
+        assert all(len(set(row)) == len(row) for row in pair)
+    ood = _tasks(world, "ood_objects", 500)
+    first = ood["arg_a"][:, 0]  # conjunct 0 names an object in every OOD-object goal
+    assert (ood["pred"][:, 0] != IN_ZONE).all()
+    rows = np.arange(500)
+    pair = ood["obj_color"][rows, first] * world.num_shapes + ood["obj_shape"][rows, first]
+    assert world.held_pairs[pair].all()
+
+
+def test_held_out_predicate_pairs_only_in_ood_predicates():
+    world = World(PointMassEnvConfig(level=5))
+    assert world.held_type_pairs
+
+    def has_held_pair(pred_row: np.ndarray) -> bool:
+        types = sorted(p for p in pred_row if p >= 0)
+        return any(pair in world.held_type_pairs for pair in itertools.combinations(types, 2))
+
+    for name in ("train", "test"):
+        t = _tasks(world, name, 1000)
+        assert not any(has_held_pair(r) for r in t["pred"])
+    ood = _tasks(world, "ood_predicates", 300)
+    assert all(has_held_pair(r) for r in ood["pred"])
+    # every goal: distinct types, at most one saying where the agent is
+    for r in _tasks(world, "train", 1000)["pred"]:
+        types = [p for p in r if p >= 0]
+        assert len(set(types)) == len(types) >= 1
+        assert len(AGENT_PLACE & set(types)) <= 1
+
+
+def test_generated_goals_do_not_hold_at_the_start():
+    world = World(PointMassEnvConfig(level=4))
+    t = _tasks(world, "train", 1000)
+    gaps = world.gaps(t["agent_pos"][:, 0], t["obj_pos"], t["zone_pos"], t)
+    assert (gaps > 0).any(1).mean() > 0.99
+
+
+@pytest.mark.parametrize("level,movement", [(1, "discrete"), (2, "discrete"),
+                                            (1, "continuous"), (3, "discrete")])
+def test_scripted_policy_solves_easy_tasks_and_beats_random(level, movement):
+    env = make_pointmass(num_envs=64, seed=0, level=level, movement=movement, split="test",
+                         num_test_tasks=64)
+    reference, random = env.reference_score[0], env.random_score[0]
+    solved = (reference > 0).mean()
+    assert solved >= (0.95 if level < 3 else 0.85), solved
+    assert reference.mean() > random.mean() + 0.4
+    # replaying the reference reproduces its scores up to the scripted agents' randomness
+    again = make_pointmass(num_envs=64, seed=5, level=level, movement=movement,
+                           split="test", num_test_tasks=64)
+    assert abs(again.reference_score.mean() - reference.mean()) < 0.1
+
+
+def test_vecenv_contract_auto_reset_final_obs_and_episode_info():
+    env = make_pointmass(num_envs=8, seed=0, level=1, max_steps=5, shaping=0.0)
+    obs = env.reset(seed=1)
+    assert obs.shape == (8, *env.single_observation_space.shape) and obs.dtype == np.float32
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(np.zeros(8, dtype=np.int64))
+    # standing still never solves a goal that did not hold at the start: all truncated
+    assert truncated.all() and not terminated.any()
+    assert info["final_obs"].shape == obs.shape
+    assert (info["episode_length"] == 5).all() and (info["episode_score"] == 0).all()
+    assert not np.array_equal(info["final_obs"], obs)  # obs is the next task's first
+    with pytest.raises(ValueError, match="actions must be in"):
+        env.step(np.full(8, 9))
+
+
+def test_success_terminates_with_a_score_that_rewards_speed():
+    env = make_pointmass(num_envs=32, seed=0, level=1, shaping=0.0)
+    env.reset()
+    scores = []
+    for _ in range(60):
+        _, reward, terminated, truncated, info = env.step(env.scripted_actions())
+        ended = info["episode_env"]
+        succeeded = info["episode_success"]
+        np.testing.assert_array_equal(succeeded, terminated[ended])
+        # the sparse reward of a solved episode is its score
+        np.testing.assert_allclose(reward[ended][succeeded], info["episode_score"][succeeded])
+        scores += list(info["episode_score"][succeeded])
+        lengths = info["episode_length"][succeeded]
+        np.testing.assert_allclose(info["episode_score"][succeeded], 1 - 0.5 * lengths / 50)
+    assert len(scores) >= 32
+
+
+def test_shaping_rewards_progress_towards_the_goal():
+    env = make_pointmass(num_envs=64, seed=0, level=1, shaping=1.0)
+    env.reset()
+    _, reward_scripted, *_ = env.step(env.scripted_actions())
+    for _ in range(3):  # moving towards the goal object is rewarded
+        _, reward_scripted, *_ = env.step(env.scripted_actions())
+    assert reward_scripted.mean() > 0
+
+
+def test_evaluate_reports_generalization_metrics_per_task_set():
+    env = make_pointmass(num_envs=32, seed=0, level=1, split="test+ood_objects",
+                         num_test_tasks=16)
+    assert env.min_eval_episodes == 32
+    out = evaluate(lambda obs: env.scripted_actions(), env, episodes=4)
+    per_task = [k for k in out if k.startswith("task_score/")]
+    assert len([k for k in per_task if k.startswith("task_score/test/")]) == 16
+    assert len([k for k in per_task if k.startswith("task_score/ood_objects/")]) == 16
+    # the reference policy scores about 1 on its own tasks
+    assert out["eval_solved_fraction"] >= 0.8 and out["eval_ood_objects_solved_fraction"] >= 0.8
+    assert 0.7 < out["eval_normalized_score"] < 1.3
+    rnd = np.random.default_rng(0)
+    low = evaluate(lambda obs: rnd.integers(0, 5, len(obs)), env, episodes=1)
+    assert low["eval_normalized_score"] < 0.5 < out["eval_normalized_score"]
+    assert low["eval_lowest_score"] <= low["eval_normalized_score"]
+
+
+def test_generalization_metric_definitions():
+    scores = np.array([0.1, 0.9, 0.95, 0.5, 1.2, 0.85, 0.2, 0.7, 0.81, 1.0])
+    m = task_generalization(scores, threshold=0.8, percentile=20)
+    assert m["solved_fraction"] == pytest.approx(0.6)
+    assert m["lowest_score"] == pytest.approx(0.15)  # the lowest 2 of 10
+    assert lowest_mean(scores, 5) == pytest.approx(0.1)  # at least one task
+    assert m["normalized_score"] == pytest.approx(scores.mean())
+
+
+def test_play_cycles_each_env_through_its_own_task():
+    env = make_pointmass(num_envs=8, seed=0, level=1, split="test", num_test_tasks=8)
+    env.reset()
+    first = env.task_index.copy()
+    play(env, "random", 2)
+    np.testing.assert_array_equal(env.task_index, first)
+    np.testing.assert_array_equal(first, np.arange(8))
+
+
+@pytest.mark.parametrize("knobs,key", [
+    ({"num_objects": 0}, "env.num_objects=0"),
+    ({"num_predicates": 2, "max_conjuncts": 3}, "env.max_conjuncts=3"),
+    ({"num_predicates": 9}, "env.num_predicates=9"),
+    ({"num_predicates": 2, "num_zones": 0}, "env.num_zones=0"),
+    ({"level": 9}, "env.level=9"),
+    ({"split": "valid"}, "env.split='valid'"),
+    ({"split": "ood_predicates"}, "env.split='ood_predicates'"),
+    ({"movement": "teleport"}, "env.movement='teleport'"),
+    ({"extra_actions": ["fly"]}, "env.extra_actions=['fly']"),
+    ({"arena_size": 0.1}, "env.arena_size=0.1"),
+    ({"num_colors": 1, "num_shapes": 1, "num_objects": 2}, "env.num_objects=2"),
+    ({"num_tasks": 0}, "env.num_tasks=0"),
+])
+def test_bad_knobs_are_one_line_errors_naming_the_key(knobs, key):
+    with pytest.raises(ValueError) as err:
+        PointMassEnvConfig(**knobs).validate()
+    message = str(err.value)
+    assert message.startswith(key) and "\n" not in message
+
+
+def test_every_level_builds_and_steps():
+    for level in LEVELS:
+        for movement in ("discrete", "continuous"):
+            env = make_pointmass(num_envs=4, seed=0, level=level, movement=movement)
+            obs = env.reset()
+            space = env.single_action_space
+            for _ in range(3):
+                if movement == "discrete":
+                    act = np.random.default_rng(0).integers(0, space.n, 4)
+                else:
+                    act = np.random.default_rng(0).uniform(-1, 1, (4, *space.shape))
+                obs, *_ = env.step(act)
+            assert np.isfinite(obs).all() and obs.shape[1] == env.world.obs_dim
+
+
+def test_ppo_improves_on_the_simplest_level(tmp_path: Path):
+    """A real short run through the run entry path: PPO on level 1 (about a minute on 2 CPU
+    cores) gets well above the random policy's success rate, and its evaluations carry the
+    generalization metrics of both held-out sets."""
+    overrides = ["env=pointmass", "model=mlp", "algo=ppo", "algo.num_steps=64",
+                 "algo.num_minibatches=4", "algo.gamma=0.99", "algo.lr=1e-3",
+                 "algo.lr_width_rule=false", "env.num_envs=32", "env.num_test_tasks=32",
+                 "env.eval.num_envs=64", "budget.value=90112", "eval_every=45056 env_steps",
+                 "logger.progress=none", "checkpoint_every=null", "torch_threads=1", "seed=1"]
+    assert run(_cfg(overrides), tmp_path) == "finished"
+    rows = RunRecord(tmp_path).read_metrics()
+    success = [r["success_rate"] for r in rows if "success_rate" in r]
+    assert success[-1] > 0.5 and np.mean(success[-3:]) > success[0] + 0.15, success
+    evals = [r for r in rows if "eval_solved_fraction" in r]
+    assert len(evals) == 2 and "eval_ood_objects_lowest_score" in evals[-1]
+    assert sum(k.startswith("task_score/test/") for k in evals[-1]) == 32
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["env_family"] == "pointmass"
