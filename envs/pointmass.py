@@ -351,6 +351,40 @@ class World:
         self.observation_space = gymnasium.spaces.Box(-np.inf, np.inf, (self.obs_dim,),
                                                       dtype=np.float32)
 
+    def space_sizes(self) -> dict[str, float]:
+        """How big each space is (docs/pointmass.md explains each):
+
+        - ``log10_positions``: arrangements of the agents, objects and zones on a grid of
+          the agent's radius (0.05), ``2 (A + O + Z) log10(L / 0.05)``;
+        - ``object_assignments``: ordered draws of the objects' (colour, shape) pairs from the
+          training pairs times the zones' colours;
+        - ``actions``: discrete actions, or continuous action dimensions;
+        - ``goal_types``: the predicate-type combinations training goals draw from;
+        - ``goals_per_world``: distinct goals in one world (each type combination times the
+          choices of its arguments: objects for near / away / on_zone / together, zones for
+          in_zone / on_zone, distinct objects across conjuncts);
+        - ``other_agents``: scripted agents.
+        """
+        O, Z = self.num_objects, self.num_zones
+        train_pairs = int((~self.held_pairs).sum())
+        goals = 0
+        for row in self.combos[self.allowed["train"]]:
+            types = [p for p in row if p >= 0]
+            object_args = sum(p != IN_ZONE for p in types)
+            count = math.perm(O, object_args)  # distinct objects across conjuncts
+            for p in types:
+                count *= {IN_ZONE: Z, ON_ZONE: Z, TOGETHER: max(O - 1, 1)}.get(p, 1)
+            goals += count
+        return {
+            "log10_positions": 2 * (self.num_agents + O + Z) * math.log10(self.arena / AGENT_R),
+            "object_assignments": float(math.perm(train_pairs, O) * math.perm(self.num_colors, Z)),
+            "actions": float(self.action_space.n if self.discrete
+                             else self.action_space.shape[0]),
+            "goal_types": float(self.allowed["train"].sum()),
+            "goals_per_world": float(goals),
+            "other_agents": float(self.num_agents - 1),
+        }
+
     # -------------------------------------------------------------------- generation
 
     def generate(self, keys: np.ndarray, set_name: str) -> dict[str, np.ndarray]:
