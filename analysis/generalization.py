@@ -21,6 +21,7 @@ from analysis import curves, figures
 from analysis.fitting import LEVEL, FitError, FitResult, fit_loglog, loglog_intervals
 from analysis.report import StudyResult
 from analysis.study import Options, Study, attempt, finite, slug
+from rl_scaling.metrics import lowest_mean
 
 __all__ = [
     "GENERALIZATION_CRITERIA",
@@ -74,8 +75,7 @@ def generalization_score(
         if criterion == "fraction":
             out[i] = v[n - math.ceil(fraction * n - 1e-9)]
         else:
-            m = max(1, math.floor(percentile / 100 * n + 1e-9))
-            out[i] = v[:m].mean()
+            out[i] = lowest_mean(v, percentile)
     return out
 
 

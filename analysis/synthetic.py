@@ -591,6 +591,8 @@ def generalization_sweep(
     rng: int | np.random.Generator = 4,
     study: Mapping[str, Any] | bool = True,
     complexity_key: str = "env.complexity",
+    widths: Sequence[float] | None = None,
+    normalised: bool = False,
 ) -> dict[str, float]:
     """Write runs over a problem-complexity parameter with per-test-task scores.
 
@@ -601,31 +603,45 @@ def generalization_sweep(
     task saturates (its best seen score is ~1). Returns ``GEN_TRUTH`` plus the difficulties.
     The complexity is the config key ``complexity_key``; ``study``: see
     :func:`declared_study` (default: kind ``generalization``, axes ``{complexity:
-    complexity_key}``).
+    complexity_key}``, plus ``width: model.width`` with ``widths``).
+
+    ``widths``: a model-size axis too. Width ``w`` learns ``w^0.5`` times faster in data
+    (``tau`` times ``w^-0.5``) and costs ``w`` times the FLOPs per step, so the fewest data at
+    a complexity come from the widest model and the least compute (``∝ w^0.5``) from the
+    narrowest; both still grow as ``k^gamma``. ``normalised``: log the scores as the env's
+    normalised per-task metrics ``task_score/test/<i>`` (as the point-mass world does)
+    instead of ``test/task_<i>``.
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
-    declared = declared_study(study, "generalization", complexity=complexity_key)
+    axes = {"complexity": complexity_key}
+    if widths is not None:
+        axes["width"] = "model.width"
+    declared = declared_study(study, "generalization", **axes)
     t = GEN_TRUTH
     diff = np.exp(0.4 * rng.standard_normal(n_test_tasks))
-    for k in complexities:
-        tau = t["tau0"] * k ** t["gamma"] * diff
+    column = "task_score/test/{}" if normalised else "test/task_{}"
+    for k, w in itertools.product(complexities, widths or [None]):
+        speed = 1.0 if w is None else w**0.5
+        tau = t["tau0"] * k ** t["gamma"] * diff / speed
         E = np.geomspace(0.02, 8.0, n_points) * tau.max()
+        per_step = 1e6 * k * (1.0 if w is None else w)
         for s in seeds:
             score = 1 - np.exp(-E[:, None] / tau[None, :])
             score = np.clip(score + noise * rng.standard_normal(score.shape), 0, None)
             metrics = []
             for e, row in zip(E, score, strict=True):
                 m = {"env_steps": float(e), "updates": float(e / 8), "samples": float(e),
-                     "flops": float(1e6 * k * e), "wall_time": float(e / 1e4),
+                     "flops": float(per_step * e), "wall_time": float(e / 1e4),
                      "return_mean": float(row.mean()), "eval_return": float(row.mean())}
-                m.update({f"test/task_{i}": float(v) for i, v in enumerate(row)})
+                m.update({column.format(i): float(v) for i, v in enumerate(row)})
                 metrics.append(m)
             config = {"experiment": experiment, "seed": int(s),
                       "algo": {"name": "ppo"}, "env": {"family": "pointmass"},
-                      "model": {"family": "mlp", "width": 1.0}}
+                      "model": {"family": "mlp", "width": 1.0 if w is None else float(w)}}
             _set_key(config, complexity_key, k)
-            write_run(out / f"{complexity_key}={k},seed={s}", config, metrics,
+            name = f"{complexity_key}={k}" + ("" if w is None else f",model.width={w}")
+            write_run(out / f"{name},seed={s}", config, metrics,
                       params=10_000, flops_per_forward=20_000, study=declared)
     return {**t, "n_test_tasks": n_test_tasks, "difficulties": diff.tolist()}
 

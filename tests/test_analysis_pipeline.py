@@ -276,6 +276,35 @@ def test_generalization_criteria_on_test_tasks(tmp_path: Path, criterion: str):
     assert "C to sufficient generalization vs complexity" in st["fits"]
 
 
+def test_generalization_study_over_sizes_with_env_normalised_scores(tmp_path: Path):
+    """A width axis and the point-mass world's normalised per-task scores: per complexity the
+    fewest data come from the widest model and the least compute from the narrowest, and
+    both laws recover their exponents."""
+    runs = tmp_path / "runs"
+    widths = (0.5, 1.0, 2.0)
+    truth = synthetic.generalization_sweep(runs, widths=widths, normalised=True, seeds=(0,),
+                                           n_points=40)
+    out = tmp_path / "out"
+    assert pipeline.main(["--runs", str(runs), "--out", str(out), "--formats", "png",
+                          "--no-cache"]) == 0
+    st = _laws(out)["studies"]["pointmass_gen/generalization"]
+    assert "normalised by the env" in st["context"]["criterion"]
+    assert "model.width" in st["context"]["size axis"]
+    # D ∝ k^gamma; the synthetic FLOPs per step grow with the complexity too: C ∝ k^(gamma+1)
+    for law, k in (("D", truth["gamma"]), ("C", truth["gamma"] + 1)):
+        fit = st["fits"][f"{law} to sufficient generalization vs complexity"]
+        assert fit["params"]["k"] == pytest.approx(k, abs=0.05)
+    # the fraction criterion's data at complexity 1: the 2nd-hardest task at the widest width
+    d = np.sort(truth["difficulties"])[::-1]
+    d_fit = st["fits"]["D to sufficient generalization vs complexity"]["params"]["c"]
+    assert d_fit == pytest.approx(truth["tau0"] * d[1] * np.log(5) / max(widths) ** 0.5,
+                                  rel=0.1)
+    # compute: the narrowest width (C = 1e6 w D_w, D_w ∝ w^-0.5)
+    c_fit = st["fits"]["C to sufficient generalization vs complexity"]["params"]["c"]
+    assert c_fit == pytest.approx(1e6 * min(widths) ** 0.5 * truth["tau0"] * d[1] * np.log(5),
+                                  rel=0.1)
+
+
 def test_defaults_are_the_make_analysis_paths(tmp_path: Path, monkeypatch, capsys):
     args = pipeline.build_parser().parse_args([])
     assert args.out == "reports/latest"
