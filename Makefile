@@ -4,7 +4,7 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac clean
+.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac bench-pointmass clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
 # Where a torch is already installed (e.g. a CUDA build on a GPU box) it is kept.
@@ -41,6 +41,10 @@ bench-ppg:
 bench-sac:
 	$(PYTHON) -m pip install -q -e ".[bench]"
 	$(PYTHON) bench/sac.py
+
+# Point-mass world: vectorised stepping against a per-world Python loop, same run (bench/README.md)
+bench-pointmass:
+	$(PYTHON) bench/pointmass.py
 
 clean:
 	rm -rf .pytest_cache reports/latest
