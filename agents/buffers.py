@@ -47,10 +47,19 @@ class RolloutBuffer:
     """Fixed-size (num_steps x num_envs) storage for one on-policy rollout."""
 
     def __init__(self, num_steps: int, num_envs: int, obs_shape: tuple[int, ...],
-                 obs_dtype: torch.dtype, device: torch.device) -> None:
+                 obs_dtype: torch.dtype, device: torch.device, *,
+                 action_shape: tuple[int, ...] = (), action_dtype: torch.dtype = torch.long,
+                 dist_params: int = 0) -> None:
+        """``action_shape``/``action_dtype``: one action (a policy distribution's, see
+        ``agents.distributions``; the default is a discrete action). ``dist_params``: P > 0
+        also stores the behaviour policy's distribution parameters (T, N, P), so a trust
+        region against it (V-MPO's KL) needs no extra forward; 0 stores none."""
         self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
         self.obs = torch.zeros((num_steps, num_envs, *obs_shape), dtype=obs_dtype, device=device)
-        self.actions = torch.zeros((num_steps, num_envs), dtype=torch.long, device=device)
+        self.actions = torch.zeros((num_steps, num_envs, *action_shape), dtype=action_dtype,
+                                   device=device)
+        self.dist_params = (torch.zeros((num_steps, num_envs, dist_params), device=device)
+                            if dist_params > 0 else None)
         self.logprobs = torch.zeros((num_steps, num_envs), device=device)
         self.rewards = torch.zeros((num_steps, num_envs), device=device)
         self.dones = torch.zeros((num_steps, num_envs), dtype=torch.bool, device=device)
@@ -63,13 +72,16 @@ class RolloutBuffer:
         return self.num_steps * self.num_envs
 
     def add(self, step: int, obs: torch.Tensor, done: torch.Tensor, action: torch.Tensor,
-            logprob: torch.Tensor, value: torch.Tensor, reward: torch.Tensor) -> None:
+            logprob: torch.Tensor, value: torch.Tensor, reward: torch.Tensor,
+            dist_params: torch.Tensor | None = None) -> None:
         self.obs[step].copy_(obs)
         self.dones[step].copy_(done)
         self.actions[step].copy_(action)
         self.logprobs[step].copy_(logprob)
         self.values[step].copy_(value)
         self.rewards[step].copy_(reward)
+        if self.dist_params is not None:
+            self.dist_params[step].copy_(dist_params)
 
     def finish(self, last_value: torch.Tensor, last_done: torch.Tensor, gamma: float,
                gae_lambda: float) -> None:
@@ -79,7 +91,8 @@ class RolloutBuffer:
 
     def minibatches(self, num_minibatches: int,
                     generator: torch.Generator | None = None) -> Iterator[dict[str, torch.Tensor]]:
-        """Yield ``num_minibatches`` random disjoint minibatches of flattened samples."""
+        """Yield ``num_minibatches`` random disjoint minibatches of flattened samples
+        (``dist_params`` among them where the buffer stores them)."""
         if self.size % num_minibatches:
             raise ValueError(
                 f"num_envs*num_steps={self.size} is not divisible by "
@@ -88,12 +101,14 @@ class RolloutBuffer:
         mb_size = self.size // num_minibatches
         flat = {
             "obs": self.obs.flatten(0, 1),
-            "actions": self.actions.flatten(),
+            "actions": self.actions.flatten(0, 1),
             "logprobs": self.logprobs.flatten(),
             "values": self.values.flatten(),
             "advantages": self.advantages.flatten(),
             "returns": self.returns.flatten(),
         }
+        if self.dist_params is not None:
+            flat["dist_params"] = self.dist_params.flatten(0, 1)
         perm = torch.randperm(self.size, generator=generator, device="cpu").to(self.device)
         for start in range(0, self.size, mb_size):
             idx = perm[start:start + mb_size]

@@ -1,13 +1,16 @@
 """Scalable actor-critic model families.
 
-Every model maps a batch of raw observations to ``(logits, value)``::
+Every model maps a batch of raw observations to ``(params, value)``::
 
-    logits, value = model(obs)   # (B, num_actions), (B,)
+    params, value = model(obs)   # (B, P), (B,)
 
-and names the parts being scaled with ``model.scaled_modules()``. Parameters and
+``params`` are the policy distribution's (``agents/distributions.py``): logits (B, n) for a
+``Discrete(n)`` action space; for a ``Box`` of d dims (``mlp`` only), ``[mean, log_std]``
+(B, 2d) from a :class:`GaussianHead` (a mean layer and a learned state-independent log std).
+Each model names the parts being scaled with ``model.scaled_modules()``. Parameters and
 FLOPs inside those parts are "effective" (what the scaling studies count); the final
-policy-logit and value heads are not, because their size is set by the task
-(number of actions), not by the width/depth knobs. See docs/models_and_flops.md.
+policy and value heads are not, because their size is set by the task (number of actions),
+not by the width/depth knobs. See docs/models_and_flops.md.
 
 Families (built through :func:`build_model`):
 
@@ -15,7 +18,8 @@ Families (built through :func:`build_model`):
   CleanRL ``ppo_procgen.py``), used by Hilton et al. 2023 for width/depth scaling.
 - ``mnist_cnn``: the small CNN of Hilton et al. 2023's MNIST bandit, with separate
   policy and value networks.
-- ``mlp``: separate tanh policy and value MLPs for vector observations.
+- ``mlp``: separate tanh policy and value MLPs for vector observations; discrete or
+  continuous (``Box``) actions.
 
 Image observations arrive raw from the env as ``(B, H, W, C)`` pixels in 0..255
 (uint8 preferred: 4x less rollout memory); the model converts to float, divides by
@@ -30,6 +34,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import gymnasium
 import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
@@ -38,6 +43,7 @@ from rl_scaling.context import count_params
 from rl_scaling.registry import register_model
 
 __all__ = [
+    "GaussianHead",
     "ImpalaCNN",
     "MLPActorCritic",
     "MnistCNN",
@@ -276,9 +282,30 @@ class MnistCNN(nn.Module):
 # ---------------------------------------------------------------------------
 
 
+class GaussianHead(nn.Module):
+    """A diagonal Gaussian policy head: ``(B, hidden) -> (B, 2d) = [mean, log_std]``.
+
+    The mean is a linear layer with a small init (std 0.01, as the logit heads: the policy
+    starts near mean 0); the log std is a learned state-independent parameter, init 0 (std
+    1), broadcast to the batch. A head, not part of the scaled trunk.
+    """
+
+    matmul_free = True  # its own parameter (log_std) does no matmul; the mean layer is counted
+
+    def __init__(self, hidden: int, action_dim: int) -> None:
+        super().__init__()
+        self.mean = layer_init(nn.Linear(hidden, action_dim), std=0.01)
+        self.log_std = nn.Parameter(torch.zeros(action_dim))
+
+    def forward(self, h: Tensor) -> Tensor:
+        mean = self.mean(h)
+        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+
+
 class MLPActorCritic(nn.Module):
     """Separate tanh policy and value MLPs: ``depth`` hidden layers of 64 x width units
-    (``separate_value=False``: one MLP feeds both heads)."""
+    (``separate_value=False``: one MLP feeds both heads). ``continuous=True``: the policy
+    head is a :class:`GaussianHead` over ``num_actions`` action dimensions."""
 
     base_hidden = 64
 
@@ -289,6 +316,7 @@ class MLPActorCritic(nn.Module):
         width: float = 1.0,
         depth: int = 2,
         separate_value: bool = True,
+        continuous: bool = False,
     ):
         super().__init__()
         if len(obs_shape) != 1:
@@ -310,7 +338,9 @@ class MLPActorCritic(nn.Module):
 
         self.policy_trunk = trunk()
         self.value_trunk = trunk() if separate_value else None
-        self.policy_head = layer_init(nn.Linear(hidden, num_actions), std=0.01)
+        self.continuous = continuous
+        self.policy_head = (GaussianHead(hidden, num_actions) if continuous
+                            else layer_init(nn.Linear(hidden, num_actions), std=0.01))
         self.value_head = layer_init(nn.Linear(hidden, 1), std=1.0)
 
     def features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -356,12 +386,20 @@ def _separate(separate_value: bool | None, default: bool) -> dict[str, bool]:
     return {"separate_value": default if separate_value is None else bool(separate_value)}
 
 
-def _build_impala(obs_shape, num_actions, width, depth, separate_value=None):
+def _discrete_only(family: str, continuous: bool) -> None:
+    if continuous:
+        raise ValueError(f"model family {family!r} is a discrete actor-critic; for a Box "
+                         f"action space use model=mlp")
+
+
+def _build_impala(obs_shape, num_actions, width, depth, separate_value=None, continuous=False):
+    _discrete_only("impala_cnn", continuous)
     return ImpalaCNN(obs_shape, num_actions, width=width, depth=2 if depth is None else depth,
                      **_separate(separate_value, False))
 
 
-def _build_mnist(obs_shape, num_actions, width, depth, separate_value=None):
+def _build_mnist(obs_shape, num_actions, width, depth, separate_value=None, continuous=False):
+    _discrete_only("mnist_cnn", continuous)
     if depth not in (None, 1):
         raise ValueError(
             f"model.depth is not a knob of mnist_cnn (fixed architecture); "
@@ -370,9 +408,9 @@ def _build_mnist(obs_shape, num_actions, width, depth, separate_value=None):
     return MnistCNN(obs_shape, num_actions, width=width, **_separate(separate_value, True))
 
 
-def _build_mlp(obs_shape, num_actions, width, depth, separate_value=None):
+def _build_mlp(obs_shape, num_actions, width, depth, separate_value=None, continuous=False):
     return MLPActorCritic(obs_shape, num_actions, width=width, depth=2 if depth is None else depth,
-                          **_separate(separate_value, True))
+                          continuous=continuous, **_separate(separate_value, True))
 
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
@@ -395,9 +433,11 @@ def build_model(
     width: float = 1.0,
     depth: int | None = None,
     separate_value: bool | None = None,
+    continuous: bool = False,
 ) -> nn.Module:
     """Build an actor-critic of ``family`` for ``obs_shape`` (no batch dim) and a
-    discrete action space of ``num_actions``.
+    discrete action space of ``num_actions`` (``continuous=True``: a Gaussian policy over
+    ``num_actions`` action dimensions; ``mlp`` only).
 
     ``width`` multiplies every scaled layer's channels/units (1.0 = the paper's
     default; fractional allowed). ``depth`` is residual blocks per stack for
@@ -413,19 +453,28 @@ def build_model(
         raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
     obs_shape = tuple(int(s) for s in obs_shape)
     return _REGISTRY[family](obs_shape, int(num_actions), float(width),
-                             None if depth is None else int(depth), separate_value)
+                             None if depth is None else int(depth), separate_value,
+                             continuous)
 
 
 def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Module:
-    """``ctx.network`` builder of the built-in families: a discrete actor-critic for the
-    run's observation space and ``Discrete`` action space, whatever the role."""
-    n = getattr(spec.action_space, "n", None)
-    if n is None:
+    """``ctx.network`` builder of the built-in families: an actor-critic for the run's
+    observation space and its ``Discrete`` action space (logits) or, for ``mlp``, its ``Box``
+    action space (a Gaussian head over ``prod(shape)`` dims), whatever the role."""
+    space = spec.action_space
+    if isinstance(space, gymnasium.spaces.Discrete):
+        num_actions, continuous = int(space.n), False
+    elif isinstance(space, gymnasium.spaces.Box) and cfg.family == "mlp":
+        num_actions, continuous = math.prod(space.shape), True
+    else:
         raise ValueError(f"model family {cfg.family!r} is a discrete actor-critic; the env's "
-                         f"action space is {spec.action_space}")
-    return build_model(cfg.family, tuple(spec.observation_space.shape), int(n),
+                         f"action space is {space}" + ("; use model=mlp for a Box action space"
+                                                       if isinstance(space, gymnasium.spaces.Box)
+                                                       else ""))
+    return build_model(cfg.family, tuple(spec.observation_space.shape), num_actions,
                        width=cfg.width, depth=cfg.depth,
-                       separate_value=getattr(cfg, "separate_value", None))
+                       separate_value=getattr(cfg, "separate_value", None),
+                       continuous=continuous)
 
 
 for _family in _REGISTRY:

@@ -45,11 +45,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from agents.batch_schedule import SCHEDULES, BatchSchedule, GradientNoiseScale
 from agents.buffers import RolloutBuffer
-from agents.common import RewardNormalizer, categorical_logprob_entropy
+from agents.common import RewardNormalizer
+from agents.distributions import PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
 from agents.models import layer_init
 from agents.ppo import (
@@ -57,6 +57,7 @@ from agents.ppo import (
     iteration_metrics,
     learning_rate,
     ppo_loss,
+    rollout_buffer,
     rollout_with_advantages,
     sampling_policy,
     start_envs,
@@ -223,7 +224,8 @@ def _check_features(model: nn.Module) -> None:
 
 
 def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Module,
-              optimizer: torch.optim.Optimizer, store: AuxBuffer) -> dict[str, float]:
+              optimizer: torch.optim.Optimizer, store: AuxBuffer,
+              dist: PolicyDistribution) -> dict[str, float]:
     """PPG's auxiliary phase over the stored rollouts; returns its mean losses."""
     device = ctx.device
     n = store.size
@@ -242,8 +244,7 @@ def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Mo
     chunk = max(1, n // num_mb)
     model.eval()
     with torch.inference_mode():  # the policy to stay close to: before any aux step
-        old_logp = torch.cat([F.log_softmax(model(o.to(device))[0], -1)
-                              for o in obs.split(4 * chunk)])
+        old_params = torch.cat([model(o.to(device))[0] for o in obs.split(4 * chunk)])
     ctx.flops.add_forward("policy", n)
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -253,11 +254,10 @@ def aux_phase(cfg: PPGConfig, ctx: RunContext, model: nn.Module, aux_head: nn.Mo
             mb_obs = obs[idx].to(device, non_blocking=True)
             target = returns[idx].to(device, non_blocking=True)
             h_pi, h_v = model.features(mb_obs)
-            logp = F.log_softmax(model.policy_head(h_pi), -1)
+            params = model.policy_head(h_pi)
             value = model.value_head(h_v).squeeze(-1)
             aux_value = aux_head(h_pi).squeeze(-1)
-            old = old_logp[idx.to(device)]
-            kl = (old.exp() * (old - logp)).sum(-1).mean()  # KL(pi_old || pi)
+            kl = dist.kl(old_params[idx.to(device)], params).mean()  # KL(pi_old || pi)
             aux_loss = 0.5 * ((aux_value - target) ** 2).mean()
             true_loss = 0.5 * ((value - target) ** 2).mean()
             loss = aux_loss + cfg.bc_coef * kl + cfg.aux_vf_coef * true_loss
@@ -328,11 +328,10 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
     # the learning rates' factor from batch rescaling, where a resumed schedule left it
     lr_scale = 2.0**schedule.doublings if cfg.batch_rescale else 1.0
 
-    obs_space = envs.single_observation_space
-    obs_dtype = torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype
+    dist = policy_distribution(envs.single_action_space)
 
     def new_buffer() -> RolloutBuffer:
-        return RolloutBuffer(schedule.num_steps, num_envs, obs_space.shape, obs_dtype, device)
+        return rollout_buffer(envs, schedule.num_steps, device)
 
     buffer = new_buffer()
 
@@ -374,13 +373,12 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
                 prox_logprob = None
                 if ewma is not None:
                     with torch.no_grad():
-                        prox_logits, _ = ewma.copy(mb["obs"])
-                        prox_logprob, _ = categorical_logprob_entropy(prox_logits,
-                                                                      mb["actions"])
+                        prox_params, _ = ewma.copy(mb["obs"])
+                        prox_logprob, _ = dist.logprob_entropy(prox_params, mb["actions"])
                     ctx.flops.add_forward("proximal", minibatch_size)
                 logits, new_value = model(mb["obs"])
                 loss, parts = ppo_loss(logits, new_value, mb, loss_cfg, prox_logprob,
-                                       cfg.imp_samp_max)
+                                       cfg.imp_samp_max, dist=dist)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if measure_noise and epoch == 0:
@@ -402,7 +400,7 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
         if aux_head is not None:
             store.add(buffer)
             if store.iterations >= cfg.n_pi and not ctx.done:
-                aux_metrics = aux_phase(cfg, ctx, model, aux_head, aux_opt, store)
+                aux_metrics = aux_phase(cfg, ctx, model, aux_head, aux_opt, store, dist)
                 store.clear()
                 if ewma is not None:
                     ewma.reset()

@@ -4,8 +4,10 @@ Reads top to bottom like CleanRL's ``ppo_procgen.py``: collect a rollout, comput
 ``num_epochs`` of clipped-objective minibatch updates, then hand the iteration to the run
 context (log, evaluate, checkpoint). The rollout (``collect_rollout``,
 ``rollout_with_advantages``), ``ppo_loss`` and the log line (``iteration_metrics``) are
-functions so that PPG and the EWMA variants reuse them; the shared blocks (rollout buffer + GAE,
-categorical helpers, reward normalisation, evaluation) live in ``agents/``.
+functions so that PPG, the EWMA variants and V-MPO reuse them; the shared blocks (rollout
+buffer + GAE, policy distributions, reward normalisation, evaluation) live in ``agents/``.
+Actions are discrete (categorical) or continuous (``Box``: a diagonal Gaussian), as the env's
+action space says (``agents.distributions.policy_distribution``).
 
 FLOPs (role ``policy``): each env step costs one acting forward per env, plus one forward
 per env per rollout for the bootstrap value and one per truncated episode for the value of
@@ -26,7 +28,8 @@ import torch
 import torch.nn as nn
 
 from agents.buffers import RolloutBuffer
-from agents.common import RewardNormalizer, categorical_logprob_entropy, sample_categorical
+from agents.common import RewardNormalizer
+from agents.distributions import Categorical, PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
 from rl_scaling.context import RunContext
 from rl_scaling.registry import ConfigError, register_algo
@@ -78,8 +81,9 @@ class PPOConfig:
                 raise ConfigError(f"algo.{key}={getattr(self, key)} {why}")
 
 
-def learning_rate(cfg: PPOConfig, width: float, depth: int | None = None) -> float:
-    """The learning rate of a model of this width and depth.
+def learning_rate(cfg: Any, width: float, depth: int | None = None) -> float:
+    """The learning rate of a model of this width and depth (``cfg``: any on-policy config
+    with PPO's ``lr*`` keys: PPO's, PPG's, V-MPO's).
 
     ``lr_width_rule``: ``lr * width^-1/2`` (Hilton et al. 2023's rule for width scaling).
     ``lr_depth_rule``: times ``(depth / lr_base_depth)^lr_depth_exponent``, -1/2 by default:
@@ -108,7 +112,9 @@ class Rollout(NamedTuple):
 def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: torch.Tensor,
                     next_done: torch.Tensor, *, gamma: float, generator: torch.Generator,
                     reward_norm: RewardNormalizer | None, episodes: EpisodeLog) -> Rollout:
-    """Fill ``buffer`` with ``buffer.num_steps`` steps of every env, acting with ``model``.
+    """Fill ``buffer`` with ``buffer.num_steps`` steps of every env, acting with ``model``
+    (actions from the env's action space's :func:`policy_distribution`; the behaviour
+    policy's params go into the buffer where it stores them).
 
     A truncated episode (a time limit, not a terminal state) keeps its value: where the env
     reports the final observation, ``gamma * V(final_obs)`` is added to that step's reward,
@@ -117,13 +123,14 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
     ``final_value_forwards``) and bootstraps the end of the rollout.
     """
     device = buffer.device
+    dist = policy_distribution(envs.single_action_space)
     raw_reward_sum = 0.0
     final_value_forwards = 0
     model.eval()
     for step in range(buffer.num_steps):
         with torch.inference_mode():
-            logits, value = model(next_obs)
-            action, logprob = sample_categorical(logits, generator)
+            params, value = model(next_obs)
+            action, logprob = dist.sample(params, generator)
         obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         done = np.logical_or(terminated, truncated)
         raw_reward_sum += float(reward.sum())
@@ -138,7 +145,7 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
             reward[ended[cut]] += gamma * final_value.float().cpu().numpy()
             final_value_forwards += int(cut.sum())
         buffer.add(step, next_obs, next_done, action, logprob, value,
-                   torch.from_numpy(reward).to(device))
+                   torch.from_numpy(reward).to(device), params)
         next_obs = _obs_tensor(obs, device)
         next_done = torch.from_numpy(done).to(device)
         episodes.add(info)
@@ -154,25 +161,40 @@ def start_envs(envs, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
     return obs, torch.zeros(envs.num_envs, dtype=torch.bool, device=ctx.device)
 
 
+def rollout_buffer(envs, num_steps: int, device: torch.device, *,
+                   store_dist_params: bool = False) -> RolloutBuffer:
+    """A :class:`RolloutBuffer` for ``num_steps`` steps of ``envs``: their observations, and
+    actions of their action space's distribution; ``store_dist_params`` keeps the behaviour
+    policy's params too (V-MPO's KL against it)."""
+    obs_space = envs.single_observation_space
+    dist = policy_distribution(envs.single_action_space)
+    return RolloutBuffer(num_steps, envs.num_envs, obs_space.shape,
+                         torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype, device,
+                         action_shape=dist.action_shape, action_dtype=dist.action_dtype,
+                         dist_params=dist.param_dim if store_dist_params else 0)
+
+
 def sampling_policy(model: nn.Module, ctx: RunContext) -> Callable[[np.ndarray], np.ndarray]:
     """The policy held-out evaluation runs: samples from pi, as in training, with the run's
     evaluation generator (so evaluating does not change the training curve)."""
+    dist = policy_distribution(ctx.spec.action_space)
 
     @torch.inference_mode()
     def act(obs: np.ndarray) -> np.ndarray:
         model.eval()
-        logits, _ = model(_obs_tensor(obs, ctx.device))
-        return sample_categorical(logits, ctx.eval_rng)[0].cpu().numpy()
+        params, _ = model(_obs_tensor(obs, ctx.device))
+        return dist.sample(params, ctx.eval_rng)[0].cpu().numpy()
 
     return act
 
 
 def rollout_with_advantages(model: nn.Module, envs, buffer: RolloutBuffer,
-                            next_obs: torch.Tensor, next_done: torch.Tensor, cfg: PPOConfig,
+                            next_obs: torch.Tensor, next_done: torch.Tensor, cfg: Any,
                             ctx: RunContext, reward_norm: RewardNormalizer | None,
                             episodes: EpisodeLog) -> Rollout:
     """:func:`collect_rollout`, then the bootstrap value and GAE into ``buffer``; counts the
-    env steps and every acting forward (role ``policy``)."""
+    env steps and every acting forward (role ``policy``). ``cfg``: any on-policy config
+    with ``gamma`` and ``gae_lambda``."""
     rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
                               generator=ctx.device_rng, reward_norm=reward_norm,
                               episodes=episodes)
@@ -185,27 +207,41 @@ def rollout_with_advantages(model: nn.Module, envs, buffer: RolloutBuffer,
     return rollout
 
 
-def iteration_metrics(cfg: PPOConfig, sums: dict[str, torch.Tensor], steps: int, lr: float,
+def iteration_metrics(cfg: Any, sums: dict[str, torch.Tensor], steps: int, lr: float,
                       rollout: Rollout, batch_size: int, t_rollout: float, t_update: float,
                       episodes: EpisodeLog) -> dict[str, Any]:
-    """A log line of the policy update: the mean of each :func:`ppo_loss` part over its
-    ``steps`` minibatches (one device sync), the total loss, lr, reward, timings, episodes."""
+    """A log line of the policy update: the mean of each loss part over its ``steps``
+    minibatches (one device sync), the total loss, lr, reward, timings, episodes.
+
+    The total is the mean of a ``loss`` part where the algorithm sums one (V-MPO), else
+    PPO's ``policy_loss - ent_coef * entropy + vf_coef * value_loss`` (``cfg``'s weights).
+    """
     averaged = (torch.stack(list(sums.values())) / steps).tolist()
     means = dict(zip(sums, averaged, strict=True))
+    if "loss" in means:
+        loss = means.pop("loss")
+    else:
+        loss = (means["policy_loss"] - cfg.ent_coef * means["entropy"]
+                + cfg.vf_coef * means["value_loss"])
     return {
-        "loss": means["policy_loss"] - cfg.ent_coef * means["entropy"]
-        + cfg.vf_coef * means["value_loss"],
+        "loss": loss,
         **means, "lr": lr, "reward_mean": rollout.raw_reward_sum / batch_size,
         "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
         **episodes.metrics(),
     }
 
 
+_CATEGORICAL = Categorical()  # ppo_loss's default: scores logits, needs no action count
+
+
 def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
              cfg: PPOConfig, prox_logprob: torch.Tensor | None = None,
-             imp_samp_max: float = 100.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+             imp_samp_max: float = 100.0, dist: PolicyDistribution | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO objective on one minibatch; returns the loss and its parts (detached:
     ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clipfrac``).
+
+    ``logits``: the policy head's params for ``dist`` (default: a categorical's logits).
 
     ``prox_logprob=None``: the proximal policy is the behaviour policy (plain PPO: clip the
     ratio ``pi / pi_behav``). Given (PPO-EWMA, Hilton et al. 2021), the objective is
@@ -216,7 +252,7 @@ def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.
     ``pi_prox = pi_behav`` both forms are the same number. ``cfg.kl_coef`` adds the fixed
     penalty ``kl_coef * 0.5 E[log(pi / pi_prox)^2]``; ``cfg.clip_coef = 0`` turns clipping off.
     """
-    new_logprob, entropy = categorical_logprob_entropy(logits, mb["actions"])
+    new_logprob, entropy = (dist or _CATEGORICAL).logprob_entropy(logits, mb["actions"])
     adv = mb["advantages"]
     if cfg.norm_adv:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -270,9 +306,8 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
     base_lr = learning_rate(cfg, ctx.model.get("width", 1.0), ctx.model.get("depth"))
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
     reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None
-    obs_space = envs.single_observation_space
-    buffer = RolloutBuffer(cfg.num_steps, num_envs, obs_space.shape,
-                           torch.from_numpy(np.zeros(0, obs_space.dtype)).dtype, device)
+    dist = policy_distribution(envs.single_action_space)
+    buffer = rollout_buffer(envs, cfg.num_steps, device)
     ctx.restore(model=model, optimizer=optimizer, reward_normalizer=reward_norm)
     policy = sampling_policy(model, ctx)
     next_obs, next_done = start_envs(envs, ctx)
@@ -298,7 +333,7 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         for _epoch in range(cfg.num_epochs):
             for mb in buffer.minibatches(cfg.num_minibatches, generator=ctx.torch_rng):
                 logits, new_value = model(mb["obs"])
-                loss, parts = ppo_loss(logits, new_value, mb, cfg)
+                loss, parts = ppo_loss(logits, new_value, mb, cfg, dist=dist)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)

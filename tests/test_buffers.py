@@ -64,3 +64,22 @@ def test_minibatches_partition_the_rollout():
     assert all(len(mb["actions"]) == 8 for mb in buf.minibatches(3))
     with pytest.raises(ValueError, match="num_minibatches"):
         next(buf.minibatches(5))
+
+
+def test_box_actions_and_behaviour_params_travel_with_their_samples():
+    """A Gaussian policy's (T, N, d) float actions and, where asked, the behaviour policy's
+    params (T, N, P) are stored and minibatched row for row with the other fields."""
+    buf = RolloutBuffer(3, 2, (1,), torch.float32, torch.device("cpu"), action_shape=(2,),
+                        action_dtype=torch.float32, dist_params=4)
+    assert buf.actions.shape == (3, 2, 2) and buf.dist_params.shape == (3, 2, 4)
+    for t in range(3):
+        ids = torch.arange(2, dtype=torch.float32) + 10 * t  # one id per sample
+        buf.add(t, ids[:, None], torch.zeros(2, dtype=torch.bool), ids[:, None].repeat(1, 2),
+                torch.zeros(2), torch.zeros(2), torch.zeros(2), ids[:, None].repeat(1, 4))
+    buf.finish(torch.zeros(2), torch.zeros(2, dtype=torch.bool), 0.99, 0.95)
+    for mb in buf.minibatches(2, generator=torch.Generator().manual_seed(0)):
+        assert mb["actions"].shape == (3, 2) and mb["dist_params"].shape == (3, 4)
+        assert (mb["actions"] == mb["obs"]).all() and (mb["dist_params"] == mb["obs"]).all()
+    plain = RolloutBuffer(3, 2, (1,), torch.float32, torch.device("cpu"))
+    assert plain.dist_params is None and plain.actions.dtype == torch.long
+    assert "dist_params" not in next(plain.minibatches(1))

@@ -154,3 +154,30 @@ def test_incompatible_obs_shape(family, obs_shape, match):
 def test_count_params_without_scaled_modules_counts_everything():
     # a network that names no scaled parts (e.g. an algorithm's own) is scaled as a whole
     assert count_params(nn.Linear(3, 4)) == {"total": 16, "effective": 16}
+
+
+def test_mlp_gaussian_head_outputs_mean_and_log_std_outside_the_scaled_trunk():
+    """A Box action space of d dims: params (B, 2d) = [mean, log_std], the mean near 0 and
+    the learned state-independent log std 0 at init; the head is not effective, so the
+    effective parameters and FLOPs equal the discrete model's."""
+    from rl_scaling.flops import forward_flops
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (5,), 3, width=0.5, continuous=True)
+    params, value = model(torch.randn(4, 5))
+    assert params.shape == (4, 6) and value.shape == (4,)
+    assert params[:, :3].abs().max() < 0.1 and (params[:, 3:] == 0).all()
+    params.sum().backward()
+    assert model.policy_head.log_std.grad is not None
+    discrete = build_model("mlp", (5,), 3, width=0.5)
+    assert count_params(model)["effective"] == count_params(discrete)["effective"]
+    assert count_params(model)["total"] == count_params(discrete)["total"] + 3  # log_std
+    x = torch.randn(2, 5)
+    assert forward_flops(model, x) == forward_flops(discrete, x)
+    assert forward_flops(model, x, effective=False) == forward_flops(discrete, x, effective=False)
+
+
+@pytest.mark.parametrize("family, obs_shape", [("impala_cnn", PROCGEN), ("mnist_cnn", MNIST)])
+def test_cnn_families_are_discrete_only(family, obs_shape):
+    with pytest.raises(ValueError, match="discrete actor-critic.*model=mlp"):
+        build_model(family, obs_shape, 2, continuous=True)

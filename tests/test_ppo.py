@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from agents.evaluation import evaluate
+from agents.models import build_model
 from agents.ppo import PPOConfig, learning_rate
 from envs import PROBES
 from rl_scaling.checkpoint import load_checkpoint
@@ -40,8 +41,6 @@ def _cfg(overrides):
 
 def _policy(run_dir: Path, obs_dim: int, num_actions: int, width: float = 1.0):
     """The trained model, rebuilt from the run's final checkpoint."""
-    from agents.models import build_model
-
     model = build_model("mlp", (obs_dim,), num_actions, width=width)
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints/latest.pt")["objects"]["model"])
     return model
@@ -60,6 +59,24 @@ def test_probe_reaches_known_solution(name, tmp_path):
     if probe.num_actions > 1:
         best = torch.softmax(logits, -1)[torch.arange(len(obs)), probe.optimal_action(obs)]
         assert (best > 0.9).all(), f"{name}: pi(optimal action) = {best.tolist()}"
+
+
+@pytest.mark.parametrize("name", ["continuous_action", "continuous_obs_action"])
+def test_continuous_probe_reaches_known_solution(name, tmp_path):
+    """A Box action space: the mlp's Gaussian head, actions sampled unbounded and clipped by
+    the env, the same loss through ``agents.distributions``."""
+    probe = PROBES[name]
+    assert run(_cfg([*PROBE, f"env.id={name}"]), tmp_path) == "finished"
+    rows = RunRecord(tmp_path).read_metrics()
+    assert rows[0]["return_mean"] < 0.5
+    assert np.mean([r["return_mean"] for r in rows[-5:]]) > 0.95
+    model = build_model("mlp", (1,), 1, continuous=True)
+    model.load_state_dict(load_checkpoint(tmp_path / "checkpoints/latest.pt")["objects"]["model"])
+    obs = probe.observations()
+    with torch.no_grad():
+        params, value = model(torch.as_tensor(obs))
+    np.testing.assert_allclose(params[:, :1].numpy(), probe.optimal_action(obs), atol=0.1)
+    np.testing.assert_allclose(value.numpy(), probe.expected_value(obs, 0.9), atol=0.1)
 
 
 def test_time_limit_is_bootstrapped_through_the_final_observation(tmp_path):
