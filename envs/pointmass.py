@@ -542,6 +542,8 @@ class PointMassVecEnv(VecEnv):
         self._last_phi = np.zeros(n)
         self._needs_reset = True
         self.reference_score = self.random_score = None
+        self._table: dict[str, np.ndarray] | None = None  # generated tasks (see _start)
+        self._table_pos = 0
         if self.evaluation and references:
             self.random_score, self.reference_score = measure_references(cfg)
 
@@ -553,25 +555,29 @@ class PointMassVecEnv(VecEnv):
         if not len(envs):
             return
         if self.evaluation:
-            slot = (envs + self.episode_count[envs] * self.num_envs) % len(self.task_list)
-            set_idx = np.array([self.task_list[s][0] for s in slot])
-            index = np.array([self.task_list[s][1] for s in slot])
+            # every evaluation task is generated once, in task_list order
+            if self._table is None:
+                self._table = self._generate_list(self.task_list)
+            take = (envs + self.episode_count[envs] * self.num_envs) % len(self.task_list)
         else:
-            set_idx = np.zeros(len(envs), dtype=np.int64)
-            high = cfg.num_tasks if cfg.num_tasks is not None else 2**62
-            index = self._rng.integers(0, high, len(envs))
-        self.task_set[envs], self.task_index[envs] = set_idx, index
-        for si in np.unique(set_idx):
-            rows = envs[set_idx == si]
-            name = w.sets[si]
-            keys = task_keys(cfg.task_seed, SETS.index(name), index[set_idx == si])
-            t = w.generate(keys, name)
-            self.agent_pos[rows] = t["agent_pos"]
-            self.obj_pos[rows], self.zone_pos[rows] = t["obj_pos"], t["zone_pos"]
-            self.obj_color[rows], self.obj_shape[rows] = t["obj_color"], t["obj_shape"]
-            self.zone_color[rows] = t["zone_color"]
-            for k in self.goal:
-                self.goal[k][rows] = t[k]
+            # training tasks are generated ahead in chunks: one vectorised pass serves many
+            # resets (a reset of a few worlds would cost numpy's per-call overhead each step)
+            if self._table is None or self._table_pos + len(envs) > len(self._table["set"]):
+                chunk = max(4 * self.num_envs, 1024, len(envs))
+                high = cfg.num_tasks if cfg.num_tasks is not None else 2**62
+                index = self._rng.integers(0, high, chunk)
+                self._table = self._generate_list([(0, int(i)) for i in index])
+                self._table_pos = 0
+            take = np.arange(self._table_pos, self._table_pos + len(envs))
+            self._table_pos += len(envs)
+        t = {k: v[take] for k, v in self._table.items()}
+        self.task_set[envs], self.task_index[envs] = t["set"], t["index"]
+        self.agent_pos[envs] = t["agent_pos"]
+        self.obj_pos[envs], self.zone_pos[envs] = t["obj_pos"], t["zone_pos"]
+        self.obj_color[envs], self.obj_shape[envs] = t["obj_color"], t["obj_shape"]
+        self.zone_color[envs] = t["zone_color"]
+        for k in self.goal:
+            self.goal[k][envs] = t[k]
         self.agent_vel[envs] = 0.0
         self.waypoint[envs] = self._rng.uniform(0.1, w.arena - 0.1, (len(envs), w.num_agents, 2))
         self.held[envs] = -1
@@ -588,6 +594,23 @@ class PointMassVecEnv(VecEnv):
         w = self.world
         return (5 + 3 * w.num_objects + 2 * w.num_zones + 4 * (w.num_agents - 1)
                 + w.max_conjuncts)
+
+    def _generate_list(self, tasks: list[tuple[int, int]]) -> dict[str, np.ndarray]:
+        """The tasks `(set index, task index)` as arrays, in this order."""
+        sets = np.array([t[0] for t in tasks], dtype=np.int64)
+        index = np.array([t[1] for t in tasks], dtype=np.int64)
+        out: dict[str, np.ndarray] = {}
+        for si in np.unique(sets):
+            rows = np.flatnonzero(sets == si)
+            name = self.world.sets[si]
+            part = self.world.generate(task_keys(self.cfg.task_seed, SETS.index(name),
+                                                 index[rows]), name)
+            for k, v in part.items():
+                if k not in out:
+                    out[k] = np.zeros((len(tasks), *v.shape[1:]), dtype=v.dtype)
+                out[k][rows] = v
+        out["set"], out["index"] = sets, index
+        return out
 
     def _gaps(self) -> np.ndarray:
         return self.world.gaps(self.agent_pos[:, 0], self.obj_pos, self.zone_pos, self.goal)
@@ -663,6 +686,8 @@ class PointMassVecEnv(VecEnv):
         if seed is not None:
             self._rng = np.random.default_rng(check_seed(seed))
         self.episode_count[:] = 0
+        if not self.evaluation:
+            self._table = None  # tasks drawn ahead come from the (re)seeded stream
         self._start(np.arange(self.num_envs))
         self._stats.reset()
         self._needs_reset = False
