@@ -326,3 +326,23 @@ def test_mnist_experiments_keep_their_recipe_with_every_trainer(algo):
         assert cfg.algo.name == algo
         assert (cfg.algo.num_steps, cfg.algo.num_minibatches, cfg.algo.gae_lambda) == (512, 4, 1.0)
         assert cfg.algo.norm_reward is False
+
+
+def test_same_seed_same_curve_as_before_the_policy_distributions(tmp_path):
+    """PPG-EWMA's first 16 iterations (8 auxiliary phases) on a discrete probe, recorded
+    before the on-policy blocks went through ``agents.distributions``, are reproduced:
+    counters exactly, floats to 1e-5 (bit for bit on the development machine)."""
+    pinned = json.loads((ROOT / "tests/data/ppg_pinned_curves.json").read_text())["ppg_probe"]
+    overrides = ["algo=ppg_ewma", "env=probe", "env.id=obs_action_reward", "model=mlp",
+                 "budget.value=2048", "algo.num_steps=16", "algo.num_minibatches=4",
+                 "algo.n_pi=2", "algo.aux_minibatches_per_iteration=2", "env.num_envs=8",
+                 "seed=0", "logger.progress=none", "torch_threads=1", "checkpoint_every=null"]
+    assert run(_cfg(overrides), tmp_path) == "finished"
+    rows = RunRecord(tmp_path).read_metrics()
+    assert len(rows) == len(pinned)
+    for old, new in zip(pinned, rows, strict=True):
+        for key, value in old.items():
+            if key in ("env_steps", "updates", "samples", "flops", "iteration"):
+                assert new[key] == value, key
+            else:
+                assert new[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
