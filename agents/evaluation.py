@@ -136,5 +136,8 @@ def task_metrics(tasks: dict[tuple[int, int], list[float]], envs) -> dict[str, f
         prefix = "eval_" if set_index == 0 else f"eval_{name}_"
         summary = task_generalization(np.array(list(per_task.values())), threshold, percentile)
         out.update({prefix + k: v for k, v in summary.items()})
+        skipped = getattr(envs, "skipped_tasks", {})
+        if name in skipped:  # tasks the reference could not solve, left out of the set
+            out[prefix + "tasks_skipped"] = skipped[name]
         out.update({f"task_score/{name}/{t}": v for t, v in per_task.items()})
     return out

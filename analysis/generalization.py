@@ -116,7 +116,7 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
                          complexity: str | None, level: float = 0.8,
                          criterion: str = "fraction", fraction: float = 0.95,
                          percentile: float = 10.0, size: str | None = None,
-                         task_set: str = "test") -> None:
+                         task_set: str = "test", label: str = "") -> None:
     """Data and compute to reach "sufficient generalization" vs problem complexity (the
     config column ``complexity``, the study's ``complexity`` axis).
 
@@ -135,6 +135,9 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
     per (complexity, size), each size's crossing is tabulated, and the law is fitted to the
     fewest data and the least compute over sizes at each complexity (the best model size
     for that target, as in Meulemans et al.'s "compute needed").
+
+    ``label`` is appended to every table, fit, figure and context name (one study per
+    evaluation task set: ``" [ood_objects]"``).
     """
     ccol = complexity
     if ccol is None:
@@ -164,7 +167,8 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
                 f"mean of the lowest {percentile:g}% of the {len(cols)} test tasks")
         how = ("normalised by the env: 0 random, 1 reference policy" if normalised
                else "each task's score ÷ its best seen")
-        st.context["criterion"] = f"{what} >= {level} ({how}; per run, then averaged over seeds)"
+        st.context["criterion" + label] = (f"{what} >= {level} ({how}; per run, then "
+                                           "averaged over seeds)")
         test = f"{task_set} task score" if normalised else "test-task score"
     else:
         test = next((c for c in ("eval_return", "eval_success") if c in df
@@ -174,9 +178,10 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         if not score_max > 0:
             raise FitError(f"{test}: no positive score to normalise by")
         d["score"] = d[test] / score_max
-        st.context["criterion"] = (f"normalised {test} (÷ best seen, {score_max:.4g}) >= "
-                                   f"{level} (no per-test-task metrics test/<task>)")
-    st.context["criterion kind"] = criterion if cols else "single test metric"
+        st.context["criterion" + label] = (f"normalised {test} (÷ best seen, {score_max:.4g}) "
+                                           f">= {level} (no per-test-task metrics test/<task>)")
+    st.context["criterion kind" + label] = criterion if cols else "single test metric"
+    criterion_text = st.context["criterion" + label]
     sizes = size is not None and size in d and d[size].nunique() > 1
     group = [ccol, size] if sizes else [ccol]
     avg = curves.average_seeds(d, xdata, "score", by=group)
@@ -186,16 +191,17 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
         avg = avg.merge(fl, on=[*group, xdata], how="left")
     thr = curves.to_threshold(avg, level, "score", x=xdata, compute="flops", by=group)
     if sizes:
-        st.tables["data and compute to sufficient generalization, per size"] = thr
+        st.tables["data and compute to sufficient generalization, per size" + label] = thr
         st.context["size axis"] = f"{size}: the fewest data and least compute over sizes"
         thr = _best_over_sizes(thr, ccol)
         avg = (avg.sort_values([ccol, xdata]).groupby([ccol, xdata], as_index=False)
                .agg(score=("score", "max")))  # the upper envelope over sizes, for the figure
-    st.tables["data and compute to sufficient generalization"] = thr
+    st.tables["data and compute to sufficient generalization" + label] = thr
+    fig_key = slug(st.key) + (f"_{slug(task_set)}" if label else "")
     st.figures += figures.plot_curves(
         avg.assign(**{ccol: pd.to_numeric(avg[ccol])}), xdata, "score", ccol, out,
-        f"{slug(st.key)}_generalization_curves", title=f"{st.experiment}: normalised {test}",
-        ylabel=f"criterion score ({st.context['criterion kind']})",
+        f"{fig_key}_generalization_curves", title=f"{st.experiment}: normalised {test}",
+        ylabel=f"criterion score ({st.context['criterion kind' + label]})",
         size_label=ccol.split(".")[-1])
     reached = thr[thr["reached"]]
     for col, name in (("D_J", "D"), ("C_J", "C")):
@@ -203,7 +209,7 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
 
         def fitc(r=r, col=col, name=name) -> None:
             fit = fit_complexity(pd.to_numeric(r[ccol]), r[col], name=name)
-            fit.extra["criterion"] = st.context["criterion"]
+            fit.extra["criterion"] = criterion_text
             fit.used = pd.to_numeric(r[ccol]).tolist()
             fit.dropped = [
                 {"what": f"{ccol.split('.')[-1]}={row[ccol]}",
@@ -211,16 +217,16 @@ def study_generalization(st: StudyResult, df: pd.DataFrame, metric: str, out: Pa
                             else f"no {'compute' if col == 'C_J' else 'data'} value at the "
                                  "crossing")}
                 for _, row in thr.iterrows() if row.name not in r.index]
-            st.fits[f"{name} to sufficient generalization vs complexity"] = fit
+            st.fits[f"{name} to sufficient generalization vs complexity{label}"] = fit
             x = pd.to_numeric(r[ccol]).to_numpy(float)
             xg = np.geomspace(x.min(), x.max(), 50)
             iv = loglog_intervals(fit, xg)
             st.figures.extend(figures.plot_power_law(
-                x, r[col].to_numpy(float), out, f"{slug(st.key)}_{name}_vs_complexity",
+                x, r[col].to_numpy(float), out, f"{fig_key}_{name}_vs_complexity",
                 fit_x=xg, fit_y=iv["y"], band=(iv["conf_low"], iv["conf_high"]),
                 title=f"{st.experiment}: {name} to reach the criterion",
                 xlabel=ccol, ylabel=name, fit_label=f"∝ complexity^{fit.params['k']:.3g}"))
-        attempt(st, f"{name} vs complexity", fitc)
+        attempt(st, f"{name} vs complexity{label}", fitc)
 
 
 def _best_over_sizes(thr: pd.DataFrame, ccol: str) -> pd.DataFrame:
@@ -238,8 +244,24 @@ def _best_over_sizes(thr: pd.DataFrame, ccol: str) -> pd.DataFrame:
 def run_study(st: StudyResult, df: pd.DataFrame, spec: Study, metric: str, out: Path,
               opts: Options) -> None:
     """The ``generalization`` study (:func:`study_generalization` with the options'
-    criterion); the ``width`` (else ``params``) axis is the model size."""
+    criterion) for each evaluation task set logged as ``task_score/<set>/<task>`` (``test``
+    first, the others' names labelled ``[<set>]``); the ``width`` (else ``params``) axis is the
+    model size."""
     axes = spec.axes
-    study_generalization(st, df, metric, out, complexity=axes.get("complexity"),
-                         size=axes.get("width") or axes.get("params"),
-                         **dict(opts.generalization or {}))
+    kwargs = dict(opts.generalization or {})
+    # one study per evaluation task set the env logged (test first, unlabelled)
+    sets = sorted({str(c).split("/")[1] for c in df.columns
+                   if str(c).startswith(NORMALISED_PREFIX) and str(c).count("/") >= 2},
+                  key=lambda s: (s != "test", s)) or ["test"]
+    for i, task_set in enumerate(sets):
+        label = "" if i == 0 else f" [{task_set}]"
+
+        def one(task_set: str = task_set, label: str = label) -> None:
+            study_generalization(st, df, metric, out, complexity=axes.get("complexity"),
+                                 size=axes.get("width") or axes.get("params"),
+                                 task_set=task_set, label=label, **kwargs)
+
+        if i == 0:
+            one()  # the study itself: its errors are the study's
+        else:
+            attempt(st, f"generalization{label}", one)

@@ -593,6 +593,7 @@ def generalization_sweep(
     complexity_key: str = "env.complexity",
     widths: Sequence[float] | None = None,
     normalised: bool = False,
+    ood_slowdown: float | None = None,
 ) -> dict[str, float]:
     """Write runs over a problem-complexity parameter with per-test-task scores.
 
@@ -610,7 +611,8 @@ def generalization_sweep(
     a complexity come from the widest model and the least compute (``∝ w^0.5``) from the
     narrowest; both still grow as ``k^gamma``. ``normalised``: log the scores as the env's
     normalised per-task metrics ``task_score/test/<i>`` (as the point-mass world does)
-    instead of ``test/task_<i>``.
+    instead of ``test/task_<i>``. ``ood_slowdown`` (with ``normalised``): also an
+    ``ood_objects`` set, the same tasks learnt that many times slower.
     """
     rng = np.random.default_rng(rng)
     out = Path(out) / experiment
@@ -635,6 +637,10 @@ def generalization_sweep(
                      "flops": float(per_step * e), "wall_time": float(e / 1e4),
                      "return_mean": float(row.mean()), "eval_return": float(row.mean())}
                 m.update({column.format(i): float(v) for i, v in enumerate(row)})
+                if normalised and ood_slowdown:
+                    ood = 1 - np.exp(-e / (tau * ood_slowdown))
+                    m.update({f"task_score/ood_objects/{i}": float(v)
+                              for i, v in enumerate(ood)})
                 metrics.append(m)
             config = {"experiment": experiment, "seed": int(s),
                       "algo": {"name": "ppo"}, "env": {"family": "pointmass"},

@@ -140,7 +140,8 @@ class PointMassEnvConfig(EnvConfig):
         lowest_percentile: the generalization metric's lowest-scoring share of tasks, in %.
         random_episodes, reference_episodes: episodes per task measuring the normalisation.
         episodes_per_task: episodes an evaluation plays on every task (their scores are
-            averaged); an evaluation set's `num_envs` should divide its number of tasks.
+            averaged); an evaluation set's `num_envs` must divide its number of tasks or be a
+            multiple of it.
     """
 
     family: str = "pointmass"
@@ -172,7 +173,31 @@ class PointMassEnvConfig(EnvConfig):
     eval: dict[str, Any] = field(default_factory=lambda: {"split": "test+ood_objects"})
 
     def validate(self) -> None:
+        """Check the training envs' knobs and, at start-up rather than at the first
+        evaluation, the evaluation envs' (this config with `env.eval` applied)."""
         World(self)  # every check lives in one place and names the key
+        if not self.eval:
+            return
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(self.eval) - names)
+        if unknown:
+            raise ValueError(f"env.eval.{unknown[0]} is not a pointmass knob; known: "
+                             f"{sorted(names - {'family', 'eval'})}")
+        merged = replace(self, **self.eval)
+        try:
+            world = World(merged)
+        except ValueError as err:
+            key = str(err).split("=", 1)[0].removeprefix("env.")
+            if key in self.eval:  # name the key the user must change
+                raise ValueError(f"env.eval.{str(err).removeprefix('env.')}") from None
+            raise ValueError(f"{err} (in the evaluation envs, env.eval={self.eval})") from None
+        tasks = len(world.sets) * merged.num_test_tasks
+        if world.sets != ["train"] and tasks % merged.num_envs and merged.num_envs % tasks:
+            key = "env.eval.num_envs" if "num_envs" in self.eval else "env.num_envs"
+            raise ValueError(f"{key}={merged.num_envs} must divide, or be a multiple of, the "
+                             f"{tasks} evaluation tasks ({len(world.sets)} set(s) x "
+                             f"env.num_test_tasks={merged.num_test_tasks}), so every task is "
+                             "played equally often")
 
 
 # ------------------------------------------------------------------------ hashing (tasks)
@@ -297,7 +322,9 @@ class World:
         need("num_objects", self.num_objects <= pairs - n_hold,
              f"exceeds the {pairs - n_hold} (colour, shape) pairs left for training worlds "
              f"(env.num_colors x env.num_shapes = {pairs}, {n_hold} held out)")
-        type_pairs = list(itertools.combinations(self.predicates, 2))
+        # pairs some goal can combine (two places for the agent never occur together)
+        type_pairs = [p for p in itertools.combinations(self.predicates, 2)
+                      if not set(p) <= AGENT_PLACE]
         n_type_hold = (max(1, round(cfg.holdout_fraction * len(type_pairs)))
                        if cfg.holdout_fraction > 0 and type_pairs and self.max_conjuncts >= 2
                        else 0)
@@ -420,15 +447,21 @@ class World:
         obj_perm = np.argsort(_uniform(keys, 12, O), axis=1)  # slot -> role
         obj_slot = np.argsort(obj_perm, axis=1)  # role -> slot
         zone_colors = np.argsort(_uniform(keys, 13, C), axis=1)[:, :Z]  # distinct colours
+        goal_pred = pred
+        goal_a = np.where(pred == IN_ZONE, arg_a_role,
+                          np.take_along_axis(obj_slot, arg_a_role % O, 1))
+        goal_b = np.where(pred == TOGETHER, np.take_along_axis(obj_slot, arg_b_role, 1),
+                          arg_b_role)
+        # shuffle the conjuncts' order (active first), so that no predicate type is tied to a
+        # slot of the goal's observation: an OOD combination is new only as a combination
+        order = np.argsort(np.where(pred >= 0, _uniform(keys, 14, K), 2.0), axis=1)
         tasks = {
             "obj_color": np.take_along_axis(pair // S, obj_perm, 1),
             "obj_shape": np.take_along_axis(pair % S, obj_perm, 1),
             "zone_color": zone_colors,
-            "pred": pred,
-            "arg_a": np.where(pred == IN_ZONE, arg_a_role,
-                              np.take_along_axis(obj_slot, arg_a_role % O, 1)),
-            "arg_b": np.where(pred == TOGETHER, np.take_along_axis(obj_slot, arg_b_role, 1),
-                              arg_b_role),
+            "pred": np.take_along_axis(goal_pred, order, 1),
+            "arg_a": np.take_along_axis(goal_a, order, 1),
+            "arg_b": np.take_along_axis(goal_b, order, 1),
         }
         # positions, redrawn where the goal already holds
         margin = 0.1
@@ -511,15 +544,20 @@ class PointMassVecEnv(VecEnv):
         self.evaluation = w.sets != ["train"]
         self.task_sets = list(w.sets)
         # the tasks each env plays: evaluation sets list every (set, index) once
+        self.skipped_tasks: dict[str, int] = {}
         if self.evaluation:
             self.task_list = [(si, i) for si in range(len(w.sets))
                               for i in range(cfg.num_test_tasks)]
+            if references:  # the tasks the reference solves, normalised
+                (self.task_list, self.random_score, self.reference_score,
+                 self.skipped_tasks) = select_evaluation_tasks(cfg)
             self.min_eval_episodes = len(self.task_list) * cfg.episodes_per_task
-            if len(self.task_list) % n:
+            if len(self.task_list) % n and n % len(self.task_list):
                 raise ValueError(
-                    f"env.num_envs={n} must divide the {len(self.task_list)} evaluation tasks "
-                    f"({len(w.sets)} set(s) x env.num_test_tasks={cfg.num_test_tasks}) so that "
-                    "every task is played equally often")
+                    f"env.num_envs={n} must divide, or be a multiple of, the "
+                    f"{len(self.task_list)} evaluation tasks ({len(w.sets)} set(s) x "
+                    f"env.num_test_tasks={cfg.num_test_tasks}) so that every task is played "
+                    "equally often")
         self._rng = np.random.default_rng(self.seed)
         O, Z, A, K = w.num_objects, w.num_zones, w.num_agents, w.max_conjuncts
         self.agent_pos = np.zeros((n, A, 2))
@@ -541,11 +579,11 @@ class PointMassVecEnv(VecEnv):
         self._last_gaps = np.zeros((n, K))
         self._last_phi = np.zeros(n)
         self._needs_reset = True
-        self.reference_score = self.random_score = None
+        if not (self.evaluation and references):
+            self.reference_score = self.random_score = None
+        self.task_pos = np.zeros(n, dtype=np.int64)  # position in its evaluation set
         self._table: dict[str, np.ndarray] | None = None  # generated tasks (see _start)
         self._table_pos = 0
-        if self.evaluation and references:
-            self.random_score, self.reference_score = measure_references(cfg)
 
     # -------------------------------------------------------------------- tasks
 
@@ -572,6 +610,7 @@ class PointMassVecEnv(VecEnv):
             self._table_pos += len(envs)
         t = {k: v[take] for k, v in self._table.items()}
         self.task_set[envs], self.task_index[envs] = t["set"], t["index"]
+        self.task_pos[envs] = t["pos"]
         self.agent_pos[envs] = t["agent_pos"]
         self.obj_pos[envs], self.zone_pos[envs] = t["obj_pos"], t["zone_pos"]
         self.obj_color[envs], self.obj_shape[envs] = t["obj_color"], t["obj_shape"]
@@ -610,6 +649,11 @@ class PointMassVecEnv(VecEnv):
                     out[k] = np.zeros((len(tasks), *v.shape[1:]), dtype=v.dtype)
                 out[k][rows] = v
         out["set"], out["index"] = sets, index
+        # position of each task within its set, in list order (the normalisation's row)
+        out["pos"] = np.zeros(len(tasks), dtype=np.int64)
+        for si in np.unique(sets):
+            rows = sets == si
+            out["pos"][rows] = np.arange(rows.sum())
         return out
 
     def _gaps(self) -> np.ndarray:
@@ -702,7 +746,7 @@ class PointMassVecEnv(VecEnv):
 
         # the learner's force and extra actions
         if w.discrete:
-            force = MOVES[np.minimum(actions, 4)]
+            force = MOVES[np.where(actions < 5, actions, 0)]  # extra actions do not move
             grab = w.grab & (actions == 5)
             drop = w.grab & (actions == 6)
             kick = w.push & (actions == 5 + 2 * w.grab)
@@ -775,8 +819,8 @@ class PointMassVecEnv(VecEnv):
         if self.evaluation:
             extra.update(task=self.task_index.copy(), task_set=self.task_set.copy())
             if self.reference_score is not None:
-                ref = self.reference_score[self.task_set, self.task_index]
-                rnd = self.random_score[self.task_set, self.task_index]
+                ref = self.reference_score[self.task_set, self.task_pos]
+                rnd = self.random_score[self.task_set, self.task_pos]
                 extra["normalized_score"] = (score - rnd) / np.maximum(ref - rnd, MIN_GAP)
         info = self._stats.update(reward.astype(np.float32), done, **extra)
         if done.any():
@@ -892,22 +936,53 @@ def play(env: PointMassVecEnv, policy: str, episodes: int) -> np.ndarray:
     return total / episodes
 
 
-def measure_references(cfg: PointMassEnvConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(random, reference) mean score of every evaluation task, each (num sets,
-    num_test_tasks): one world per task, cycled so that each replays its own task."""
-    sets = cfg.split.split("+")
-    out = []
-    for policy, episodes in (("random", cfg.random_episodes),
-                             ("scripted", cfg.reference_episodes)):
-        scores = np.zeros((len(sets), cfg.num_test_tasks))
-        for si, name in enumerate(sets):
-            # num_envs = tasks and one set: env i replays task i every episode
-            env = PointMassVecEnv(replace(cfg, split=name), cfg.num_test_tasks,
-                                  seed=1 + si + 7 * (policy == "scripted"), references=False)
-            env.task_list = [(0, i) for i in range(cfg.num_test_tasks)]
-            scores[si] = play(env, policy, episodes)
-        out.append(scores)
-    return out[0], out[1]
+def measure_scores(cfg: PointMassEnvConfig, set_name: str, indices: list[int],
+                   policy: str, episodes: int, seed: int) -> np.ndarray:
+    """Mean score of the tasks `indices` of set `set_name` under the "random" or "scripted"
+    policy: one world per task, replaying its own task `episodes` times."""
+    env = PointMassVecEnv(replace(cfg, split=set_name, num_test_tasks=len(indices)),
+                          len(indices), seed=seed, references=False)
+    env.task_list = [(0, int(i)) for i in indices]
+    return play(env, policy, episodes)
+
+
+def select_evaluation_tasks(
+    cfg: PointMassEnvConfig,
+) -> tuple[list[tuple[int, int]], np.ndarray, np.ndarray, dict[str, int]]:
+    """The evaluation tasks and their normalisation: per set, the first `num_test_tasks`
+    task indices whose reference score beats the random one by at least `MIN_GAP` (a task
+    the reference cannot solve would pin the criteria at 0 whatever the learner does; such
+    tasks are skipped, up to 4 x num_test_tasks candidates, and counted). Returns
+    `(task_list, random (sets, T), reference (sets, T), skipped per set)`."""
+    sets, T = cfg.split.split("+"), cfg.num_test_tasks
+    task_list: list[tuple[int, int]] = []
+    random = np.zeros((len(sets), T))
+    reference = np.zeros((len(sets), T))
+    skipped: dict[str, int] = {}
+    for si, name in enumerate(sets):
+        kept: list[tuple[int, float, float]] = []
+        rejected: list[tuple[int, float, float]] = []
+        start = 0
+        while len(kept) < T and start < 4 * T:
+            batch = list(range(start, start + T))
+            rnd = measure_scores(cfg, name, batch, "random", cfg.random_episodes, seed=1 + si)
+            ref = measure_scores(cfg, name, batch, "scripted", cfg.reference_episodes,
+                                 seed=8 + si)
+            for i, a, b in zip(batch, rnd, ref, strict=True):
+                (kept if b - a >= MIN_GAP else rejected).append((i, a, b))
+            start += T
+        if len(kept) >= T:
+            chosen = kept[:T]
+        else:  # too few solvable tasks: fill with the best of the rest (gap floored)
+            rejected.sort(key=lambda r: r[1] - r[2])
+            chosen = sorted(kept + rejected[:T - len(kept)])
+        last = chosen[-1][0]
+        picked = {c[0] for c in chosen}
+        skipped[name] = sum(1 for r in rejected if r[0] < last and r[0] not in picked)
+        for pos, (i, a, b) in enumerate(chosen):
+            task_list.append((si, i))
+            random[si, pos], reference[si, pos] = a, b
+    return task_list, random, reference, skipped
 
 
 def make_pointmass(*, num_envs: int, seed: int, **knobs: Any) -> PointMassVecEnv:

@@ -283,7 +283,7 @@ def test_generalization_study_over_sizes_with_env_normalised_scores(tmp_path: Pa
     runs = tmp_path / "runs"
     widths = (0.5, 1.0, 2.0)
     truth = synthetic.generalization_sweep(runs, widths=widths, normalised=True, seeds=(0,),
-                                           n_points=40)
+                                           n_points=40, ood_slowdown=2.0)
     out = tmp_path / "out"
     assert pipeline.main(["--runs", str(runs), "--out", str(out), "--formats", "png",
                           "--no-cache"]) == 0
@@ -303,6 +303,10 @@ def test_generalization_study_over_sizes_with_env_normalised_scores(tmp_path: Pa
     c_fit = st["fits"]["C to sufficient generalization vs complexity"]["params"]["c"]
     assert c_fit == pytest.approx(1e6 * min(widths) ** 0.5 * truth["tau0"] * d[1] * np.log(5),
                                   rel=0.1)
+    # the OOD set is its own study in the same report: same exponent, twice the data
+    ood = st["fits"]["D to sufficient generalization vs complexity [ood_objects]"]["params"]
+    assert ood["k"] == pytest.approx(truth["gamma"], abs=0.05)
+    assert ood["c"] == pytest.approx(2 * d_fit, rel=0.1)
 
 
 def test_defaults_are_the_make_analysis_paths(tmp_path: Path, monkeypatch, capsys):
