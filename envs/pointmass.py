@@ -120,9 +120,14 @@ class PointMassEnvConfig(EnvConfig):
         family: "pointmass".
         id: free label of the task family (not read).
         num_envs: worlds stepped together.
-        eval: overrides for the evaluation envs (default: the test and OOD-object sets).
+        eval: overrides for the evaluation envs (default: the test and OOD-object sets, one
+            env per task).
         level: the complexity preset (1..5, `LEVELS`) every knob left null takes.
-        arena_size, num_objects, num_zones, num_colors, num_shapes: the state space.
+        arena_size: side of the square arena (state space).
+        num_objects: movable objects, each a distinct (colour, shape) pair (state space).
+        num_zones: static zones of distinct colours (state space).
+        num_colors: colours objects and zones are drawn from (state space).
+        num_shapes: shapes objects are drawn from (state space).
         movement: "discrete" (noop and 4 moves) or "continuous" (a 2-D force in [-1, 1]).
         extra_actions: any of "grab" (adds grab and drop) and "push".
         num_predicates: how many of `PREDICATES` (in order) goals use.
@@ -138,7 +143,8 @@ class PointMassEnvConfig(EnvConfig):
         shaping: weight of the potential-based shaping reward (0: sparse).
         solve_threshold: a task counts as solved when its normalised score reaches this.
         lowest_percentile: the generalization metric's lowest-scoring share of tasks, in %.
-        random_episodes, reference_episodes: episodes per task measuring the normalisation.
+        random_episodes: episodes per task measuring the random policy's score.
+        reference_episodes: episodes per task measuring the reference policy's score.
         episodes_per_task: episodes an evaluation plays on every task (their scores are
             averaged); an evaluation set's `num_envs` must divide its number of tasks or be a
             multiple of it.
@@ -170,7 +176,8 @@ class PointMassEnvConfig(EnvConfig):
     random_episodes: int = 8
     reference_episodes: int = 2
     episodes_per_task: int = 1
-    eval: dict[str, Any] = field(default_factory=lambda: {"split": "test+ood_objects"})
+    eval: dict[str, Any] = field(default_factory=lambda: {"split": "test+ood_objects",
+                                                          "num_envs": 128})
 
     def validate(self) -> None:
         """Check the training envs' knobs and, at start-up rather than at the first

@@ -559,7 +559,7 @@ def test_procgen_coinrun_episodes(procgen):
 # ---------------------------------------------------------------- registration and configs
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "env"
-FAMILIES = ("mnist", "probe", "procgen")
+FAMILIES = ("mnist", "pointmass", "probe", "procgen")
 
 
 def composed_env_config(family: str) -> dict:
@@ -619,7 +619,7 @@ def test_family_builds_through_registry(family, split, caplog):
         pytest.importorskip("procgen")
     few = {"num_envs": 2}
     changes = dict(few)
-    if family == "procgen":  # keep the eval envs small too
+    if family in ("procgen", "pointmass"):  # keep the eval envs small too
         changes["eval"] = {**composed_env_config(family)["eval"], **few}
     cfg, env = build_split(family, split, **changes)
     with env:
@@ -638,6 +638,8 @@ def test_family_builds_through_registry(family, split, caplog):
             assert len(env.labels) == (360 if split == "eval" else 1437)
         if family == "probe":
             assert env.probe.name == cfg.id == "constant_value"
+        if family == "pointmass":
+            assert env.task_sets == (["test", "ood_objects"] if split == "eval" else ["train"])
 
 
 @pytest.mark.parametrize("family", ["probe", "procgen"])
