@@ -454,7 +454,6 @@ class World:
         obj_perm = np.argsort(_uniform(keys, 12, O), axis=1)  # slot -> role
         obj_slot = np.argsort(obj_perm, axis=1)  # role -> slot
         zone_colors = np.argsort(_uniform(keys, 13, C), axis=1)[:, :Z]  # distinct colours
-        goal_pred = pred
         goal_a = np.where(pred == IN_ZONE, arg_a_role,
                           np.take_along_axis(obj_slot, arg_a_role % O, 1))
         goal_b = np.where(pred == TOGETHER, np.take_along_axis(obj_slot, arg_b_role, 1),
@@ -466,7 +465,7 @@ class World:
             "obj_color": np.take_along_axis(pair // S, obj_perm, 1),
             "obj_shape": np.take_along_axis(pair % S, obj_perm, 1),
             "zone_color": zone_colors,
-            "pred": np.take_along_axis(goal_pred, order, 1),
+            "pred": np.take_along_axis(pred, order, 1),
             "arg_a": np.take_along_axis(goal_a, order, 1),
             "arg_b": np.take_along_axis(goal_b, order, 1),
         }

@@ -143,6 +143,23 @@ def test_held_out_predicate_pairs_only_in_ood_predicates(level, task_seed):
         assert len(AGENT_PLACE & set(types)) <= 1
 
 
+def test_space_sizes_count_what_level_1_and_level_3_hold():
+    # level 1: 3 colours x 2 shapes, 2 held out -> ordered draws of 2 objects from 4 pairs;
+    # goals: near(either object); 5 moves; the agent and 2 objects on a 20 x 20 grid
+    s = World(PointMassEnvConfig(level=1)).space_sizes()
+    assert s["object_assignments"] == 4 * 3 and s["goals_per_world"] == 2
+    assert s["actions"] == 5 and s["goal_types"] == 1 and s["other_agents"] == 0
+    assert s["log10_positions"] == pytest.approx(2 * 3 * np.log10(20))
+    # level 3: 4 objects, 2 zones, types near / in_zone / on_zone; task_seed 0 holds out the
+    # pair (in_zone, on_zone) and (near, in_zone) never combine (one place for the agent):
+    # near 4 + in_zone 2 + on_zone 4 x 2 + (near, on_zone) 4 x 3 x 2 = 38 goals, 4 types
+    w = World(PointMassEnvConfig(level=3))
+    assert w.held_type_pairs == {(1, 2)}
+    s = w.space_sizes()
+    assert s["goals_per_world"] == 38 and s["goal_types"] == 4
+    assert s["actions"] == 7 and s["other_agents"] == 1
+
+
 def test_generated_goals_do_not_hold_at_the_start():
     world = World(PointMassEnvConfig(level=4))
     t = _tasks(world, "train", 1000)
