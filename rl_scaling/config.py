@@ -50,6 +50,10 @@ class Config:
     # here, so `study={kind:curves,...}` works on the command line).
     study: Any = None
     seed: int = 1
+    # A label that is part of a multirun job's directory name and nothing else: a planner
+    # sets it where two runs differ only in a resumable key (an isoFLOP plan's runs of one
+    # size at several budgets: `tag=C1e+15`), so each gets its own record.
+    tag: str | None = None
     # Train the seeds seed .. seed+K-1 in this one process, in lock step, each into its own
     # run record (the algorithm must register train_many). Not part of a run's
     # identity: a record written with K=4 resumes with K=1 and vice versa.
@@ -62,6 +66,10 @@ class Config:
     eval_every: str | None = None  # null: never (held-out split from env.eval)
     eval_episodes: int = 64
     checkpoint_every: str | None = "600 seconds"  # null: only at the end and on a signal
+    # FLOP budgets at which to keep a snapshot (checkpoints/flops=<C>.pt) and log a line with
+    # `snapshot_flops` (and evaluate, if eval_every is set): one run of a size then fills
+    # every isoFLOP point below its budget (sweeps/isoflop.py --snapshots).
+    snapshot_flops: list[float] | None = None
     # Roles whose networks form the study's N (their scaled parts are the effective FLOPs
     # and parameters); null: every role the algorithm builds as effective.
     effective_roles: list[str] | None = None

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -197,6 +198,7 @@ class RunContext:
         resume_state: dict[str, Any] | None = None,
         begin: Callable[[RunContext], Any] | None = None,
         preempted: Callable[[], bool] = lambda: False,
+        snapshot_flops: Sequence[float] | None = None,
     ) -> None:
         self.device, self.seed = device, int(seed)
         self.budget_counter, self.budget_value = budget_counter, float(budget_value)
@@ -220,6 +222,8 @@ class RunContext:
         self._envs: dict[str, Any] = {}
         self._spec: EnvSpec | None = None
         self.preempted = preempted
+        # FLOP budgets to snapshot at (checkpoints/flops=<C>.pt, a line with snapshot_flops)
+        self._snapshots = sorted({float(b) for b in (snapshot_flops or ())})
         # set by end_iterations when this run stopped while others in its process go on
         self.stopped: StopTraining | None = None
         self._t0 = time.monotonic()
@@ -405,6 +409,8 @@ class RunContext:
         for interval in (self._log, self._eval, self._ckpt):
             interval.sync(self._counter(interval.unit))
         self._logger = self._begin_fn(self) if self._begin_fn is not None else _NullLogger()
+        # budgets still ahead of the (possibly resumed) run; one passed before is not redone
+        self._snapshots = [b for b in self._snapshots if b > self.flops.total]
 
     # ---- budget and counters ------------------------------------------------------------
     def _counter(self, name: str) -> float:
@@ -450,13 +456,18 @@ class RunContext:
         log_due = self._log.due(self._counter(self._log.unit))
         ckpt_due = self._ckpt.due(self._counter(self._ckpt.unit))
         # a preempted job checkpoints first: an evaluation could outlast the grace period
+        snapshots = [b for b in self._snapshots if self.flops.total >= b]
+        self._snapshots = self._snapshots[len(snapshots):]
         evaluated = (evaluate is not None and not (preempted and not last)
-                     and (eval_due or (last and self._eval.active)))
-        logging = last or evaluated or not self._log.active or log_due
+                     and (eval_due or (last and self._eval.active)
+                          or (snapshots and self._eval.active)))
+        logging = last or evaluated or not self._log.active or log_due or bool(snapshots)
         if logging or preempted:
             row = dict(metrics() if callable(metrics) else metrics)
             if evaluated:
                 row.update(evaluate())
+            if snapshots:
+                row["snapshot_flops"] = snapshots[-1]
             # None: not measured this time (e.g. a validation loss between evaluations)
             bad = [k for k, v in row.items() if _is_loss_key(k)
                    and v is not None and not math.isfinite(float(v))]
@@ -465,8 +476,11 @@ class RunContext:
                 raise StopTraining("diverged", f"non-finite {bad[0]} at update {c.updates}")
             if logging:
                 self.log(row, final=last)
-        if last or preempted or ckpt_due:
+        if last or preempted or ckpt_due or snapshots:
             self.save()
+        for budget in snapshots:  # the state at the first iteration at or past each budget
+            if self._checkpoint_path is not None:
+                shutil.copyfile(self._checkpoint_path, self.snapshot_path(budget))
         if preempted and not last:
             raise StopTraining("running", "preempted: checkpoint saved, resume from this run dir")
 
@@ -488,6 +502,12 @@ class RunContext:
                **metrics}
         self._logger.log(row, final=final)
         return row
+
+    def snapshot_path(self, budget: float) -> Path:
+        """Where the snapshot at FLOP budget ``budget`` goes (``snapshot_flops``)."""
+        if self._checkpoint_path is None:
+            raise ValueError("this run has no checkpoint path to snapshot next to")
+        return self._checkpoint_path.parent / f"flops={budget:.6g}.pt"
 
     def save(self) -> None:
         """Checkpoint the named objects with counters, FLOPs and random streams."""

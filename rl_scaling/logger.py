@@ -26,8 +26,9 @@ def _fmt_count(x: float) -> str:
 
 
 def _fmt_eta(seconds: float) -> str:
-    if not seconds or seconds != seconds or seconds == float("inf"):
+    if seconds != seconds or seconds in (float("inf"), -float("inf")):
         return "?"
+    seconds = max(0.0, seconds)
     seconds = int(seconds)
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
@@ -35,10 +36,17 @@ def _fmt_eta(seconds: float) -> str:
 
 
 class Progress:
-    """One progress line per run: the budget counter, its rate, return (or loss), ETA."""
+    """One progress line per run: its name, the budget counter, rate, return (or loss), ETA.
+
+    The name (the job's overrides, e.g. ``model.width=0.25,seed=1``) tells apart the lines
+    of parallel jobs that share a terminal. The rate is measured from the moment the run
+    started (or resumed) until a window of recent lines exists, so the first line already
+    has one; the ETA never goes below zero (the last iteration may overshoot the budget).
+    """
 
     def __init__(self, total: float, mode: str = "auto", plain_every_s: float = 30.0,
-                 stream=None, counter: str = "env_steps") -> None:
+                 stream=None, counter: str = "env_steps", name: str | None = None,
+                 start: float = 0.0) -> None:
         if mode not in ("auto", "bar", "plain", "none"):
             raise ValueError(f"logger.progress must be auto|bar|plain|none, got {mode!r}")
         self.stream = stream or sys.stderr
@@ -46,29 +54,45 @@ class Progress:
             mode = "bar" if getattr(self.stream, "isatty", lambda: False)() else "plain"
         self.mode = mode
         self.total, self.counter = total, counter
+        self.name = name
         self.unit = "steps" if counter == "env_steps" else counter
         self.plain_every_s = plain_every_s
         self._last_plain = -float("inf")
-        self._window: list[tuple[float, int]] = []
+        self._t_start = time.monotonic()
+        # (time, value) of the start, then of each line: the rate's window
+        self._window: list[tuple[float, float]] = [(self._t_start, float(start))]
+
+    def line(self, value: float, metrics: dict[str, Any], final: bool = False,
+             now: float | None = None) -> str:
+        """The text of the line for the counter at ``value`` (``now``: monotonic seconds)."""
+        now = time.monotonic() if now is None else now
+        self._window.append((now, value))
+        self._window = self._window[-21:]  # steps/s over the recent lines, not since start
+        (t0, s0), (t1, s1) = self._window[0], self._window[-1]
+        sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
+        left = max(0.0, self.total - value)
+        shown = {"return_mean": "return", "eval_return": "eval return", "val_loss": "val loss",
+                 "loss": "loss"}
+        name, ret = next(((shown[k], metrics[k]) for k in shown if metrics.get(k) is not None),
+                         ("return", None))
+        pct = min(100.0, 100.0 * value / max(self.total, 1))
+        rate = f"{sps:7.1f} {self.unit}/s" if sps == sps else f"    ... {self.unit}/s"
+        if final or left == 0:
+            took = metrics.get("wall_time")  # training time summed over resumes
+            when = f"done in {_fmt_eta(now - self._t_start if took is None else took)}"
+        else:
+            when = f"ETA {_fmt_eta(left / sps) if sps == sps and sps > 0 else '?'}"
+        prefix = f"[{self.name}] " if self.name else ""
+        return (f"{prefix}{self.unit} {_fmt_count(value)}/{_fmt_count(self.total)} "
+                f"({pct:5.1f}%) | {rate} | {name} {ret if ret is None else f'{ret:.3f}'} "
+                f"| {when}")
 
     def update(self, value: float, metrics: dict[str, Any], final: bool = False) -> None:
         """Show the budget counter at ``value`` after a line with ``metrics``."""
         if self.mode == "none":
             return
         now = time.monotonic()
-        self._window.append((now, value))
-        self._window = self._window[-20:]  # steps/s over the recent iterations, not since start
-        (t0, s0), (t1, s1) = self._window[0], self._window[-1]
-        sps = (s1 - s0) / (t1 - t0) if t1 > t0 else float("nan")
-        eta = (self.total - value) / sps if sps == sps and sps > 0 else float("nan")
-        shown = {"return_mean": "return", "eval_return": "eval return", "val_loss": "val loss",
-                 "loss": "loss"}
-        name, ret = next(((shown[k], metrics[k]) for k in shown if metrics.get(k) is not None),
-                         ("return", None))
-        pct = 100.0 * value / max(self.total, 1)
-        line = (f"{self.unit} {_fmt_count(value)}/{_fmt_count(self.total)} ({pct:4.1f}%) "
-                f"| {sps:7.1f} {self.unit}/s | {name} {ret if ret is None else f'{ret:.3f}'} "
-                f"| ETA {_fmt_eta(eta)}")
+        line = self.line(value, metrics, final, now)
         if self.mode == "bar":
             self.stream.write("\r" + line.ljust(100))
             if final:

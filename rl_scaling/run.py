@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
                   "eval_episodes", "checkpoint_every", "keep_freed_memory",
-                  "seeds_per_process")
+                  "seeds_per_process", "snapshot_flops")
 EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
 
 __all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]
@@ -86,6 +86,9 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} {why}")
     for key in ("log_every", "eval_every", "checkpoint_every"):
         Interval(cfg[key], key)
+    for i, budget in enumerate(cfg.get("snapshot_flops") or []):
+        if not isinstance(budget, (int, float)) or not budget > 0:
+            raise ConfigError(f"snapshot_flops[{i}]={budget!r} must be a FLOP count > 0")
     if cfg.device not in ("auto", "cpu") and not str(cfg.device).startswith("cuda"):
         raise ConfigError(f"device={cfg.device!r} must be auto, cpu, cuda or cuda:N")
     env_fields = {f.name for f in dataclasses.fields(env.config_cls)} if env else set()
@@ -353,7 +356,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
             r.opened["logger"] = logger = MetricsLogger(
                 record, backend=seed_cfg.logger.backend,
                 progress=Progress(seed_cfg.budget.value, seed_cfg.logger.progress,
-                                  counter=seed_cfg.budget.counter),
+                                  counter=seed_cfg.budget.counter,
+                                  name=record.run_dir.name,
+                                  start=float(ctx.flops.total
+                                              if seed_cfg.budget.counter == "flops" else
+                                              getattr(ctx.counters, seed_cfg.budget.counter))),
                 wandb_kwargs={"project": seed_cfg.logger.project,
                               "entity": seed_cfg.logger.entity,
                               "group": seed_cfg.logger.group,
@@ -385,6 +392,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
             eval_episodes=cfg.eval_episodes, checkpoint_every=cfg.checkpoint_every,
             checkpoint_path=r.ckpt_path, resume_state=r.resume_state, begin=opener(r),
             preempted=lambda: preempt["flag"],
+            snapshot_flops=(list(cfg.snapshot_flops) if cfg.get("snapshot_flops") else None),
         )
     ctxs = [r.ctx for r in runs]
     statuses, error = ["failed"] * n_seeds, None

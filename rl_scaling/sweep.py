@@ -79,6 +79,23 @@ def seed_run_dirs(cfg: DictConfig, hydra_cfg: DictConfig) -> list[Path] | None:
     return dirs
 
 
+def print_job_summary(run_dirs: list[Path], status: str) -> None:
+    """One line per record this job wrote: status, progress, final metric, wall time.
+
+    A job that returns ``running`` was stopped by a signal (preemption, time limit) and
+    resumes when Slurm requeues it or the sweep is relaunched: it says so, not "finished".
+    """
+    from rl_scaling.runs import read_run, summary_line
+
+    for run_dir in run_dirs:
+        if not (run_dir / "run.json").exists():
+            continue
+        state = read_run(run_dir, query_slurm=False)
+        if state.recorded == "running":
+            state.status = "stopped (resumes when requeued or relaunched)"
+        print(summary_line(state), file=sys.stderr, flush=True)
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> str:
     from rl_scaling.checkpoint import CheckpointError
@@ -88,7 +105,10 @@ def main(cfg: DictConfig) -> str:
     hydra_cfg = HydraConfig.get()
     share_cores(cfg, hydra_cfg)
     try:
-        return run(cfg, hydra_cfg.runtime.output_dir, seed_run_dirs(cfg, hydra_cfg))
+        dirs = seed_run_dirs(cfg, hydra_cfg)
+        status = run(cfg, hydra_cfg.runtime.output_dir, dirs)
+        print_job_summary(dirs or [Path(hydra_cfg.runtime.output_dir)], status)
+        return status
     except (ConfigError, CheckpointError, RecordError, FileNotFoundError, ImportError) as err:
         # ImportError: an optional extra (procgen, wandb...) that is not installed
         # One clear line instead of a traceback; the exit code still says it failed.

@@ -102,7 +102,12 @@ def test_launchers_compose_and_run_dirs_ignore_resumable_keys():
     assert "SlurmLauncher" in cfg.hydra.launcher._target_
     assert cfg.hydra.launcher.max_num_timeout > 0  # timed-out jobs requeue and resume
     cfg = _compose(["+experiment=mnist_width"], return_hydra_config=True)
-    assert "JoblibLauncher" in cfg.hydra.launcher._target_
+    assert "LocalLauncher" in cfg.hydra.launcher._target_  # joblib's, plus GPU round-robin
     excluded = set(cfg.hydra.job.config.override_dirname.exclude_keys)
     # extending a sweep's budget must land in the same run dirs, so it resumes them
     assert {"budget.value", "checkpoint_every", "log_every", "logger"} <= excluded
+    # every key a resumed run may change is out of the directory name, and nothing else
+    from rl_scaling.run import RESUMABLE_KEYS
+
+    assert {k for k in RESUMABLE_KEYS if k != "budget"} <= excluded
+    assert "tag" not in excluded and "seed" not in excluded

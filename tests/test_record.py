@@ -169,3 +169,22 @@ def test_wandb_mirror_counters_status_and_finish(tmp_path, monkeypatch, status, 
     assert run.summary["status"] == status and run.exit_code == exit_code
     assert RunRecord(tmp_path).read_metrics()[0]["env_steps"] == 64  # local file too
 
+
+
+def test_progress_lines_name_the_job_have_a_rate_from_the_first_line_and_never_a_negative_eta():
+    from rl_scaling.logger import Progress
+
+    log = _Stream(tty=False)
+    progress = Progress(1000, "plain", plain_every_s=0, stream=log, name="model.width=0.25",
+                        start=200)
+    t0 = progress._t_start
+    first = progress.line(400, {"return_mean": 0.5}, now=t0 + 2.0)
+    # named, a rate at the first line (200 steps in 2 s since the resumed start), an ETA
+    assert first.startswith("[model.width=0.25] steps 400/1.00k"), first
+    assert "100.0 steps/s" in first and "ETA 0:06" in first and "nan" not in first
+    # the last iteration overshoots the budget: capped at 100%, no negative ETA
+    last = progress.line(1100, {"return_mean": 0.7, "wall_time": 75.0}, final=True,
+                         now=t0 + 9.0)
+    assert "(100.0%)" in last and "done in 1:15" in last and "-" not in last.split("|")[-1]
+    over = progress.line(1200, {}, now=t0 + 10.0)
+    assert "ETA" not in over and "done in" in over

@@ -1,0 +1,1 @@
+"""Sweep planners: study designs -> plans of runs (see sweeps/plan.py)."""
