@@ -220,8 +220,11 @@ def run_probe(experiment: str, overrides: list[str] | tuple[str, ...],
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+_PROBES: dict[tuple, Probe] = {}  # one measurement per configuration per process
+
+
 class Prober:
-    """Probes per job configuration, each measured once per invocation (seeds share one)."""
+    """Probes per job configuration, each measured once per process (seeds share one)."""
 
     def __init__(self, experiment: str, probe_overrides: list[str] | tuple[str, ...] = (),
                  max_steps: float = 200_000, echo=None) -> None:
@@ -232,8 +235,10 @@ class Prober:
     def __call__(self, overrides: list[str] | tuple[str, ...]) -> Probe:
         key = tuple(o for o in overrides if not o.startswith("seed="))
         if key not in self.cache:
-            probe = run_probe(self.experiment, key, self.probe_overrides,
-                              max_steps=self.max_steps)
+            known = (self.experiment, key, self.probe_overrides)
+            probe = _PROBES.get(known) or run_probe(self.experiment, key, self.probe_overrides,
+                                                    max_steps=self.max_steps)
+            _PROBES[known] = probe
             if self.echo:
                 self.echo(f"probe {' '.join(key) or '(defaults)'}: "
                           f"{probe.flops_per_step:.4g} FLOPs/env step, "
