@@ -50,24 +50,39 @@ def job_dir(config: DictConfig, overrides: Sequence[str]) -> Path | None:
     return Path(str(hydra_cfg.sweep.dir)) / name
 
 
+# Slurm states of a job that will run (again) after its process returned
+SLURM_AGAIN = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RUNNING", "CONFIGURING",
+               "COMPLETING")
+
+
 def print_summaries(config: DictConfig, job_overrides: Sequence[Sequence[str]],
-                    *, query_slurm: bool = False, stream=None) -> list[str]:
+                    *, returned: Sequence[object] | None = None, query_slurm: bool = False,
+                    stream=None) -> list[str]:
     """One line per job of a finished launch: status, progress, final metric, wall time.
 
-    With ``query_slurm`` a record that says ``running`` is looked up in Slurm: a job that
-    was preempted and requeued reads ``requeued``, not finished.
+    ``returned``: what each job returned (its run's status). A job that returned
+    ``running`` stopped on a signal before its budget: with ``query_slurm`` it reads
+    ``requeued`` while Slurm has the job queued or running again, else ``stopped``; never
+    finished.
     """
-    from rl_scaling.runs import find_runs, summary_line
+    from rl_scaling.runs import find_runs, slurm_job_state, summary_line
 
     stream = stream or sys.stderr
     lines = []
-    for overrides in job_overrides:
+    for k, overrides in enumerate(job_overrides):
         where = job_dir(config, overrides)
         name = " ".join(o for o in overrides if override_key(o) != "experiment")
         if where is None or not where.exists():
             lines.append(f"[{name}] no record (see the launcher's log)")
             continue
         states = find_runs(where, query_slurm=query_slurm)  # several with seeds_per_process
+        if returned is not None and returned[k] == "running":
+            for s in states:
+                if s.recorded != "running":
+                    continue
+                again = (query_slurm and s.slurm_job is not None
+                         and slurm_job_state(s.slurm_job) in SLURM_AGAIN)
+                s.status = "requeued" if again else "stopped"
         lines.extend(summary_line(s, where.name if s.run_dir == where else
                                   f"{where.name}/{s.run_dir.name}") for s in states)
     if lines:

@@ -128,7 +128,8 @@ class LocalLauncher(JoblibLauncher):
         jobs = shared.assign_gpus(job_overrides, shared.visible_gpus(self.gpus),
                                   str(self.config.get("device", "auto")))
         results = super().launch(jobs, initial_job_idx)
-        shared.print_summaries(self.config, jobs)
+        shared.print_summaries(self.config, jobs, returned=[
+            r._return_value if r.status == JobStatus.COMPLETED else None for r in results])
         return results
 
 
@@ -201,7 +202,10 @@ if SlurmQueueConf is not None:
                     log.error("Slurm job %s failed: %s", job.job_id, first)
                     results.append(JobReturn(overrides=list(overrides),
                                              status=JobStatus.FAILED, _return_value=err))
-            shared.print_summaries(self.config, job_overrides, query_slurm=True)
+            shared.print_summaries(
+                self.config, job_overrides, query_slurm=True,
+                returned=[r._return_value if r.status == JobStatus.COMPLETED else None
+                          for r in results])
             return results
 
     _SLURM_CONF = SlurmLauncherConf
