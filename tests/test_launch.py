@@ -255,3 +255,30 @@ def test_a_record_that_never_opened_and_a_corrupt_one_are_listed(tmp_path):
     assert states["model.width=2"].status == "failed"
     assert "corrupt run record" in states["model.width=2"].error
     assert summary_line(states["model.width=1"]).startswith("[model.width=1] not started")
+
+
+# ------------------------------------------------------------------ planner -> launcher
+@pytest.mark.parametrize("snapshots", [False, True], ids=["per-budget", "snapshots"])
+def test_an_isoflop_plan_launches_and_its_runs_spend_what_it_predicted(tmp_path, snapshots):
+    path = tmp_path / "plan.yaml"
+    planned = _run("sweeps", "isoflop", "--experiment", "smoke", "--budgets", "1e9,3e9",
+                   "--sizes", "width=0.125,0.25", *(["--snapshots"] if snapshots else []),
+                   "--out", str(path), "--", "logger.progress=none", "torch_threads=1")
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    plan = load_plan(path)
+    sweep_dir = tmp_path / "sweep"
+    out = _run("rl_scaling.sweep", "-m", "+experiment=smoke", "hydra/sweeper=plan",
+               f"hydra.sweeper.plan={path}", f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    infos = [_info(p.parent) for p in sorted(sweep_dir.glob("*/run.json"))]
+    assert len(infos) == len(plan.jobs) == plan.summary["runs"]
+    assert all(i["status"] == "finished" and i["budget"]["counter"] == "flops" for i in infos)
+    # the accountant stopped each run where the planner's probe said it would
+    assert sum(i["env_steps"] for i in infos) == plan.summary["env_steps"]
+    assert sum(i["flops"] for i in infos) == pytest.approx(plan.summary["flops"], rel=1e-6)
+    if snapshots:  # one run per size, a snapshot at every feasible budget below its own
+        for info, job in zip(infos, plan.jobs, strict=True):
+            budgets = yaml.safe_load(next(o for o in job if o.startswith("snapshot_flops="))
+                                     .split("=", 1)[1])
+            snaps = sorted(Path(info["run_dir"]).glob("checkpoints/flops=*.pt"))
+            assert len(snaps) == len(budgets) >= 1
