@@ -4,7 +4,8 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac bench-pointmass clean
+.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac bench-pointmass \
+	slurm-start slurm-stop clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
 # Where a torch is already installed (e.g. a CUDA build on a GPU box) it is kept.
@@ -17,9 +18,11 @@ demo: install
 	$(PYTHON) -m rl_scaling.sweep -m +experiment=mnist_width
 	$(PYTHON) -m analysis --runs $(RUNS)/mnist_width --out reports/mnist_width
 
-# Fast tests plus a real short end-to-end sweep; slow, GPU and Slurm tests are opt-in (test-all).
+# Fast tests, real short end-to-end sweeps, and sweeps through a real single-node Slurm that
+# tests/test_slurm.py brings up (scripts/slurm-local.sh; skipped where that cannot run, i.e.
+# not root). Slow and GPU tests are opt-in (test-all).
 test: install
-	$(PYTHON) -m pytest -m "not slow and not gpu and not slurm" $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
 
 test-all: install
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
@@ -45,6 +48,13 @@ bench-sac:
 # Point-mass world: vectorised stepping against a per-world Python loop, same run (bench/README.md)
 bench-pointmass:
 	$(PYTHON) bench/pointmass.py
+
+# A throw-away single-node Slurm (with accounting) for trying hydra/launcher=slurm here:
+# `eval "$$(make -s slurm-start)"` sets SLURM_CONF for this shell (docs/slurm.md).
+slurm-start:
+	@bash scripts/slurm-local.sh start
+slurm-stop:
+	@bash scripts/slurm-local.sh stop
 
 clean:
 	rm -rf .pytest_cache reports/latest
