@@ -282,3 +282,30 @@ def test_an_isoflop_plan_launches_and_its_runs_spend_what_it_predicted(tmp_path,
                                      .split("=", 1)[1])
             snaps = sorted(Path(info["run_dir"]).glob("checkpoints/flops=*.pt"))
             assert len(snaps) == len(budgets) >= 1
+
+
+def test_the_slurm_launcher_passes_its_settings_to_submitit(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.rl_scaling_plugins.plugins import RLSlurmLauncher
+    from rl_scaling.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=[
+            "+experiment=procgen_width", "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu", "hydra.launcher.array_parallelism=7",
+            "hydra.launcher.max_array_size=100", "hydra.launcher.wait=false",
+            f"hydra.sweep.dir={tmp_path}"], return_hydra_config=True)
+    params = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert params.pop("_target_").endswith("RLSlurmLauncher")
+    launcher = RLSlurmLauncher(**params)
+    assert launcher.wait is False and launcher.max_array_size == 100
+    executor = launcher._executor()
+    sbatch = executor._executor.parameters
+    assert sbatch["partition"] == "gpu" and sbatch["array_parallelism"] == 7
+    assert sbatch["gpus_per_node"] == 1 and sbatch["cpus_per_task"] == 8
+    assert sbatch["time"] == 1440 and sbatch["mem"] == "32GB"
+    assert executor._executor.max_num_timeout == 20  # requeued after a time-out
