@@ -410,6 +410,11 @@ class RunContext:
             interval.sync(self._counter(interval.unit))
         self._logger = self._begin_fn(self) if self._begin_fn is not None else _NullLogger()
         # budgets still ahead of the (possibly resumed) run; one passed before is not redone
+        missed = [b for b in self._snapshots if b <= self.flops.total
+                  and self._checkpoint_path is not None and not self.snapshot_path(b).exists()]
+        if missed:
+            log.warning("snapshot_flops %s: already passed at %.4g FLOPs without a snapshot "
+                        "(added when extending the run?); not taken", missed, self.flops.total)
         self._snapshots = [b for b in self._snapshots if b > self.flops.total]
 
     # ---- budget and counters ------------------------------------------------------------

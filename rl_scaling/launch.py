@@ -55,6 +55,23 @@ SLURM_AGAIN = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RUNNING", 
                "COMPLETING")
 
 
+def write_launch_files(config: DictConfig, job_overrides: Sequence[Sequence[str]],
+                       slurm_jobs: Sequence[str]) -> None:
+    """Write ``launch.json`` (the Slurm job id, the time) into each submitted job's dir, so
+    ``rl_scaling.runs`` sees a job that is queued but has not opened its record yet, and a
+    second ``resume`` does not submit it again."""
+    import datetime as dt
+    import json
+
+    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    for overrides, job in zip(job_overrides, slurm_jobs, strict=True):
+        where = job_dir(config, overrides)
+        if where is None:
+            continue
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "launch.json").write_text(json.dumps({"slurm_job": job, "time": now}) + "\n")
+
+
 def print_summaries(config: DictConfig, job_overrides: Sequence[Sequence[str]],
                     *, returned: Sequence[object] | None = None, query_slurm: bool = False,
                     stream=None) -> list[str]:

@@ -14,7 +14,10 @@ Statuses, as shown:
 finished       reached its budget
 diverged       stopped itself on a non-finite loss (final: not resumed)
 running        its process is alive (this host's pid, or its Slurm job is RUNNING)
-queued         its Slurm job is PENDING (``requeued`` if it has started before)
+queued         its Slurm job is PENDING (``requeued`` if it has started before); a job the
+               Slurm launcher submitted (``launch.json``) but that has not started yet
+unknown        its record says running but nothing here can check (another host without
+               Slurm, or squeue/sacct not answering): not relaunched
 failed         raised an error (``run.json``), or its Slurm job ended FAILED / CANCELLED /
                TIMEOUT / OUT_OF_MEMORY / NODE_FAIL while the record still says running
 stopped        interrupted (preemption signal, Ctrl-C) and not requeued: resumable
@@ -24,8 +27,9 @@ not started    Hydra made its directory but the run never opened its record
 ``resume`` relaunches every ``failed``, ``stopped`` and ``not started`` run, with its own
 overrides, into its own directory, through the launcher the sweep used (or ``--launcher``):
 it writes a plan (:mod:`sweeps.plan`) and runs ``rl_scaling.sweep`` with
-``hydra/sweeper=plan``. Running it twice launches nothing new the second time: the runs are
-then running, queued or finished.
+``hydra/sweeper=plan`` (a single run is relaunched into its ``hydra.run.dir``). Running it
+twice launches nothing new the second time: the runs are then running, queued (the Slurm
+launcher writes ``launch.json`` into each job's directory when it submits) or finished.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -52,6 +57,7 @@ FINAL = ("finished", "diverged")
 # Slurm job states in which the job is gone for good (sacct), and what they mean here.
 SLURM_DEAD = ("FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
               "DEADLINE", "PREEMPTED")
+LAUNCH_FILE = "launch.json"  # written into a job's dir when it is submitted (rl_scaling.launch)
 SHOWN_METRICS = ("return_mean", "eval_return", "eval_normalized_score", "val_loss", "loss")
 
 
@@ -76,6 +82,7 @@ class RunState:
     hydra_overrides: list[str] = field(default_factory=list)
     launcher: str | None = None
     sweep_dir: Path | None = None
+    mode: str = ""  # Hydra's: MULTIRUN (a sweep's job) or RUN (a single run)
     slurm_job: str | None = None
 
     @property
@@ -130,22 +137,35 @@ def _yaml(path: Path) -> Any:
 
 
 def _hydra_facts(run_dir: Path) -> dict[str, Any]:
-    """Overrides, launcher choice, hydra overrides and sweep dir Hydra saved for this job."""
+    """Overrides, launcher choice, hydra overrides, mode and sweep dir Hydra saved for this
+    job. ``hydra.yaml`` keeps interpolations (``runs/${experiment}``) unresolved, so the
+    sweep dir is taken from the job's resolved ``output_dir`` where it can be."""
     overrides = _yaml(run_dir / ".hydra" / "overrides.yaml") or []
     hydra_doc = (_yaml(run_dir / ".hydra" / "hydra.yaml") or {}).get("hydra") or {}
-    choices = (hydra_doc.get("runtime") or {}).get("choices") or {}
+    runtime = hydra_doc.get("runtime") or {}
+    choices = runtime.get("choices") or {}
     sweep = hydra_doc.get("sweep") or {}
     sweep_dir = None
-    if sweep.get("dir"):
+    if runtime.get("output_dir") and str(sweep.get("subdir", "")).count("/") == 0:
+        sweep_dir = Path(runtime["output_dir"]).parent  # <sweep dir>/<one-level subdir>
+    elif sweep.get("dir") and "${" not in str(sweep["dir"]):
         sweep_dir = Path(sweep["dir"])
-        if not sweep_dir.is_absolute():  # relative to where the sweep was launched
-            cwd = (hydra_doc.get("runtime") or {}).get("cwd")
-            sweep_dir = Path(cwd) / sweep_dir if cwd else sweep_dir
+        if not sweep_dir.is_absolute() and runtime.get("cwd"):
+            sweep_dir = Path(runtime["cwd"]) / sweep_dir
     return {"overrides": [str(o) for o in overrides],
             "hydra_overrides": [str(o) for o in
                                 ((hydra_doc.get("overrides") or {}).get("hydra") or [])],
             "launcher": choices.get("hydra/launcher"), "sweep_dir": sweep_dir,
+            "mode": str(hydra_doc.get("mode") or ""),
             "job_name": (hydra_doc.get("job") or {}).get("name") or "sweep"}
+
+
+def _launch_file(run_dir: Path) -> dict[str, Any] | None:
+    """``launch.json``: what the Slurm launcher wrote when it submitted this job."""
+    try:
+        return json.loads((run_dir / LAUNCH_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -174,15 +194,15 @@ def _slurm_query(cmd: list[str]) -> str | None:
 
 
 def slurm_job_state(job: str) -> str | None:
-    """The Slurm state of ``job`` (``RUNNING``, ``PENDING``, ``FAILED``...), or None if
-    Slurm cannot say (no client here, or the job is unknown to squeue and sacct)."""
+    """The Slurm state of ``job`` (``RUNNING``, ``PENDING``, ``FAILED``...), ``UNKNOWN`` when
+    squeue and sacct answered but do not know it, None when neither could be asked."""
     state = _slurm_query(["squeue", "-h", "-j", job, "-o", "%T"])
     if state:
         return state.splitlines()[0].strip()
     acct = _slurm_query(["sacct", "-n", "-X", "-P", "-j", job, "-o", "State"])
     if acct:
         return acct.splitlines()[-1].split()[0].strip()  # "CANCELLED by 0" -> CANCELLED
-    return None
+    return "UNKNOWN" if acct is not None else None
 
 
 def _slurm_job_of(start: dict[str, Any]) -> str | None:
@@ -212,13 +232,22 @@ def read_run(run_dir: str | os.PathLike, *, query_slurm: bool = True) -> RunStat
         info = RunRecord(run_dir).read_run_json()
     except RecordError as err:
         return RunState(run_dir, "failed", error=str(err), **_state_facts(facts))
+    launched = _launch_file(run_dir)
     if info is None:
-        return RunState(run_dir, "not started", why="no run.json", **_state_facts(facts),
-                        log=_find_log(run_dir, facts, None))
+        state = RunState(run_dir, "not started", why="no run.json", **_state_facts(facts))
+        if launched and launched.get("slurm_job"):
+            state.slurm_job = launched["slurm_job"]
+            if query_slurm:
+                state.status, state.why = _submitted_status(launched["slurm_job"])
+        state.log = _find_log(run_dir, facts, state.slurm_job)
+        return state
     last = _last_metrics_line(run_dir / "metrics.jsonl") or {}
     budget = info.get("budget") or {}
     starts = info.get("starts") or []
     slurm_job = _slurm_job_of(starts[-1]) if starts else None
+    if (launched and launched.get("slurm_job") and starts
+            and str(launched.get("time", "")) > str(starts[-1].get("time", ""))):
+        slurm_job = launched["slurm_job"]  # resubmitted since its last start
     metric_name = ((info.get("study") or {}).get("metric")
                    or next((m for m in SHOWN_METRICS if last.get(m) is not None), None))
     metric = ((metric_name, float(last[metric_name]))
@@ -234,16 +263,38 @@ def read_run(run_dir: str | os.PathLike, *, query_slurm: bool = True) -> RunStat
     state.log = _find_log(run_dir, facts, slurm_job)
     if state.recorded == "running":
         state.status, state.why = _live_status(info, starts, slurm_job, query_slurm)
+    elif state.recorded == "failed" and slurm_job and query_slurm and launched \
+            and slurm_job == launched.get("slurm_job"):
+        waiting = _submitted_status(slurm_job)  # resubmitted: queued or running again?
+        if waiting[0] in ("queued", "running"):
+            state.status, state.why = waiting
     return state
 
 
+def _submitted_status(job: str) -> tuple[str, str | None]:
+    """A job submitted (``launch.json``) that has not opened or reopened its record yet."""
+    state = slurm_job_state(job)
+    if state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING"):
+        return "queued", f"Slurm job {job} {state}"
+    if state in ("RUNNING", "COMPLETING", "SUSPENDED"):
+        return "running", f"Slurm job {job} {state} (starting)"
+    if state is None:
+        return "unknown", f"Slurm job {job}: squeue/sacct cannot be asked from here"
+    return "not started", f"Slurm job {job} ended {state} before the run opened its record"
+
+
 def _state_facts(facts: dict[str, Any]) -> dict[str, Any]:
-    return {k: facts[k] for k in ("overrides", "hydra_overrides", "launcher", "sweep_dir")}
+    return {k: facts[k] for k in ("overrides", "hydra_overrides", "launcher", "sweep_dir",
+                                  "mode")}
 
 
 def _live_status(info: dict[str, Any], starts: list[dict[str, Any]], slurm_job: str | None,
                  query_slurm: bool) -> tuple[str, str | None]:
     """A record that says ``running``: is its process alive, queued again, or dead?"""
+    last = starts[-1] if starts else {}
+    here = last.get("host") == socket.gethostname() and last.get("pid")
+    if here and _pid_alive(int(last["pid"])):
+        return "running", f"pid {last['pid']} alive"
     if slurm_job and query_slurm:
         state = slurm_job_state(slurm_job)
         if state in ("RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED"):
@@ -252,16 +303,14 @@ def _live_status(info: dict[str, Any], starts: list[dict[str, Any]], slurm_job: 
             return "requeued", f"Slurm job {slurm_job} {state} (started before)"
         if state in SLURM_DEAD:
             return "failed", f"Slurm job {slurm_job} ended {state}"
-        if state is not None:  # COMPLETED with a record that says running: preempted
-            return "stopped", f"Slurm job {slurm_job} ended {state} before the budget"
-        return "stopped", f"Slurm job {slurm_job} unknown to squeue/sacct"
-    last = starts[-1] if starts else {}
-    if last.get("host") == socket.gethostname() and last.get("pid"):
-        if _pid_alive(int(last["pid"])):
-            return "running", f"pid {last['pid']} alive"
+        if state is None:
+            return "unknown", f"Slurm job {slurm_job}: squeue/sacct cannot be asked from here"
+        # COMPLETED (or forgotten) while the record says running: stopped by a signal
+        return "stopped", f"Slurm job {slurm_job} ended {state} before the budget"
+    if here:
         return ("stopped" if info.get("error") else "failed"), \
             f"pid {last['pid']} is gone without writing its end"
-    return "running", f"started on {last.get('host')} (cannot check from here)"
+    return "unknown", f"started on {last.get('host')} (cannot check from here)"
 
 
 def find_runs(root: str | os.PathLike, *, query_slurm: bool = True) -> list[RunState]:
@@ -339,43 +388,67 @@ def _key(override: str) -> str:
 
 
 def resume_command(states: list[RunState], *, root: Path, launcher: str | None = None,
-                   extra: list[str] | None = None) -> list[list[str]]:
-    """The ``rl_scaling.sweep`` command lines that relaunch ``states`` (one per sweep dir,
-    launcher and experiment), each through a plan file written under ``<sweep dir>``."""
+                   extra: list[str] | None = None, write: bool = True,
+                   ) -> tuple[list[list[str]], list[str]]:
+    """The ``rl_scaling.sweep`` command lines that relaunch ``states``, and notes on what is
+    not relaunched. A multirun job is relaunched into its own directory through a plan file
+    written under ``<sweep dir>/.resume/`` (not written when ``write`` is false), one command
+    per sweep dir, launcher and experiment; a single run (``hydra.mode=RUN``) with
+    ``hydra.run.dir`` set to its directory. ``extra`` overrides go to every job."""
+    from rl_scaling.launch import merge_overrides
     from sweeps.plan import Plan, save_plan
 
+    notes: list[str] = []
     groups: dict[tuple, list[RunState]] = {}
+    singles: list[list[str]] = []
     for s in states:
-        experiment = next((o.split("=", 1)[1] for o in s.overrides
-                           if _key(o) == "experiment"), s.experiment)
-        if not experiment or not s.overrides:
-            raise ValueError(f"runs resume: {s.run_dir} has no .hydra/overrides.yaml to "
-                             "relaunch it from (started outside `rl_scaling.sweep -m`, or "
-                             "a seeds_per_process seed dir: resume its job's dir)")
-        sweep_dir = s.sweep_dir or s.run_dir.parent
+        if not s.overrides and not (s.run_dir / ".hydra").is_dir():
+            # seeds_per_process: seed dirs 2..K are written by the job of seed 1's dir
+            notes.append(f"not relaunched: {s.run_dir} has no .hydra/ (a seeds_per_process "
+                         "seed dir: it resumes with its job's dir, the one of its first seed)")
+            continue
+        # device=cuda:K was assigned by the local launcher; the relaunch assigns again
+        own = [o for o in s.overrides if not (_key(o) == "device" and "cuda:" in o)]
+        experiment = next((o.split("=", 1)[1] for o in own if _key(o) == "experiment"),
+                          s.experiment)
         hydra_over = tuple(o for o in s.hydra_overrides
-                           if _key(o) not in ("hydra.mode", "hydra.sweep.dir", "hydra/sweeper")
-                           and not _key(o).startswith("hydra.sweeper"))
-        groups.setdefault((experiment, str(sweep_dir), s.launcher, hydra_over), []).append(s)
+                           if _key(o) not in ("hydra.mode", "hydra.sweep.dir", "hydra.run.dir",
+                                              "hydra/sweeper")
+                           and not _key(o).startswith("hydra.sweeper")
+                           and not (launcher and (_key(o) == "hydra/launcher"
+                                                  or _key(o).startswith("hydra.launcher."))))
+        if s.mode == "RUN":
+            singles.append([sys.executable, "-m", "rl_scaling.sweep",
+                            *merge_overrides(own, extra or []), *hydra_over,
+                            f"hydra.run.dir={s.run_dir.resolve()}"])
+            continue
+        if not experiment:
+            notes.append(f"not relaunched: {s.run_dir} names no experiment")
+            continue
+        sweep_dir = s.sweep_dir or s.run_dir.parent
+        groups.setdefault((experiment, str(sweep_dir.resolve()), s.launcher, hydra_over),
+                          []).append(s)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     commands = []
     for i, ((experiment, sweep_dir, used_launcher, hydra_over), group) in enumerate(
             sorted(groups.items(), key=lambda kv: kv[0][1])):
-        jobs = [[o for o in s.overrides if _key(o) != "experiment"] for s in group]
+        jobs = [merge_overrides([o for o in s.overrides if _key(o) != "experiment"
+                                 and not (_key(o) == "device" and "cuda:" in o)], extra or [])
+                for s in group]
         plan = Plan(experiment=experiment, jobs=jobs,
                     summary={"runs": len(jobs), "resumed_from": str(root)},
                     notes=[f"runs resume: {s.status} {s.run_dir}" for s in group])
-        path = save_plan(plan, Path(sweep_dir) / ".resume" / f"plan-{stamp}-{i}.yaml")
-        chosen = launcher or used_launcher
+        path = Path(sweep_dir) / ".resume" / f"plan-{stamp}-{i}.yaml"
+        if write:
+            save_plan(plan, path)
         cmd = [sys.executable, "-m", "rl_scaling.sweep", "-m", f"+experiment={experiment}",
                "hydra/sweeper=plan", f"hydra.sweeper.plan={path}",
-               f"hydra.sweep.dir={sweep_dir}",
-               *[o for o in hydra_over if not (launcher and _key(o) == "hydra/launcher")
-                 and not (launcher and _key(o).startswith("hydra.launcher."))]]
-        if chosen and not any(_key(o) == "hydra/launcher" for o in cmd[4:]):
+               f"hydra.sweep.dir={sweep_dir}", *hydra_over]
+        chosen = launcher or used_launcher
+        if chosen and not any(_key(o) == "hydra/launcher" for o in hydra_over):
             cmd.append(f"hydra/launcher={chosen}")
-        commands.append([*cmd, *(extra or [])])
-    return commands
+        commands.append(cmd)
+    return commands + singles, notes
 
 
 # ------------------------------------------------------------------ command line
@@ -407,7 +480,12 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--launcher", default=None,
                            help="launch through this hydra/launcher (default: the sweep's)")
             p.add_argument("extra", nargs="*", help="more overrides for the relaunch")
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and (args.command != "resume"
+                    or any(u.startswith("-") or "=" not in u for u in unknown)):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # KEY=VALUE overrides given after the flags
+        args.extra = [*args.extra, *unknown]
     root = Path(args.root)
     try:
         states = find_runs(root, query_slurm=not args.no_slurm)
@@ -430,17 +508,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nothing to resume: {len(states)} runs, "
               + ", ".join(f"{n} {k}" for k, n in counts.most_common()))
         return 0
-    try:
-        commands = resume_command(todo, root=root, launcher=args.launcher, extra=args.extra)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    commands, notes = resume_command(todo, root=root, launcher=args.launcher,
+                                     extra=args.extra, write=not args.dry_run)
     print(f"resuming {len(todo)} of {len(states)} runs:")
     for s in todo:
         print(f"  {s.status}: {name_of(s, root)}")
+    for note in notes:
+        print(f"  {note}")
     rc = 0
     for cmd in commands:
-        print("$ " + " ".join(cmd), flush=True)
+        print("$ " + shlex.join(cmd), flush=True)
         if not args.dry_run:
             rc = max(rc, subprocess.run(cmd, env=dict(os.environ)).returncode)
     return rc

@@ -104,6 +104,9 @@ def main(cfg: DictConfig) -> str:
 
     hydra_cfg = HydraConfig.get()
     share_cores(cfg, hydra_cfg)
+    if parallel_jobs(hydra_cfg) > 1 and cfg.logger.progress == "auto":
+        # parallel jobs share the terminal: live bars would overwrite each other's line
+        cfg.logger.progress = "plain"
     try:
         dirs = seed_run_dirs(cfg, hydra_cfg)
         status = run(cfg, hydra_cfg.runtime.output_dir, dirs)

@@ -150,8 +150,9 @@ def plan_isoflop(experiment: str, budgets: list[float], sizes: list[str], *,
                     job = [*size, *other, f"budget.value={fmt(c)}"]
                     if not snapshots:  # budget.* is no part of a run dir's name; tag is
                         job.append(f"tag=C{fmt(c)}")
-                    else:
+                    else:  # tag: not the experiment's ordinary grid run of this size
                         job.append(f"{SNAPSHOT_KEY}=[{','.join(fmt(b) for b, _ in feasible)}]")
+                        job.append("tag=snapshots")
                     job.append(f"seed={seed}")
                     flops = probe.flops_at(d)
                     jobs.append(job)

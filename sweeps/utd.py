@@ -207,8 +207,9 @@ def plan_utd(experiment: str, laws: UtdLaws, *, sigmas: list[float] | None = Non
                 b = clipped
             lr = round_lr(lr_fit)
             for other in _combos(other_axes):
+                # tag: a stage-2 run never lands in a stage-1 run's dir of the same (sigma, B, eta)
                 head = [*([f"{key_t}={task}"] if task else []), f"{key_s}={fmt(s)}",
-                        f"{key_b}={b}", f"{key_lr}={fmt(lr)}", *other]
+                        f"{key_b}={b}", f"{key_lr}={fmt(lr)}", *other, "tag=stage2"]
                 p = prober([*common, *head]) if prober else None
                 if counter == "env_steps":
                     steps = value

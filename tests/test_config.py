@@ -111,3 +111,39 @@ def test_launchers_compose_and_run_dirs_ignore_resumable_keys():
 
     assert {k for k in RESUMABLE_KEYS if k != "budget"} <= excluded
     assert "tag" not in excluded and "seed" not in excluded
+
+
+# The experiments no other test runs, each run locally with small overrides (the catalogue's
+# promise): one short single run each, through the real command line.
+SMALL_RUNS = {
+    "mnist_width": ["budget.value=2048"],
+    "gym_utd": ["env.id=Pendulum-v1", "budget.value=1500", "algo.learning_starts=500",
+                "seeds_per_process=1", "eval_every=null"],
+    "dmc_utd_width": ["env.id=cartpole-swingup", "budget.value=1500",
+                      "algo.learning_starts=500", "seeds_per_process=1", "eval_every=null"],
+    "pointmass_objects": ["budget.value=4096", "eval_every=null"],
+    "procgen_depth": ["model.depth=1", "env.num_envs=4", "env.eval.num_envs=4",
+                      "algo.num_steps=32", "algo.num_minibatches=2", "budget.value=256",
+                      "eval_every=null"],
+}
+EXTRAS = {"gym_utd": "gymnasium", "dmc_utd_width": "dm_control", "procgen_depth": "procgen"}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_RUNS))
+def test_experiment_runs_locally_with_small_overrides(name, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    if name in EXTRAS:
+        pytest.importorskip(EXTRAS[name])
+    run_dir = tmp_path / name
+    out = subprocess.run(
+        [sys.executable, "-m", "rl_scaling.sweep", f"+experiment={name}", *SMALL_RUNS[name],
+         f"hydra.run.dir={run_dir}", "logger.progress=none", "torch_threads=1"],
+        cwd=CONFIGS.parent, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    budget = int(next(o for o in SMALL_RUNS[name] if o.startswith("budget.value=")).split("=")[1])
+    assert info["status"] == "finished" and info["experiment"] == name
+    assert info["env_steps"] == budget and info["flops"] > 0

@@ -186,12 +186,12 @@ def _wait_for(predicate, timeout: float = 240, proc: subprocess.Popen | None = N
 
 
 def test_runs_shows_a_killed_run_as_failed_with_its_log_and_resume_finishes_it(tmp_path):
-    sweep_dir = tmp_path / "sweep"
+    sweep_dir = tmp_path / "smoke"  # hydra.sweep.dir=<tmp>/${experiment}, as the default
     long_dir = sweep_dir / "model.width=1"
     # one job long enough to be killed mid-run, checkpointing every 2 iterations
     proc = subprocess.Popen(
         [sys.executable, "-m", "rl_scaling.sweep", "-m", "+experiment=smoke",
-         "model.width=1", f"hydra.sweep.dir={sweep_dir}", "budget.value=20480",
+         "model.width=1", f"hydra.sweep.dir={tmp_path}/${{experiment}}", "budget.value=20480",
          f"checkpoint_every={2 * ITER_STEPS} env_steps", "logger.progress=none",
          "torch_threads=1"], cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE, text=True)
@@ -219,6 +219,9 @@ def test_runs_shows_a_killed_run_as_failed_with_its_log_and_resume_finishes_it(t
     killed_at = RunRecord(long_dir).read_metrics()[-1]["env_steps"]
     dry = _run("rl_scaling.runs", "resume", str(sweep_dir), "--no-slurm", "--dry-run")
     assert dry.returncode == 0 and "hydra/sweeper=plan" in dry.stdout
+    # the sweep dir is the resolved one (hydra.yaml keeps `${experiment}`), nothing written
+    assert f"hydra.sweep.dir={sweep_dir}" in dry.stdout and "${" not in dry.stdout
+    assert not (sweep_dir / ".resume").exists()
     resumed = _run("rl_scaling.runs", "resume", str(sweep_dir), "--no-slurm")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     info = _info(long_dir)
@@ -309,3 +312,27 @@ def test_the_slurm_launcher_passes_its_settings_to_submitit(tmp_path):
     assert sbatch["gpus_per_node"] == 1 and sbatch["cpus_per_task"] == 8
     assert sbatch["time"] == 1440 and sbatch["mem"] == "32GB"
     assert executor._executor.max_num_timeout == 20  # requeued after a time-out
+
+
+def test_resume_relaunches_a_single_run_into_its_own_dir_and_skips_seed_dirs(tmp_path):
+    run_dir = tmp_path / "single"
+    out = _run("rl_scaling.sweep", "+experiment=smoke", f"hydra.run.dir={run_dir}",
+               "budget.value=1024", "logger.progress=none")
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = RunRecord(run_dir)
+    record.update_run_json(status="failed", error="RuntimeError: simulated")
+    seed_dir = tmp_path / "seed=2"  # a seeds_per_process seed dir: no .hydra of its own
+    seed_dir.mkdir()
+    (seed_dir / "run.json").write_text(json.dumps({"status": "failed", "experiment": "smoke",
+                                                   "starts": []}))
+    dry = _run("rl_scaling.runs", "resume", str(tmp_path), "--no-slurm", "--dry-run",
+               "budget.value=2048")
+    assert dry.returncode == 0, dry.stderr
+    command = next(ln for ln in dry.stdout.splitlines() if ln.startswith("$ "))
+    assert " -m rl_scaling.sweep " in command and " -m +experiment" not in command
+    assert f"hydra.run.dir={run_dir}" in command and "budget.value=2048" in command
+    assert "not relaunched: " in dry.stdout and "seed=2" in dry.stdout
+    done = _run("rl_scaling.runs", "resume", str(tmp_path), "--no-slurm", "budget.value=2048")
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = _info(run_dir)
+    assert info["status"] == "finished" and info["env_steps"] == 2048 and info["resumed"]

@@ -87,7 +87,7 @@ def test_snapshot_mode_is_one_run_per_size_with_the_budget_list(smoke_probe):
     assert float(job["budget.value"]) == pytest.approx(budgets[-1], rel=1e-5)
     listed = [float(v) for v in job["snapshot_flops"].strip("[]").split(",")]
     assert listed == pytest.approx(budgets, rel=1e-5)
-    assert "tag" not in job
+    assert job["tag"] == "snapshots"  # never the experiment's ordinary run of this size
     assert planned.rows[0].env_steps == 8 * SMOKE_ITERATION
 
 

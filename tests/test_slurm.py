@@ -56,16 +56,27 @@ def slurm(tmp_path_factory) -> dict[str, str]:
     out = subprocess.run(["bash", str(SCRIPT), "start", str(folder)], capture_output=True,
                          text=True, timeout=600, env=env)
     if out.returncode != 0:
-        if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
-            pytest.skip("no Slurm here and no apt-get to install it")
+        if shutil.which("slurmctld") is None:  # could not install (no apt-get, offline)
+            pytest.skip("no Slurm here and it could not be installed: "
+                        + (out.stderr.strip().splitlines() or ["?"])[-1])
         pytest.fail(f"slurm-local.sh start failed:\n{out.stderr[-4000:]}")
+    clients = dict(os.environ)
     for line in out.stdout.splitlines():
         if line.startswith("export ") and "=" in line:
             key, value = line[len("export "):].split("=", 1)
-            os.environ[key] = value.strip().strip("'\"")
-    yield dict(os.environ)
-    subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True,
-                   timeout=120, env=env)
+            clients[key] = value.strip().strip("'\"")
+    # the tests' own Slurm queries (rl_scaling.runs.read_run) need SLURM_CONF too
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = clients.get("SLURM_CONF", "")
+    try:
+        yield clients
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        subprocess.run(["bash", str(SCRIPT), "stop", str(folder)], capture_output=True,
+                       timeout=120, env=env)
 
 
 def _env(slurm: dict[str, str]) -> dict[str, str]:

@@ -73,6 +73,7 @@ class PlanSweeper(Sweeper):
         from sweeps.plan import PlanError, load_plan
 
         assert self.config is not None and self.launcher is not None
+        assert self.hydra_context is not None
         try:
             plan = load_plan(self.plan_path)
         except PlanError as err:
@@ -83,7 +84,9 @@ class PlanSweeper(Sweeper):
                 f"hydra.sweeper.plan={self.plan_path} is a plan for experiment "
                 f"{plan.experiment!r}, but the command line selects {experiment!r} "
                 f"(+experiment={plan.experiment})")
-        sweeps = [a for a in arguments if "," in a.split("=", 1)[-1] and "[" not in a]
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        sweeps = [o.input_line for o in parser.parse_overrides(list(arguments))
+                  if o.is_sweep_override()]
         if sweeps:
             raise HydraException(f"hydra/sweeper=plan: the plan lists the jobs; drop the "
                                  f"sweep override {sweeps[0]!r} or put it in the plan")
@@ -91,7 +94,7 @@ class PlanSweeper(Sweeper):
             log.info("plan %s replaces the experiment's grid (hydra.sweeper.params: %s)",
                      self.plan_path, ", ".join(self.params))
         jobs = [shared.merge_overrides(arguments, job) for job in plan.job_overrides()]
-        OverridesParser.create().parse_overrides(jobs[0])  # a typo fails before launching
+        parser.parse_overrides(jobs[0])  # a malformed override fails before launching
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -184,6 +187,8 @@ if SlurmQueueConf is not None:
                     params.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}",
                                    Singleton.get_state()))
                 submitted.extend(executor.map_array(self, *zip(*params, strict=True)))
+            shared.write_launch_files(self.config, job_overrides,
+                                      [j.job_id for j in submitted])
             if not self.wait:
                 ids = sorted({j.job_id.split("_")[0] for j in submitted})
                 print(f"submitted {len(submitted)} jobs (Slurm job(s) {', '.join(ids)}); "
