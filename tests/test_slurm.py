@@ -204,11 +204,17 @@ def test_a_preempted_job_is_reported_requeued_and_resumes_with_its_overrides(slu
     assert "[algo.gamma=0.75,model.width=1] requeued" in summary, summary
     assert "finished" not in summary
     assert _info(run_dir)["status"] == "running"
-    # Slurm holds a requeued job back for a while; let it start now
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], timeout=30,
-                   env=_env(slurm))
-    _wait_for(lambda: _info(run_dir)["status"] == "finished", "the requeued job to finish",
-              timeout=400)
+    def finished_or_released() -> bool:
+        # Slurm holds a requeued job back for a while (BeginTime); once it is pending again,
+        # let it start now (an update while it is still completing does not take)
+        if _info(run_dir)["status"] == "finished":
+            return True
+        if read_run(run_dir).status == "requeued":
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"],
+                           capture_output=True, timeout=30, env=_env(slurm))
+        return False
+
+    _wait_for(finished_or_released, "the requeued job to finish", timeout=400)
     info = _info(run_dir)
     assert info["resumed"] and len(info["starts"]) == 2
     assert int(info["starts"][1].get("restart_count", 0)) >= 1  # the same job, requeued
