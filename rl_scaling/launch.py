@@ -55,6 +55,25 @@ SLURM_AGAIN = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RUNNING", 
                "COMPLETING")
 
 
+def seed_siblings(run_dir: Path) -> list[Path]:
+    """The other seeds' dirs of a ``seeds_per_process=K`` job whose dir names its seed
+    (``...,seed=1`` -> ``...,seed=2`` .. ``seed=K``; rl_scaling.sweep.seed_run_dirs)."""
+    import yaml
+
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return []
+    k, seed = int(cfg.get("seeds_per_process") or 1), cfg.get("seed")
+    parts = run_dir.name.split(",")
+    if k == 1 or seed is None or f"seed={seed}" not in parts:
+        return []  # one seed, or the seeds are <run_dir>/seed=<s> (found under it)
+    i = parts.index(f"seed={seed}")
+    return [run_dir.parent / ",".join([*parts[:i], f"seed={int(seed) + j}", *parts[i + 1:]])
+            for j in range(1, k) if (run_dir.parent / ",".join(
+                [*parts[:i], f"seed={int(seed) + j}", *parts[i + 1:]])).exists()]
+
+
 def write_launch_files(config: DictConfig, job_overrides: Sequence[Sequence[str]],
                        slurm_jobs: Sequence[str]) -> None:
     """Write ``launch.json`` (the Slurm job id, the time) into each submitted job's dir, so
@@ -92,7 +111,8 @@ def print_summaries(config: DictConfig, job_overrides: Sequence[Sequence[str]],
         if where is None or not where.exists():
             lines.append(f"[{name}] no record (see the launcher's log)")
             continue
-        states = find_runs(where, query_slurm=query_slurm)  # several with seeds_per_process
+        states = [s for d in [where, *seed_siblings(where)]
+                  for s in find_runs(d, query_slurm=query_slurm)]
         if returned is not None and returned[k] == "running":
             for s in states:
                 if s.recorded != "running":

@@ -328,6 +328,9 @@ def test_dmc_utd_experiment_runs_its_grid_with_short_overrides(tmp_path):
     assert len(infos) == 4 and {i["status"] for i in infos} == {"finished"}
     assert {i["study"]["kind"] for i in infos} == {"utd"}
     assert sorted(i["seed"] for i in infos) == [1, 1, 2, 2]
+    # the launcher's summary has a line for every seed's record, not only each job's dir
+    summary = out.stderr[out.stderr.index("multirun summary (2 jobs)"):].splitlines()[1:]
+    assert len([ln for ln in summary if "] finished |" in ln]) == 4, summary
     for p in tmp_path.rglob("run.json"):
         last = RunRecord(p.parent).read_metrics()[-1]
         assert last["env_steps"] == 250 and "eval_normalized_return" in last
