@@ -18,18 +18,22 @@ from rl_scaling.record import RunRecord
 log = logging.getLogger(__name__)
 
 
-def _fmt_count(x: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+def fmt_count(x: float | None) -> str:
+    """A counter for people: ``2.05k``, ``25.00M``, ``3.91T`` (FLOPs reach P and E)."""
+    if x is None or x != x:
+        return "?"
+    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6),
+                        ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f}{unit}"
     return f"{x:.0f}"
 
 
-def _fmt_eta(seconds: float) -> str:
-    if seconds != seconds or seconds in (float("inf"), -float("inf")):
+def fmt_duration(seconds: float | None) -> str:
+    """``h:mm:ss`` or ``m:ss``; ``?`` for an unknown or infinite duration."""
+    if seconds is None or seconds != seconds or seconds in (float("inf"), -float("inf")):
         return "?"
-    seconds = max(0.0, seconds)
-    seconds = int(seconds)
+    seconds = int(max(0.0, seconds))
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
@@ -79,11 +83,11 @@ class Progress:
         rate = f"{sps:7.1f} {self.unit}/s" if sps == sps else f"    ... {self.unit}/s"
         if final or left == 0:
             took = metrics.get("wall_time")  # training time summed over resumes
-            when = f"done in {_fmt_eta(now - self._t_start if took is None else took)}"
+            when = f"done in {fmt_duration(now - self._t_start if took is None else took)}"
         else:
-            when = f"ETA {_fmt_eta(left / sps) if sps == sps and sps > 0 else '?'}"
+            when = f"ETA {fmt_duration(left / sps) if sps == sps and sps > 0 else '?'}"
         prefix = f"[{self.name}] " if self.name else ""
-        return (f"{prefix}{self.unit} {_fmt_count(value)}/{_fmt_count(self.total)} "
+        return (f"{prefix}{self.unit} {fmt_count(value)}/{fmt_count(self.total)} "
                 f"({pct:5.1f}%) | {rate} | {name} {ret if ret is None else f'{ret:.3f}'} "
                 f"| {when}")
 

@@ -50,6 +50,7 @@ from typing import Any
 
 import yaml
 
+from rl_scaling.logger import fmt_count, fmt_duration
 from rl_scaling.record import RecordError, RunRecord
 
 RESUMABLE = ("failed", "stopped", "not started")
@@ -328,25 +329,6 @@ def find_runs(root: str | os.PathLike, *, query_slurm: bool = True) -> list[RunS
 
 
 # ------------------------------------------------------------------ formatting
-def _count(x: float | None) -> str:
-    if x is None:
-        return "?"
-    for unit, scale in (("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6),
-                        ("k", 1e3)):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g}{unit}"
-    return f"{x:.0f}"
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds:
-        return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def name_of(state: RunState, root: Path | None = None) -> str:
     if root is not None:
         try:
@@ -362,11 +344,11 @@ def summary_line(state: RunState, name: str | None = None) -> str:
     pct = state.progress
     parts = [f"[{name or state.run_dir.name}] {state.status}"
              + (f" ({100 * pct:.0f}%)" if pct is not None and state.status != "finished" else ""),
-             f"steps {_count(state.env_steps)}/{_count(state.target_env_steps())}",
-             f"FLOPs {_count(state.flops)}/{_count(state.target_flops())}"]
+             f"steps {fmt_count(state.env_steps)}/{fmt_count(state.target_env_steps())}",
+             f"FLOPs {fmt_count(state.flops)}/{fmt_count(state.target_flops())}"]
     if state.metric is not None:
         parts.append(f"{state.metric[0]} {state.metric[1]:.4g}")
-    parts.append(f"wall {_clock(state.wall_time)}")
+    parts.append(f"wall {fmt_duration(state.wall_time)}")
     return " | ".join(parts)
 
 

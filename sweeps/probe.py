@@ -17,7 +17,6 @@ machine: env steps and effective FLOPs per second of training (setup excluded).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import shutil
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from rl_scaling.record import RunRecord
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -124,15 +125,9 @@ class Probe:
 
 
 def _read_rows(run_dir: Path) -> list[tuple[float, float, float]]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        rows.append((float(r["env_steps"]), float(r["flops"]), float(r["wall_time"])))
-    return rows
+    """(env_steps, flops, wall_time) of each metrics line, read through the run record."""
+    return [(float(r["env_steps"]), float(r["flops"]), float(r["wall_time"]))
+            for r in RunRecord(run_dir).read_metrics()]
 
 
 def _steady(rows: list[tuple[float, float, float]]) -> bool:
@@ -206,7 +201,7 @@ def run_probe(experiment: str, overrides: list[str] | tuple[str, ...],
                     f"{max_steps:g} env steps (--probe-max-steps)")
             segment_start = len(rows)
         (e1, f1, w1), (e2, f2, w2) = rows[-2], rows[-1]
-        info = json.loads((record / "run.json").read_text())
+        info = RunRecord(record).read_run_json() or {}
         params = (info.get("params") or {}).get("effective")
         return Probe(
             overrides=tuple(overrides), rows=rows, steady_from=len(rows) - 2,
@@ -331,7 +326,7 @@ def record_throughput(run_dir: Path) -> dict[str, Any] | None:
         return None
     cfg_path = run_dir / "config.yaml"
     cfg = OmegaConf.load(cfg_path) if cfg_path.exists() else OmegaConf.create({})
-    info = json.loads((run_dir / "run.json").read_text())
+    info = RunRecord(run_dir).read_run_json() or {}
     return {"dir": str(run_dir), "cfg": cfg, "device": info.get("device", "?"),
             "steps_per_second": (b[0] - a[0]) / (b[2] - a[2]),
             "flops_per_second": (b[1] - a[1]) / (b[2] - a[2])}

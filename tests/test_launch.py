@@ -233,7 +233,7 @@ def test_runs_shows_a_killed_run_as_failed_with_its_log_and_resume_finishes_it(t
     again = _run("rl_scaling.runs", "resume", str(sweep_dir), "--no-slurm")
     assert again.returncode == 0 and again.stdout.startswith("nothing to resume")
     ls = _run("rl_scaling.runs", "ls", str(sweep_dir), "--no-slurm")
-    assert "[model.width=1] finished | steps 20.5k/20.5k" in ls.stdout
+    assert "[model.width=1] finished | steps 20.48k/20.48k" in ls.stdout
     assert "return_mean" in ls.stdout
 
 

@@ -188,3 +188,6 @@ def test_progress_lines_name_the_job_have_a_rate_from_the_first_line_and_never_a
     assert "(100.0%)" in last and "done in 1:15" in last and "-" not in last.split("|")[-1]
     over = progress.line(1200, {}, now=t0 + 10.0)
     assert "ETA" not in over and "done in" in over
+    # a FLOP budget reads in FLOP-sized units, not thousands of G
+    flops = Progress(2e15, "plain", stream=log, counter="flops").line(1e15, {})
+    assert flops.startswith("flops 1.00P/2.00P ( 50.0%)"), flops
