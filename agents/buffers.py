@@ -72,16 +72,20 @@ class RolloutBuffer:
         return self.num_steps * self.num_envs
 
     def add(self, step: int, obs: torch.Tensor, done: torch.Tensor, action: torch.Tensor,
-            logprob: torch.Tensor, value: torch.Tensor, reward: torch.Tensor,
-            dist_params: torch.Tensor | None = None) -> None:
-        self.obs[step].copy_(obs)
-        self.dones[step].copy_(done)
-        self.actions[step].copy_(action)
-        self.logprobs[step].copy_(logprob)
-        self.values[step].copy_(value)
-        self.rewards[step].copy_(reward)
+            logprob: torch.Tensor, value: torch.Tensor, reward: torch.Tensor | None,
+            dist_params: torch.Tensor | None = None, envs: slice = slice(None)) -> None:
+        """Store step ``step`` of the envs ``envs`` (all by default; a group when env groups
+        step apart). ``reward=None``: it is not known yet; set ``rewards[step, envs]``
+        when the step's result arrives."""
+        self.obs[step, envs].copy_(obs)
+        self.dones[step, envs].copy_(done)
+        self.actions[step, envs].copy_(action)
+        self.logprobs[step, envs].copy_(logprob)
+        self.values[step, envs].copy_(value)
+        if reward is not None:
+            self.rewards[step, envs].copy_(reward)
         if self.dist_params is not None:
-            self.dist_params[step].copy_(dist_params)
+            self.dist_params[step, envs].copy_(dist_params)
 
     def finish(self, last_value: torch.Tensor, last_done: torch.Tensor, gamma: float,
                gae_lambda: float) -> None:

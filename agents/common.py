@@ -63,9 +63,24 @@ class RewardNormalizer:
         self.rms = RunningMeanStd()
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
-        self.returns = self.returns * self.gamma + rewards
-        self.rms.update(self.returns)
-        self.returns[dones] = 0.0
+        """One step of every env: update the statistics, return the scaled rewards."""
+        self.update(rewards, dones)
+        return self.scale(rewards)
+
+    def update(self, rewards: np.ndarray, dones: np.ndarray,
+               envs: slice = slice(None)) -> None:
+        """Add one step's ``rewards`` of the envs ``envs`` (all by default) to the running
+        return statistics. Env groups stepped apart (``speed.overlap_envs``) update one group
+        at a time and :meth:`scale` the step once every group is in: the same numbers as one
+        update of all envs (the parallel variance combines exactly)."""
+        returns = self.returns[envs]  # a view: updated in place
+        returns *= self.gamma
+        returns += rewards
+        self.rms.update(returns)
+        returns[dones] = 0.0
+
+    def scale(self, rewards: np.ndarray) -> np.ndarray:
+        """``rewards`` divided by the running std of the return, clipped, float32."""
         scaled = rewards / np.sqrt(self.rms.var + self.eps)
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
 

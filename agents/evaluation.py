@@ -33,6 +33,19 @@ class EpisodeLog:
         if "episode_normalized_return" in info:
             self.normalized.append(info["episode_normalized_return"])
 
+    def gathered(self, ranks: Any) -> EpisodeLog:
+        """Every data-parallel rank's episodes in one log (``ranks``: the run's
+        :class:`~rl_scaling.distributed.Distributed`; itself with one rank)."""
+        if not ranks.enabled:
+            return self
+        parts = ranks.gather_objects(
+            {k: [np.concatenate(v)] if v else [] for k, v in vars(self).items()})
+        merged = EpisodeLog()
+        for part in parts:
+            for key, arrays in part.items():
+                getattr(merged, key).extend(arrays)
+        return merged
+
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` and
         ``fail_to_success`` (when the env reports success) and ``normalized_return_mean``

@@ -31,8 +31,13 @@ from agents.buffers import RolloutBuffer
 from agents.common import RewardNormalizer
 from agents.distributions import Categorical, PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
+from envs.groups import EnvGroups
 from rl_scaling.context import RunContext
+from rl_scaling.distributed import SINGLE, Distributed
 from rl_scaling.registry import ConfigError, register_algo
+from rl_scaling.speed import Speed
+
+EAGER = Speed()  # fp32, nothing compiled: what a caller without a run context gets
 
 
 @dataclass
@@ -111,7 +116,8 @@ class Rollout(NamedTuple):
 
 def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: torch.Tensor,
                     next_done: torch.Tensor, *, gamma: float, generator: torch.Generator,
-                    reward_norm: RewardNormalizer | None, episodes: EpisodeLog) -> Rollout:
+                    reward_norm: RewardNormalizer | None, episodes: EpisodeLog,
+                    speed: Speed | None = None) -> Rollout:
     """Fill ``buffer`` with ``buffer.num_steps`` steps of every env, acting with ``model``
     (actions from the env's action space's :func:`policy_distribution`; the behaviour
     policy's params go into the buffer where it stores them).
@@ -121,35 +127,79 @@ def collect_rollout(model: nn.Module, envs, buffer: RolloutBuffer, next_obs: tor
     so GAE, which cuts at every episode end, still bootstraps through the time limit. The
     caller counts the acting FLOPs (``buffer.size`` forwards, plus
     ``final_value_forwards``) and bootstraps the end of the rollout.
+
+    ``speed`` (the run's ``ctx.speed``): the acting forward runs under its autocast and, on
+    CUDA, as CUDA graphs. Where ``envs`` are :class:`~envs.groups.EnvGroups`
+    (``speed.overlap_envs``), each group's step runs in the background while the policy
+    acts on the next group: every env still takes one step per rollout step with an action
+    of the current policy from its latest observation, so the data is the same kind as
+    without groups (only the random stream differs).
     """
     device = buffer.device
+    speed = speed or EAGER
+    act_model = speed.acting(model)
     dist = policy_distribution(envs.single_action_space)
-    raw_reward_sum = 0.0
-    final_value_forwards = 0
+    grouped = isinstance(envs, EnvGroups)
+    slices = envs.slices if grouped else [slice(0, envs.num_envs)]
+    group_obs = [next_obs[s] for s in slices]
+    group_done = [next_done[s] for s in slices]
+    totals = {"raw_reward_sum": 0.0, "final_value_forwards": 0}
     model.eval()
-    for step in range(buffer.num_steps):
-        with torch.inference_mode():
-            params, value = model(next_obs)
-            action, logprob = dist.sample(params, generator)
-        obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+
+    def start_step(group: int, actions: np.ndarray) -> None:
+        if grouped:
+            envs.step_group_async(group, actions)
+        else:
+            envs.step_async(actions)
+
+    # one step's rewards of every group: scaled (and bootstrapped) once the last group's
+    # result is in, so the reward scale is the one a step of every env at once gives
+    step_reward = np.zeros(envs.num_envs, np.float64)
+    step_bonus = np.zeros(envs.num_envs, np.float32)
+
+    def finish_step(step: int, group: int) -> None:
+        """The result of ``group``'s step ``step``: its reward, its next observations."""
+        s = slices[group]
+        result = envs.step_group_wait(group) if grouped else envs.step_wait()
+        obs, reward, terminated, truncated, info = result
         done = np.logical_or(terminated, truncated)
-        raw_reward_sum += float(reward.sum())
+        totals["raw_reward_sum"] += float(reward.sum())
         if reward_norm is not None:
-            reward = reward_norm(reward, done)
+            reward_norm.update(reward, done, s)
+        step_reward[s] = reward
+        step_bonus[s] = 0.0
         if "final_obs" in info and truncated.any():
             ended = np.flatnonzero(done)  # the rows of final_obs, in env order
             cut = truncated[ended] & ~terminated[ended]
-            with torch.inference_mode():
+            with torch.inference_mode(), speed.autocast():
                 _, final_value = model(_obs_tensor(info["final_obs"][cut], device))
-            reward = reward.astype(np.float32, copy=True)
-            reward[ended[cut]] += gamma * final_value.float().cpu().numpy()
-            final_value_forwards += int(cut.sum())
-        buffer.add(step, next_obs, next_done, action, logprob, value,
-                   torch.from_numpy(reward).to(device), params)
-        next_obs = _obs_tensor(obs, device)
-        next_done = torch.from_numpy(done).to(device)
+            step_bonus[s][ended[cut]] = gamma * final_value.float().cpu().numpy()
+            totals["final_value_forwards"] += int(cut.sum())
+        if group == len(slices) - 1:
+            scaled = (reward_norm.scale(step_reward) if reward_norm is not None
+                      else step_reward.astype(np.float32))
+            buffer.rewards[step].copy_(torch.from_numpy(scaled + step_bonus))
+        group_obs[group] = _obs_tensor(obs, device)
+        group_done[group] = torch.from_numpy(done).to(device)
         episodes.add(info)
-    return Rollout(next_obs, next_done, raw_reward_sum, final_value_forwards)
+
+    for step in range(buffer.num_steps):
+        for group, s in enumerate(slices):
+            if step > 0:
+                finish_step(step - 1, group)  # while the next group's step may still run
+            with torch.inference_mode():
+                with speed.autocast():
+                    params, value = act_model(group_obs[group])
+                action, logprob = dist.sample(params.float(), generator)
+            buffer.add(step, group_obs[group], group_done[group], action, logprob, value,
+                       None, params, envs=s)
+            start_step(group, action.cpu().numpy())
+    for group in range(len(slices)):
+        finish_step(buffer.num_steps - 1, group)
+    next_obs = group_obs[0] if len(slices) == 1 else torch.cat(group_obs)
+    next_done = group_done[0] if len(slices) == 1 else torch.cat(group_done)
+    return Rollout(next_obs, next_done, totals["raw_reward_sum"],
+                   totals["final_value_forwards"])
 
 
 def start_envs(envs, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,13 +247,13 @@ def rollout_with_advantages(model: nn.Module, envs, buffer: RolloutBuffer,
     with ``gamma`` and ``gae_lambda``."""
     rollout = collect_rollout(model, envs, buffer, next_obs, next_done, gamma=cfg.gamma,
                               generator=ctx.device_rng, reward_norm=reward_norm,
-                              episodes=episodes)
+                              episodes=episodes, speed=ctx.speed)
     ctx.flops.add_forward("policy", buffer.size + rollout.final_value_forwards)
     ctx.counters.env_steps += buffer.size
-    with torch.inference_mode():
+    with torch.inference_mode(), ctx.speed.autocast():
         _, last_value = model(rollout.next_obs)
     ctx.flops.add_forward("policy", buffer.num_envs)  # the bootstrap value is a real forward
-    buffer.finish(last_value, rollout.next_done, cfg.gamma, cfg.gae_lambda)
+    buffer.finish(last_value.float(), rollout.next_done, cfg.gamma, cfg.gae_lambda)
     return rollout
 
 
@@ -236,7 +286,8 @@ _CATEGORICAL = Categorical()  # ppo_loss's default: scores logits, needs no acti
 
 def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.Tensor],
              cfg: PPOConfig, prox_logprob: torch.Tensor | None = None,
-             imp_samp_max: float = 100.0, dist: PolicyDistribution | None = None
+             imp_samp_max: float = 100.0, dist: PolicyDistribution | None = None,
+             adv_moments: tuple[torch.Tensor, torch.Tensor] | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO objective on one minibatch; returns the loss and its parts (detached:
     ``policy_loss``, ``value_loss``, ``entropy``, ``approx_kl``, ``clipfrac``).
@@ -251,11 +302,16 @@ def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.
     space with the weight capped at ``imp_samp_max`` against stale-data blow-ups. With
     ``pi_prox = pi_behav`` both forms are the same number. ``cfg.kl_coef`` adds the fixed
     penalty ``kl_coef * 0.5 E[log(pi / pi_prox)^2]``; ``cfg.clip_coef = 0`` turns clipping off.
+
+    ``adv_moments``: the ``(mean, std)`` to normalise advantages with, where the minibatch is
+    one rank's slice of a data-parallel minibatch (:meth:`Distributed.moments`); None: this
+    minibatch's own.
     """
     new_logprob, entropy = (dist or _CATEGORICAL).logprob_entropy(logits, mb["actions"])
     adv = mb["advantages"]
     if cfg.norm_adv:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+        mean, std = adv_moments if adv_moments is not None else (adv.mean(), adv.std())
+        adv = (adv - mean) / (std + 1e-8)
     behav_logprob = mb["logprobs"]
     if prox_logprob is None:
         log_ratio = new_logprob - behav_logprob
@@ -292,6 +348,39 @@ def ppo_loss(logits: torch.Tensor, new_value: torch.Tensor, mb: dict[str, torch.
     return loss, parts
 
 
+def learner_loss(model: nn.Module, cfg: PPOConfig, dist: PolicyDistribution,
+                 speed: Speed = EAGER) -> Callable[..., tuple[torch.Tensor, dict]]:
+    """``loss_fn(mb, adv_moments) -> (loss, parts)``: the learner's forward under the run's
+    autocast and :func:`ppo_loss`, compiled as one graph (forward and backward) where
+    ``speed.compile`` is on."""
+
+    def loss_fn(mb: dict[str, torch.Tensor], adv_moments=None):
+        with speed.autocast():
+            logits, new_value = model(mb["obs"])
+        # the loss in fp32: bf16 logits would round the log-ratio PPO clips
+        return ppo_loss(logits.float(), new_value.float(), mb, cfg, dist=dist,
+                        adv_moments=adv_moments)
+
+    return speed.compiled(loss_fn)
+
+
+def minibatch_step(loss_fn: Callable[..., tuple[torch.Tensor, dict]], model: nn.Module,
+                   optimizer: torch.optim.Optimizer, mb: dict[str, torch.Tensor],
+                   cfg: PPOConfig, ranks: Distributed = SINGLE) -> dict[str, torch.Tensor]:
+    """One gradient step on minibatch ``mb`` (this rank's slice of it, where ``ranks`` is
+    data-parallel: advantages normalised over the whole minibatch, gradients averaged over
+    ranks, so every rank takes the step the combined minibatch gives). Returns the loss
+    parts (detached)."""
+    moments = ranks.moments(mb["advantages"]) if ranks.enabled and cfg.norm_adv else None
+    loss, parts = loss_fn(mb, moments)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ranks.average_gradients(model.parameters())
+    nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    return parts
+
+
 def train(cfg: PPOConfig, ctx: RunContext) -> str:
     """Train the ``policy`` network on the training envs until the budget is spent."""
     device = ctx.device
@@ -313,6 +402,8 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
     next_obs, next_done = start_envs(envs, ctx)
     episodes = EpisodeLog()
     c = ctx.counters
+    ranks = ctx.dist  # data-parallel: each rank holds num_envs / ranks envs of the batch
+    loss_fn = learner_loss(model, cfg, dist, ctx.speed)
 
     while not ctx.done:
         if cfg.anneal_lr:
@@ -332,12 +423,7 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         sums: dict[str, torch.Tensor] = {}
         for _epoch in range(cfg.num_epochs):
             for mb in buffer.minibatches(cfg.num_minibatches, generator=ctx.torch_rng):
-                logits, new_value = model(mb["obs"])
-                loss, parts = ppo_loss(logits, new_value, mb, cfg, dist=dist)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
+                parts = minibatch_step(loss_fn, model, optimizer, mb, cfg, ranks)
                 for k, v in parts.items():
                     sums[k] = sums[k] + v if k in sums else v
                 ctx.flops.add_forward_backward("policy", minibatch_size)
@@ -346,12 +432,17 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
         t_update = time.perf_counter() - t_update
 
         # ---- log, evaluate, checkpoint (the run context's cadence) ----------------------
+        if ranks.enabled:  # every rank's episodes and rewards; the losses are rank 0's
+            episodes = episodes.gathered(ranks)
+            reward_sum, = ranks.sum([rollout.raw_reward_sum])
+            rollout = rollout._replace(raw_reward_sum=reward_sum)
         metrics = iteration_metrics(cfg, sums, cfg.num_epochs * cfg.num_minibatches,
-                                    optimizer.param_groups[0]["lr"], rollout, batch_size,
-                                    t_rollout, t_update, episodes)
+                                    optimizer.param_groups[0]["lr"], rollout,
+                                    batch_size * ranks.world_size, t_rollout, t_update,
+                                    episodes)
         ctx.end_iteration(metrics, evaluate=lambda: evaluate(policy, ctx.envs("eval"),
                                                              ctx.eval_episodes))
     return "finished"
 
 
-register_algo("ppo", PPOConfig, train)
+register_algo("ppo", PPOConfig, train, distributed=True)

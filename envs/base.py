@@ -106,6 +106,25 @@ class VecEnv:
         """
         raise NotImplementedError
 
+    def step_async(self, actions: np.ndarray) -> None:
+        """Start a `step` with `actions`; `step_wait` returns its result. Envs that step in
+        the background (Procgen's C++ threads: `native_async`) return at once, so the caller
+        can compute while they step; the default keeps the actions and steps in `step_wait`
+        (`envs.groups.EnvGroups` then runs it on a thread)."""
+        self._async_actions = actions
+
+    def step_wait(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """The result of the `step_async` before it, as `step` returns it."""
+        actions = getattr(self, "_async_actions", None)
+        if actions is None:
+            raise RuntimeError("step_wait() without a step_async() before it")
+        self._async_actions = None
+        return self.step(actions)
+
+    native_async: bool = False  # step_async returns while the env steps on its own threads
+
     def close(self) -> None:
         """Free the env's resources. Calling it twice is harmless."""
 

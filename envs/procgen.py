@@ -164,10 +164,21 @@ class ProcgenVecEnv(VecEnv):
     def step(
         self, actions: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        self.step_async(actions)
+        return self.step_wait()
+
+    native_async = True  # act() hands the step to procgen's C++ threads and returns
+
+    def step_async(self, actions: np.ndarray) -> None:
         actions = self.checked_actions(actions)
         self._env.act(actions.astype(np.int32, copy=False))
         self._fresh = False
-        # observe() copies rew/ob/first out of the C buffers, so they are safe to keep
+
+    def step_wait(
+        self,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        # observe() waits for the step, then copies rew/ob/first out of the C buffers, so
+        # they are safe to keep
         reward, ob, done = self._env.observe()
         # _info holds the C info buffers as (num_envs,) arrays, refreshed by observe();
         # the public get_info() rebuilds them as a Python list of per-env dicts (slow).

@@ -13,6 +13,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from rl_scaling.speed import SpeedConfig
+
 # Counters a budget or an interval may be given in (seconds only for intervals).
 BUDGET_COUNTERS = ("env_steps", "samples", "updates", "flops")
 INTERVAL_UNITS = ("env_steps", "samples", "updates", "seconds")
@@ -59,6 +61,9 @@ class Config:
     # identity: a record written with K=4 resumes with K=1 and vice versa.
     seeds_per_process: int = 1
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # How fast, never what is learned: precision, compiled learner, CUDA graphs, overlapped
+    # env stepping (rl_scaling/speed.py, docs/speed.md); resumable
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     # Cadence, as "<number> <unit>" with unit env_steps | samples | updates | seconds.
     # A line/evaluation/checkpoint is written at the end of the first iteration at or past
     # each multiple; the last iteration always logs and checkpoints.

@@ -44,8 +44,10 @@ from torch import nn
 
 from rl_scaling.checkpoint import CheckpointError, load_module_state, save_checkpoint
 from rl_scaling.config import INTERVAL_UNITS
+from rl_scaling.distributed import SINGLE, Distributed
 from rl_scaling.flops import FlopAccountant, forward_flops
 from rl_scaling.registry import ConfigError
+from rl_scaling.speed import Speed
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +201,15 @@ class RunContext:
         begin: Callable[[RunContext], Any] | None = None,
         preempted: Callable[[], bool] = lambda: False,
         snapshot_flops: Sequence[float] | None = None,
+        speed: Speed | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.device, self.seed = device, int(seed)
+        # how fast (precision, compiled learner, CUDA graphs, overlapped envs): speed.*
+        self.speed = speed or Speed(device=device)
+        # this process's rank among the ranks of a data-parallel run (rl_scaling/distributed)
+        self.dist = dist or SINGLE
+        self._synced: dict[str, float] = {}  # global counters after the last rank sync
         self.budget_counter, self.budget_value = budget_counter, float(budget_value)
         self.model = dict(model or {})
         self.eval_episodes = int(eval_episodes)
@@ -242,9 +251,21 @@ class RunContext:
         return self._factories[split]
 
     def envs(self, split: str = "train"):
-        """The split's vectorised envs, built on first use and closed when the run ends."""
+        """The split's vectorised envs, built on first use and closed when the run ends.
+        With ``speed.overlap_envs`` the training split is two :class:`~envs.groups.EnvGroups`
+        halves seeded apart, one stepping while the policy acts on the other."""
         if split not in self._envs:
-            self._envs[split] = self.env_factory(split)()
+            factory = self.env_factory(split)
+            n = factory.num_envs
+            if split == "train" and self.speed.overlap_envs and n >= 2:
+                from envs.groups import GROUP_SEED_STRIDE, EnvGroups
+
+                self._envs[split] = EnvGroups([
+                    factory(num_envs=n // 2),
+                    factory(num_envs=n - n // 2,
+                            seed=(factory.seed + GROUP_SEED_STRIDE) % 2**31)])
+            else:
+                self._envs[split] = factory()
         return self._envs[split]
 
     @property
@@ -370,22 +391,82 @@ class RunContext:
                 self.flops.check_state_dict(state["accountant"])
             except ValueError as err:
                 raise CheckpointError(f"incompatible checkpoint {path}: {err}") from err
+            rank_state = self._rank_state(state)
             for name, obj in objects.items():
                 if isinstance(obj, nn.Module):
                     load_module_state(obj, saved[name], path)
             for name, obj in objects.items():
                 if not isinstance(obj, nn.Module) and obj is not None:
+                    own = (rank_state or {}).get("objects", {})
                     try:
-                        obj.load_state_dict(saved[name])
+                        obj.load_state_dict(own[name] if name in own else saved[name])
                     except (ValueError, KeyError, RuntimeError) as err:
                         raise CheckpointError(
                             f"incompatible checkpoint {path}: {name}: {err}") from err
             self.counters = Counters(**state["counters"])
             self.flops.load_state_dict(state["accountant"])
             self._wall_offset = self.counters.wall_time
-            self._restore_rng(state["rng"])
+            if rank_state is not None:
+                self._restore_rng(rank_state["rng"])
+            elif self.dist.is_main:
+                self._restore_rng(state["rng"])
+            else:
+                self._seed_rank_streams(self.counters.iterations)
+        elif self.dist.enabled:
+            self._seed_rank_streams(0)
+        for module in objects.values():
+            if isinstance(module, nn.Module):  # identical already; make sure of it
+                self.dist.broadcast_parameters(module)
+        self._mark_synced()
         self._begin()
         return state is not None
+
+    # ---- data-parallel ranks --------------------------------------------------------------
+    def _rank_state(self, state: dict[str, Any]) -> dict[str, Any] | None:
+        """This rank's own part of a data-parallel checkpoint (its random streams and
+        per-rank objects); None where the checkpoint was written by another number of ranks
+        (then rank 0 takes the shared state and the others start new streams)."""
+        ranks = state.get("ranks")
+        if ranks is None or len(ranks) != self.dist.world_size:
+            if ranks is not None or self.dist.enabled:
+                log.warning("checkpoint written by %s rank(s), resumed by %d: ranks > 0 start "
+                            "new random streams", len(ranks) if ranks else 1,
+                            self.dist.world_size)
+            return None
+        return ranks[self.dist.rank]
+
+    def _seed_rank_streams(self, iteration: int) -> None:
+        """A rank > 0's own generators (sampling, minibatch order, env seeds): rank 0 keeps
+        the run's seed, so one rank is exactly the single-process run."""
+        if self.dist.rank == 0:
+            return
+        seed = self.seed + 1_000_003 * self.dist.rank + 7919 * iteration
+        self.torch_rng.manual_seed(seed)
+        if self.device_rng is not self.torch_rng:
+            self.device_rng.manual_seed(seed)
+        self.eval_rng.manual_seed(seed + 1)
+        self.np_rng = np.random.default_rng(seed)
+
+    def _mark_synced(self) -> None:
+        c = self.counters
+        self._synced = {"env_steps": c.env_steps, "samples": c.samples,
+                        "flops": self.flops.total,
+                        **{f"role:{k}": r.spent for k, r in self.flops.roles.items()}}
+
+    def _sync_counters(self) -> None:
+        """Sum what every rank added since the last sync to ``env_steps``, ``samples`` and the
+        FLOPs (total and per role), so every rank holds the run's global counters."""
+        keys = list(self._synced)
+        c, roles = self.counters, self.flops.roles
+        now = {"env_steps": c.env_steps, "samples": c.samples, "flops": self.flops.total,
+               **{f"role:{k}": r.spent for k, r in roles.items()}}
+        added = self.dist.sum(now[k] - self._synced[k] for k in keys)
+        new = {k: self._synced[k] + d for k, d in zip(keys, added, strict=True)}
+        c.env_steps, c.samples = int(round(new["env_steps"])), int(round(new["samples"]))
+        self.flops.total = new["flops"]
+        for k, r in roles.items():
+            r.spent = new[f"role:{k}"]
+        self._synced = new
 
     def _check_budget_and_roles(self) -> None:
         """Refuse, before the record is opened, a run that could never reach its budget or
@@ -452,17 +533,36 @@ class RunContext:
         the end. Raises :class:`StopTraining` on divergence or a preemption signal.
         """
         self._require_restore()
-        c = self.counters
-        c.iterations += 1
-        last = self.done
+        self.counters.iterations += 1
         preempted = self.preempted()
+        if self.dist.enabled:  # global counters; a signal to any rank stops them all
+            self._sync_counters()
+            preempted = bool(self.dist.max([preempted])[0])
+        # rank 0 decides (its clock drives time-based cadences) and every rank follows
+        decision = self._decide(metrics, evaluate, preempted) if self.dist.is_main else None
+        save, snapshots, stop = self.dist.broadcast_object(decision)
+        self._snapshots = [b for b in self._snapshots if b not in snapshots]
+        if save:
+            self.save()
+        for budget in snapshots:  # the state at the first iteration at or past each budget
+            if self._checkpoint_path is not None and self.dist.is_main:
+                shutil.copyfile(self._checkpoint_path, self.snapshot_path(budget))
+        if stop is not None:
+            raise StopTraining(*stop)
+
+    def _decide(self, metrics: dict[str, Any] | Callable[[], dict[str, Any]],
+                evaluate: Callable[[], dict[str, Any]] | None, preempted: bool
+                ) -> tuple[bool, list[float], tuple[str, str] | None]:
+        """Log and evaluate what is due; return ``(checkpoint now, snapshot budgets reached,
+        (status, reason) to stop with or None)``."""
+        c = self.counters
+        last = self.done
         # every interval advances on its own grid, whatever else made this iteration log
         eval_due = self._eval.due(self._counter(self._eval.unit))
         log_due = self._log.due(self._counter(self._log.unit))
         ckpt_due = self._ckpt.due(self._counter(self._ckpt.unit))
         # a preempted job checkpoints first: an evaluation could outlast the grace period
         snapshots = [b for b in self._snapshots if self.flops.total >= b]
-        self._snapshots = self._snapshots[len(snapshots):]
         evaluated = (evaluate is not None and not (preempted and not last)
                      and (eval_due or (last and self._eval.active)
                           or (snapshots and self._eval.active)))
@@ -478,16 +578,13 @@ class RunContext:
                    and v is not None and not math.isfinite(float(v))]
             if bad:
                 self.log(row, final=True)
-                raise StopTraining("diverged", f"non-finite {bad[0]} at update {c.updates}")
+                return False, [], ("diverged", f"non-finite {bad[0]} at update {c.updates}")
             if logging:
                 self.log(row, final=last)
-        if last or preempted or ckpt_due or snapshots:
-            self.save()
-        for budget in snapshots:  # the state at the first iteration at or past each budget
-            if self._checkpoint_path is not None:
-                shutil.copyfile(self._checkpoint_path, self.snapshot_path(budget))
-        if preempted and not last:
-            raise StopTraining("running", "preempted: checkpoint saved, resume from this run dir")
+        save = bool(last or preempted or ckpt_due or snapshots)
+        stop = (("running", "preempted: checkpoint saved, resume from this run dir")
+                if preempted and not last else None)
+        return save, snapshots, stop
 
     def _require_restore(self) -> None:
         if self._logger is None:
@@ -515,17 +612,32 @@ class RunContext:
         return self._checkpoint_path.parent / f"flops={budget:.6g}.pt"
 
     def save(self) -> None:
-        """Checkpoint the named objects with counters, FLOPs and random streams."""
+        """Checkpoint the named objects with counters, FLOPs and random streams. In a
+        data-parallel run every rank must call it: rank 0 writes one file holding the shared
+        state (networks and optimizers, identical on every rank) and, under ``ranks``, each
+        rank's random streams and other objects (e.g. its envs' reward normaliser)."""
         if self._checkpoint_path is None:
             return
+        ranks = None
+        if self.dist.enabled:
+            own = {"rng": self._capture_rng(),
+                   "objects": {k: v.state_dict() for k, v in self._objects.items()
+                               if v is not None and not isinstance(
+                                   v, (nn.Module, torch.optim.Optimizer))}}
+            ranks = self.dist.gather_objects(own)
+            if not self.dist.is_main:
+                return
         self.counters.wall_time = self.wall_time()
-        save_checkpoint(self._checkpoint_path, {
+        state = {
             "objects": {k: (v.state_dict() if v is not None else None)
                         for k, v in self._objects.items()},
             "counters": asdict(self.counters),
             "accountant": self.flops.state_dict(),
             "rng": self._capture_rng(),
-        })
+        }
+        if ranks is not None:
+            state["ranks"] = ranks
+        save_checkpoint(self._checkpoint_path, state)
 
     # ---- random streams -----------------------------------------------------------------
     def _capture_rng(self) -> dict[str, Any]:

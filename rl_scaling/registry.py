@@ -42,6 +42,9 @@ class AlgoEntry:
     # train_many(cfg, ctxs) -> None: K seeds in one process, in lock step (seeds_per_process);
     # None: the algorithm trains one seed per process
     train_many: Callable[..., Any] | None = None
+    # True: train() supports data-parallel ranks (torchrun / srun; rl_scaling/distributed.py):
+    # it averages gradients over ranks. False: a run started as several ranks is refused
+    distributed: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,8 @@ def _register_group_option(group: str, name: str, config_cls: type) -> None:
 
 
 def register_algo(name: str, config_cls: type, train: Callable[..., str], *,
-                  train_many: Callable[..., Any] | None = None) -> None:
+                  train_many: Callable[..., Any] | None = None,
+                  distributed: bool = False) -> None:
     """Register an algorithm: ``algo=<name>`` then composes and runs ``train(cfg, ctx)``.
 
     ``config_cls`` is a dataclass with a ``name`` field (its default ``name``), every field
@@ -91,12 +95,14 @@ def register_algo(name: str, config_cls: type, train: Callable[..., str], *,
     ``algo.<key>``. ``train_many(cfg, ctxs)``, if given, trains ``seeds_per_process`` seeds
     in one process, one run context (and one run record) per seed; it ends every context
     through :func:`rl_scaling.context.end_iterations` (see docs/seam.md).
+    ``distributed=True``: ``train`` runs as one of several data-parallel ranks when started
+    with torchrun or srun (it averages gradients with ``ctx.dist``; docs/speed.md).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_algo({name!r}): config_cls must be a dataclass")
     if "name" not in {f.name for f in dataclasses.fields(config_cls)}:
         raise TypeError(f"register_algo({name!r}): {config_cls.__name__} needs a `name` field")
-    ALGOS[name] = AlgoEntry(name, config_cls, train, train_many)
+    ALGOS[name] = AlgoEntry(name, config_cls, train, train_many, distributed)
     _register_group_option("algo", name, config_cls)
 
 

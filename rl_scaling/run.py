@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import rl_scaling
+from rl_scaling import distributed
 from rl_scaling.checkpoint import LATEST, load_checkpoint
 from rl_scaling.config import BUDGET_COUNTERS
 from rl_scaling.context import EnvFactory, Interval, RunContext, StopTraining
@@ -34,13 +36,14 @@ from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.logger import MetricsLogger, Progress
 from rl_scaling.record import RunRecord, check_study, new_run_info, slurm_ids
 from rl_scaling.registry import ConfigError, algo_entry, env_entry, model_entry
+from rl_scaling.speed import Speed, SpeedConfig
 
 log = logging.getLogger(__name__)
 
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
                   "eval_episodes", "checkpoint_every", "keep_freed_memory",
-                  "seeds_per_process", "snapshot_flops")
+                  "seeds_per_process", "snapshot_flops", "speed")
 EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
 
 __all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]
@@ -104,12 +107,25 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         for role, key in study["axes"].items():
             if OmegaConf.select(cfg, key, default="<missing>") == "<missing>":
                 raise ConfigError(f"study.axes.{role}={key!r} is not a key of this config")
+    speed = cfg.get("speed")
+    _speed_config(speed)
     algo_cfg = _group_object(cfg, "algo", algo.config_cls)
     if env is not None:
         _group_object(cfg, "env", env.config_cls)
     if model is not None:
         _group_object(cfg, "model", model.config_cls)
     return {"algo": algo, "algo_cfg": algo_cfg, "env": env, "model": model}
+
+
+def _speed_config(node: Any) -> SpeedConfig:
+    values = _plain(node) or {}
+    fields = {f.name for f in dataclasses.fields(SpeedConfig)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"speed.{unknown[0]} is not a speed switch; switches: {sorted(fields)}")
+    speed = SpeedConfig(**values)
+    speed.validate()
+    return speed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -169,14 +185,21 @@ def _versions() -> dict[str, str]:
             "numpy": numpy.__version__, "rl_scaling": rl_scaling.__version__}
 
 
-def _env_factories(cfg: DictConfig) -> dict[str, EnvFactory]:
-    """The train split and the held-out eval split (``env.eval`` overrides) of the envs."""
+def _env_factories(cfg: DictConfig,
+                   dist: distributed.Distributed = distributed.SINGLE) -> dict[str, EnvFactory]:
+    """The train split and the held-out eval split (``env.eval`` overrides) of the envs. A
+    data-parallel rank trains on its share of ``env.num_envs``, seeded apart (rank 0 keeps
+    the run's seed); evaluation runs on rank 0 with the whole eval split."""
     if cfg.get("env") is None:
         return {}
     train = dict(_plain(cfg.env))
     overrides = dict(train.get("eval") or {})
     eval_cfg = {**train, **overrides}
-    return {"train": EnvFactory(cfg.env.family, train, cfg.seed),
+    train_seed = int(cfg.seed)
+    if dist.enabled:  # run() checked that the ranks divide num_envs
+        train["num_envs"] //= dist.world_size
+        train_seed = (train_seed + 1_000_003 * dist.rank) % 2**31
+    return {"train": EnvFactory(cfg.env.family, train, train_seed),
             "eval": EnvFactory(cfg.env.family, eval_cfg, cfg.seed + EVAL_SEED_OFFSET)}
 
 
@@ -267,6 +290,43 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
 
     load_plugins()
     entries = validate(cfg)
+    dist = distributed.from_environment()
+    if dist.enabled:
+        if not entries["algo"].distributed:
+            raise ConfigError(f"algo {cfg.algo.name!r} does not train data-parallel; this run "
+                              f"was started as {dist.world_size} ranks ({dist.source})")
+        if int(cfg.seeds_per_process) != 1:
+            raise ConfigError(f"seeds_per_process={cfg.seeds_per_process} with "
+                              f"{dist.world_size} data-parallel ranks; use one or the other")
+        if cfg.get("env") is not None and cfg.env.num_envs % dist.world_size:
+            raise ConfigError(f"env.num_envs={cfg.env.num_envs} must be divisible by the "
+                              f"{dist.world_size} data-parallel ranks")
+    device = distributed.device_for(dist, resolve_device(cfg.device))
+    joined = distributed.init(dist, device)
+    try:
+        if dist.enabled:  # every rank reads and resumes rank 0's run dir
+            main_dir = dist.broadcast_object(str(Path(run_dir).resolve()))
+            if not dist.is_main:
+                _drop_stray_hydra_dir(Path(run_dir), Path(main_dir))
+            run_dir = main_dir
+        return _run(cfg, run_dir, seed_dirs, entries, dist, device)
+    finally:
+        if joined:
+            distributed.shutdown()
+
+
+def _drop_stray_hydra_dir(own: Path, main: Path) -> None:
+    """A rank > 0 started by torchrun composed its own timestamped Hydra dir: it holds only
+    Hydra's files (the run is recorded in rank 0's), so remove it."""
+    own = own.resolve()
+    if own == main or not own.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in own.iterdir()):
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def _run(cfg: DictConfig, run_dir: str | os.PathLike, seed_dirs: list[str | os.PathLike] | None,
+         entries: dict[str, Any], dist: distributed.Distributed, device: torch.device) -> str:
     n_seeds = int(cfg.seeds_per_process)
     seeds = [int(cfg.seed) + k for k in range(n_seeds)]
     if n_seeds > 1 and entries["algo"].train_many is None:
@@ -301,10 +361,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
         keep_freed_memory()
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
+    elif dist.enabled and device.type == "cpu":  # ranks on one host share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
-    device = resolve_device(cfg.device)
+    speed = Speed(_speed_config(cfg.get("speed")), device)
 
     # Slurm signals a job before it kills it: SIGTERM on preemption or scancel, and
     # submitit asks for SIGUSR2 shortly before the time limit. Each one makes the loop
@@ -343,7 +406,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
                 depth=OmegaConf.select(seed_cfg, "model.depth"),
                 **ctx.networks_info(),
                 budget={"counter": seed_cfg.budget.counter, "value": seed_cfg.budget.value},
-                device=str(device), versions=_versions(), git_rev=_git_rev(),
+                device=str(device), speed=speed.as_dict(), ranks=dist.world_size,
+                versions=_versions(), git_rev=_git_rev(),
                 host=socket.gethostname(),
                 start_time=(info or {}).get("start_time") or now, end_time=None,
                 resumed=r.resume_state is not None, run_dir=str(record.run_dir.resolve()),
@@ -369,21 +433,29 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
                               "config": OmegaConf.to_container(seed_cfg, resolve=True)},
                 step_metric=seed_cfg.budget.counter,
             )
-            for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-                if sig in old_handlers:
-                    continue
-                try:
-                    old_handlers[sig] = signal.signal(sig, on_signal)
-                except ValueError:  # not the main thread (e.g. a joblib worker thread)
-                    pass
+            install_signal_handlers()
             return logger
 
-        return begin
+        def follow(ctx: RunContext) -> Any:
+            """A data-parallel rank > 0: rank 0 keeps the record; this one only listens."""
+            install_signal_handlers()
+            return _QuietLogger()
+
+        return begin if dist.is_main else follow
+
+    def install_signal_handlers() -> None:
+        for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            if sig in old_handlers:
+                continue
+            try:
+                old_handlers[sig] = signal.signal(sig, on_signal)
+            except ValueError:  # not the main thread (e.g. a joblib worker thread)
+                pass
 
     for r in runs:
         r.ctx = RunContext(
             device=device, seed=r.cfg.seed, budget_counter=cfg.budget.counter,
-            budget_value=cfg.budget.value, env_factories=_env_factories(r.cfg),
+            budget_value=cfg.budget.value, env_factories=_env_factories(r.cfg, dist),
             model=_plain(cfg.model) if cfg.get("model") is not None else {},
             build_model=_model_builder(cfg),
             effective_roles=(list(cfg.effective_roles) if cfg.effective_roles is not None
@@ -393,6 +465,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
             checkpoint_path=r.ckpt_path, resume_state=r.resume_state, begin=opener(r),
             preempted=lambda: preempt["flag"],
             snapshot_flops=(list(cfg.snapshot_flops) if cfg.get("snapshot_flops") else None),
+            speed=speed, dist=dist,
         )
     ctxs = [r.ctx for r in runs]
     statuses, error = ["failed"] * n_seeds, None
@@ -440,6 +513,14 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike,
     if "running" in statuses and callable(chained):
         chained(preempt["signal"], None)  # e.g. submitit: requeue this job, then exit
     return _summary(statuses)
+
+
+class _QuietLogger:
+    def log(self, row: dict[str, Any], final: bool = False) -> None:
+        pass
+
+    def close(self, status: str) -> None:
+        pass
 
 
 def _summary(statuses: list[str]) -> str:

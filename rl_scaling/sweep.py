@@ -99,6 +99,7 @@ def print_job_summary(run_dirs: list[Path], status: str) -> None:
 @hydra.main(version_base="1.3", config_path="../configs", config_name="config")
 def main(cfg: DictConfig) -> str:
     from rl_scaling.checkpoint import CheckpointError
+    from rl_scaling.distributed import from_environment
     from rl_scaling.record import RecordError
     from rl_scaling.run import ConfigError, run
 
@@ -110,7 +111,8 @@ def main(cfg: DictConfig) -> str:
     try:
         dirs = seed_run_dirs(cfg, hydra_cfg)
         status = run(cfg, hydra_cfg.runtime.output_dir, dirs)
-        print_job_summary(dirs or [Path(hydra_cfg.runtime.output_dir)], status)
+        if from_environment().is_main:  # data-parallel ranks > 0 keep no record
+            print_job_summary(dirs or [Path(hydra_cfg.runtime.output_dir)], status)
         return status
     except (ConfigError, CheckpointError, RecordError, FileNotFoundError, ImportError) as err:
         # ImportError: an optional extra (procgen, wandb...) that is not installed
