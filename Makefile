@@ -4,7 +4,7 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-ppg bench-sac bench-pointmass \
+.PHONY: install demo test test-all analysis lint bench bench-gpu bench-ppg bench-sac bench-pointmass \
 	slurm-start slurm-stop clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
@@ -35,6 +35,10 @@ lint:
 
 bench:
 	$(PYTHON) bench/ppo_procgen.py
+
+# The same on a GPU machine, one command: widths 1/4, 1, 4, speed switches off and on
+bench-gpu:
+	$(PYTHON) bench/ppo_procgen.py --gpu
 
 # PPO-EWMA and PPG-EWMA next to PPO on the same Procgen config, same run (bench/README.md)
 bench-ppg:

@@ -89,5 +89,9 @@ class RewardNormalizer:
                 "count": self.rms.count}
 
     def load_state_dict(self, state: dict) -> None:
-        self.returns = np.asarray(state["returns"], np.float64).copy()
+        returns = np.asarray(state["returns"], np.float64)
+        # saved for another number of envs (a data-parallel run resumed with other ranks):
+        # the running statistics carry over, the per-env returns restart (so do the envs)
+        self.returns = (returns.copy() if returns.shape == self.returns.shape
+                        else np.zeros_like(self.returns))
         self.rms.mean, self.rms.var, self.rms.count = state["mean"], state["var"], state["count"]

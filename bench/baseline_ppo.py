@@ -72,10 +72,12 @@ class TextbookAgent(nn.Module):
 
 
 def run_baseline(iterations: int, width: float = 1.0, num_envs: int = 64,
-                 num_steps: int = 256, device: str = "cpu") -> dict[str, float]:
-    """Train ``iterations`` PPO iterations; return steps/s and the rollout/update split."""
+                 num_steps: int = 256, device: str = "cpu", env_id: str = "coinrun",
+                 warmup: int = 0) -> dict[str, float]:
+    """Train ``iterations`` PPO iterations; return steps/s and the rollout/update split of
+    the iterations after the first ``warmup`` ones."""
     gamma, lam, epochs, minibatches, clip = 0.999, 0.95, 3, 8, 0.2
-    envs = make_env("procgen", num_envs=num_envs, seed=0, env_id="coinrun")
+    envs = make_env("procgen", num_envs=num_envs, seed=0, env_id=env_id)
     agent = TextbookAgent(envs.single_action_space.n, width).to(device)
     opt = torch.optim.Adam(agent.parameters(), lr=5e-4, eps=1e-5)
     shape = (num_steps, num_envs)
@@ -86,7 +88,9 @@ def run_baseline(iterations: int, width: float = 1.0, num_envs: int = 64,
     next_done = torch.zeros(num_envs, device=device)
     rollout_s = update_s = 0.0
     batch = num_envs * num_steps
-    for _ in range(iterations):
+    for iteration in range(iterations):
+        if iteration == warmup:
+            rollout_s = update_s = 0.0
         t0 = time.perf_counter()
         for step in range(num_steps):
             obs_buf[step], done_buf[step] = next_obs, next_done
@@ -134,7 +138,7 @@ def run_baseline(iterations: int, width: float = 1.0, num_envs: int = 64,
         rollout_s += t1 - t0
         update_s += t2 - t1
     envs.close()
-    steps = iterations * batch
+    steps = (iterations - warmup) * batch
     return {"steps": steps, "sps": steps / (rollout_s + update_s), "rollout_s": rollout_s,
             "update_s": update_s}
 
@@ -148,7 +152,16 @@ if __name__ == "__main__":  # run in its own process so it inherits none of our 
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--env", default="coinrun")
+    p.add_argument("--warmup", type=int, default=0, help="first iterations left out of the rate")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(json.dumps(run_baseline(args.iterations, args.width, device=args.device)))
+    out = run_baseline(args.iterations, args.width, device=args.device, env_id=args.env,
+                       warmup=args.warmup)
+    import resource
+
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available() and args.device.startswith("cuda"):
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out))

@@ -1,16 +1,18 @@
-"""Throughput of PPO on Procgen with 64 envs: where the time goes.
+"""Throughput of PPO on Procgen with 64 envs x 256 steps: each speed switch on and off, against
+the textbook single-file loop, in one run on one machine.
 
-Prints one table: env-only steps/s (random actions), policy-forward-only steps/s,
-full PPO training steps/s (our real entry path: config -> run -> ppo.train) and
-its split into rollout vs update. Ratios are against baselines measured in this same
-run: (a) the textbook single-file PPO loop (bench/baseline_ppo.py: same network, envs
-and hyperparameters, written the way the widely used Procgen PPO script writes it),
-(b) the FLOP ceiling (1 acting forward + 3 epochs x forward+backward = 10 forwards per
-step, at the measured forward rate). The reference script's own number on the 2-core
-development CPU (about 140 steps/s; issue 2) is printed for comparison.
+Prints one table per width: env-only steps/s (random actions), policy-forward-only steps/s,
+then PPO training steps/s through our real entry path (config -> run -> ppo.train) for each
+set of ``speed.*`` switches, with its rollout/update split and peak memory, and the same-run
+baseline (bench/baseline_ppo.py: the textbook single-file Procgen PPO loop with the same
+network, envs and hyperparameters). Every training measurement runs in a fresh process (its
+peak resident memory is that process's own), and its rate leaves out the first
+``--warmup`` iterations (allocator warm-up; compilation where ``speed.compile`` is on).
 
-    python bench/ppo_procgen.py [--iterations 2] [--baseline-iterations 2] [--width 1]
-                                [--device auto] [--threads 0]
+    python bench/ppo_procgen.py [--iterations 2] [--warmup 1] [--widths 1] [--env starpilot]
+                                [--switches off,overlap,bf16,compile,on] [--device auto]
+    python bench/ppo_procgen.py --gpu     # one command on a GPU machine: widths 0.25, 1, 4,
+                                          # every switch (make bench-gpu)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -26,21 +29,34 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-from agents.models import build_model
-from envs import make_env
-from rl_scaling.config import register_configs
-from rl_scaling.hostmem import keep_freed_memory
-from rl_scaling.run import resolve_device, run
-
-REFERENCE_SPS = 140.0  # single-file Procgen PPO, 2-core dev CPU, 3 x 49,152 steps (124..146)
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agents.models import build_model  # noqa: E402
+from envs import make_env  # noqa: E402
+
 CONFIGS = ROOT / "configs"
+# Sets of speed switches, by name (docs/speed.md). `on`: everything that pays on the device
+# (compile and CUDA graphs follow `auto`: on for CUDA, off on CPU where they did not pay).
+SWITCHES = {
+    "off": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=false",
+            "speed.overlap_envs=false"],
+    "overlap": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=false",
+                "speed.overlap_envs=true"],
+    "bf16": ["speed.precision=bf16", "speed.compile=false", "speed.cuda_graphs=false",
+             "speed.overlap_envs=false"],
+    "compile": ["speed.precision=fp32", "speed.compile=true", "speed.cuda_graphs=false",
+                "speed.overlap_envs=false"],
+    "graphs": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=true",
+               "speed.overlap_envs=false"],
+    "on": ["speed.precision=bf16", "speed.compile=auto", "speed.cuda_graphs=auto",
+           "speed.overlap_envs=true"],
+}
 
 
-def env_only(num_envs: int, steps: int) -> float:
-    envs = make_env("procgen", num_envs=num_envs, seed=0, env_id="coinrun")
+def env_only(env_id: str, num_envs: int, steps: int) -> float:
+    envs = make_env("procgen", num_envs=num_envs, seed=0, env_id=env_id)
     envs.reset()
     n = envs.single_action_space.n
     rng = np.random.default_rng(0)
@@ -68,79 +84,124 @@ def forward_only(width: float, num_envs: int, steps: int, device: torch.device) 
     return steps * num_envs / (time.perf_counter() - t)
 
 
-def ppo_train(width: float, iterations: int, device: str, threads: int) -> dict:
+def worker(args: argparse.Namespace) -> None:
+    """One PPO run through the real path in this (fresh) process; prints a JSON line."""
+    from hydra import compose, initialize_config_dir
+
+    from rl_scaling.config import register_configs
+    from rl_scaling.run import run
+
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=[
-            "+experiment=procgen_width", f"model.width={width}", f"device={device}",
-            f"budget.value={iterations * 64 * 256}", "eval_every=null",
-            "checkpoint_every=null", f"torch_threads={threads}", "logger.progress=plain",
-        ])
+            "+experiment=procgen_width", f"env.id={args.env}", f"model.width={args.width}",
+            f"device={args.device}", f"budget.value={args.iterations * 64 * 256}",
+            "eval_every=null", "checkpoint_every=null", f"torch_threads={args.threads}",
+            "logger.progress=none", *SWITCHES[args.worker]])
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
         run(cfg, tmp)
-        total = time.perf_counter() - t
         rows = [json.loads(x) for x in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    steps = rows[-1]["env_steps"]
-    rollout = sum(r["rollout_time"] for r in rows)
-    update = sum(r["update_time"] for r in rows)
-    return {"steps": steps, "sps": steps / (rollout + update), "sps_incl_setup": steps / total,
-            "rollout_s": rollout, "update_s": update}
+    measured = rows[args.warmup:]
+    steps = rows[-1]["env_steps"] - (rows[args.warmup - 1]["env_steps"] if args.warmup else 0)
+    rollout = sum(r["rollout_time"] for r in measured)
+    update = sum(r["update_time"] for r in measured)
+    warm = sum(r["rollout_time"] + r["update_time"] for r in rows[:args.warmup])
+    out = {"steps": steps, "sps": steps / (rollout + update), "rollout_s": rollout,
+           "update_s": update, "warmup_s": warm,
+           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+           "returns": [r.get("return_mean") for r in rows]}
+    if torch.cuda.is_available() and str(args.device).startswith("cuda"):
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out), flush=True)
 
 
-def baseline(iterations: int, width: float, device: str, threads: int) -> dict:
-    """The textbook loop in a fresh process: it must not inherit our allocator settings."""
-    script = Path(__file__).with_name("baseline_ppo.py")
-    out = subprocess.run([sys.executable, str(script), "--iterations", str(iterations),
-                          "--width", str(width), "--device", device, "--threads", str(threads)],
-                         capture_output=True, text=True, check=True,
+def _subprocess(cmd: list[str]) -> dict:
+    out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def ours(name: str, width: float, args: argparse.Namespace, device: str) -> dict:
+    return _subprocess([__file__, "--worker", name, "--width", str(width), "--env", args.env,
+                        "--iterations", str(args.iterations), "--warmup", str(args.warmup),
+                        "--device", device, "--threads", str(args.threads)])
+
+
+def baseline(width: float, args: argparse.Namespace, device: str) -> dict:
+    """The textbook loop in a fresh process: it must not inherit our allocator settings."""
+    return _subprocess([str(Path(__file__).with_name("baseline_ppo.py")),
+                        "--iterations", str(args.baseline_iterations), "--width", str(width),
+                        "--device", device, "--threads", str(args.threads), "--env", args.env,
+                        "--warmup", str(min(args.warmup, args.baseline_iterations - 1))])
+
+
+def table(width: float, args: argparse.Namespace, device: torch.device) -> None:
+    env_sps = env_only(args.env, 64, 300)
+    fwd_sps = forward_only(width, 64, 40 if device.type == "cpu" else 400, device)
+    results = {}
+    for name in args.switches.split(","):
+        print(f"  measuring {name} (width {width}) ...", file=sys.stderr, flush=True)
+        results[name] = ours(name, width, args, str(device))
+    base = (baseline(width, args, str(device)) if args.baseline_iterations > 0 else None)
+    mem = "peak GPU MB" if device.type == "cuda" else "peak RSS MB"
+    mem_key = "peak_cuda_mb" if device.type == "cuda" else "peak_rss_mb"
+    print(f"\nPPO on Procgen {args.env}, 64 envs x 256 steps, IMPALA width {width}, device "
+          f"{device}, torch threads {torch.get_num_threads()}, rate over "
+          f"{args.iterations - args.warmup} iteration(s) after {args.warmup} warm-up")
+    print(f"env only (random actions): {env_sps:,.0f} steps/s; policy forward only "
+          f"(batch 64): {fwd_sps:,.0f} obs/s\n")
+    print(f"| run | steps/s | vs textbook | vs `off` | rollout s | update s | rollout share "
+          f"| warm-up s | {mem} | vs textbook |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    ref = results.get("off")
+    rows = [(f"ours, `{n}`", r) for n, r in results.items()]
+    if base is not None:
+        rows.append(("textbook loop (bench/baseline_ppo.py)", base))
+    for label, r in rows:
+        share = r["rollout_s"] / (r["rollout_s"] + r["update_s"])
+        vs_base = f"{r['sps'] / base['sps']:.2f}x" if base else ""
+        vs_off = f"{r['sps'] / ref['sps']:.2f}x" if ref else ""
+        mem_ratio = (f"{r[mem_key] / base[mem_key]:.2f}" if base and mem_key in base
+                     and mem_key in r else "")
+        print(f"| {label} | {r['sps']:,.1f} | {vs_base} | {vs_off} | {r['rollout_s']:.1f} | "
+              f"{r['update_s']:.1f} | {100 * share:.0f}% | {r.get('warmup_s', 0):.1f} | "
+              f"{r.get(mem_key, float('nan')):,.0f} | {mem_ratio} |")
+    for name, r in results.items():
+        print(f"returns logged by `{name}`: {r['returns']}", file=sys.stderr)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--iterations", type=int, default=2, help="PPO iterations of 64x256 steps")
+    p.add_argument("--warmup", type=int, default=1, help="first iterations not in the rate")
     p.add_argument("--baseline-iterations", type=int, default=2,
                    help="iterations of the same-run textbook baseline (0: skip it)")
-    p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--widths", default="1", help="comma-separated IMPALA widths")
+    p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)  # worker
+    p.add_argument("--env", default="starpilot", help="procgen game")
+    p.add_argument("--switches", default="off,overlap,bf16,compile,on",
+                   help=f"comma-separated sets of speed switches: {list(SWITCHES)}")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    p.add_argument("--gpu", action="store_true",
+                   help="GPU mode: device cuda, widths 0.25,1,4, every switch")
+    p.add_argument("--worker", choices=list(SWITCHES), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    keep_freed_memory()  # as every training run does (config keep_freed_memory=true)
+    if args.worker:
+        worker(args)
+        return
+    if args.gpu:
+        args.device, args.widths = "cuda", "0.25,1,4"
+        args.switches = "off,overlap,bf16,compile,graphs,on"
+    from rl_scaling.run import resolve_device
 
-    env_sps = env_only(64, 300)
-    fwd_sps = forward_only(args.width, 64, 40 if device.type == "cpu" else 400, device)
-    ceiling = fwd_sps / 10.0
-    ppo = ppo_train(args.width, args.iterations, args.device, args.threads)
-    base = (baseline(args.baseline_iterations, args.width, str(device), args.threads)
-            if args.baseline_iterations > 0 else None)
-    share = ppo["rollout_s"] / (ppo["rollout_s"] + ppo["update_s"])
-    print(f"\nPPO on Procgen CoinRun, 64 envs, IMPALA width {args.width}, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{'measure':<38}{'steps/s':>12}{'ratio':>12}")
-    print("-" * 62)
-    print(f"{'env only (random actions)':<38}{env_sps:>12,.0f}{'':>12}")
-    print(f"{'policy forward only (batch 64)':<38}{fwd_sps:>12,.0f}{'':>12}")
-    print(f"{'FLOP ceiling (forward rate / 10)':<38}{ceiling:>12,.1f}{1.0:>12.2f}")
-    print(f"{'PPO training, this run':<38}{ppo['sps']:>12,.1f}{ppo['sps'] / ceiling:>12.2f}")
-    print(f"{'  incl. set-up and checkpoint':<38}{ppo['sps_incl_setup']:>12,.1f}")
-    if base is not None:
-        print(f"{'textbook PPO baseline, this run':<38}{base['sps']:>12,.1f}"
-              f"{base['sps'] / ceiling:>12.2f}")
-    print(f"{'reference script, 2-core dev CPU':<38}{REFERENCE_SPS:>12,.1f}"
-          f"{REFERENCE_SPS / ceiling:>12.2f}")
-    if base is not None:
-        print(f"\nspeed-up over the same-run baseline: {ppo['sps'] / base['sps']:.2f}x "
-              f"(baseline split: rollout {base['rollout_s']:.1f} s, "
-              f"update {base['update_s']:.1f} s)")
-    print(f"speed-up over the reference script's 2-core number: "
-          f"{ppo['sps'] / REFERENCE_SPS:.2f}x (meaningful on the 2-core development CPU only)")
-    print(f"time split over {ppo['steps']:,} steps: rollout {ppo['rollout_s']:.1f} s "
-          f"({100 * share:.0f}%), update {ppo['update_s']:.1f} s ({100 * (1 - share):.0f}%)")
+    device = resolve_device(args.device)
+    for width in (float(w) for w in args.widths.split(",")):
+        table(width, args, device)
 
 
 if __name__ == "__main__":

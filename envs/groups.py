@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 
 from envs.base import VecEnv, check_seed
-
-GROUP_SEED_STRIDE = 1_000_003  # group g of a reset(seed) is seeded seed + g * stride
+from rl_scaling.distributed import STREAM_SEED_STRIDE  # group g: seed + g * stride
 
 
 def merge_infos(infos: list[dict[str, Any]], offsets: list[int]) -> dict[str, Any]:
@@ -65,7 +64,7 @@ class EnvGroups(VecEnv):
         if seed is not None:
             seed = check_seed(seed)
         obs = [g.reset(seed=None if seed is None else
-                       (seed + k * GROUP_SEED_STRIDE) % 2**31)
+                       (seed + k * STREAM_SEED_STRIDE) % 2**31)
                for k, g in enumerate(self.groups)]
         return np.concatenate(obs)
 

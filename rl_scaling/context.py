@@ -44,7 +44,7 @@ from torch import nn
 
 from rl_scaling.checkpoint import CheckpointError, load_module_state, save_checkpoint
 from rl_scaling.config import INTERVAL_UNITS
-from rl_scaling.distributed import SINGLE, Distributed
+from rl_scaling.distributed import SINGLE, STREAM_SEED_STRIDE, Distributed
 from rl_scaling.flops import FlopAccountant, forward_flops
 from rl_scaling.registry import ConfigError
 from rl_scaling.speed import Speed
@@ -107,7 +107,8 @@ class EnvFactory:
     def worker(self, index: int) -> EnvFactory:
         """The same split for actor process ``index``: its own seed, so K actors do not
         replay one env stream."""
-        return EnvFactory(self.family, self.config, self.seed + 1_000_003 * (int(index) + 1))
+        return EnvFactory(self.family, self.config,
+                          (self.seed + STREAM_SEED_STRIDE * (int(index) + 1)) % 2**31)
 
     def __repr__(self) -> str:
         return f"EnvFactory({self.family!r}, {self.config!r}, seed={self.seed})"
@@ -258,12 +259,12 @@ class RunContext:
             factory = self.env_factory(split)
             n = factory.num_envs
             if split == "train" and self.speed.overlap_envs and n >= 2:
-                from envs.groups import GROUP_SEED_STRIDE, EnvGroups
+                from envs.groups import EnvGroups
 
                 self._envs[split] = EnvGroups([
                     factory(num_envs=n // 2),
                     factory(num_envs=n - n // 2,
-                            seed=(factory.seed + GROUP_SEED_STRIDE) % 2**31)])
+                            seed=(factory.seed + STREAM_SEED_STRIDE) % 2**31)])
             else:
                 self._envs[split] = factory()
         return self._envs[split]
@@ -440,7 +441,7 @@ class RunContext:
         the run's seed, so one rank is exactly the single-process run."""
         if self.dist.rank == 0:
             return
-        seed = self.seed + 1_000_003 * self.dist.rank + 7919 * iteration
+        seed = self.seed + STREAM_SEED_STRIDE * self.dist.rank + 7919 * iteration
         self.torch_rng.manual_seed(seed)
         if self.device_rng is not self.torch_rng:
             self.device_rng.manual_seed(seed)
@@ -489,7 +490,7 @@ class RunContext:
             return
         for interval in (self._log, self._eval, self._ckpt):
             interval.sync(self._counter(interval.unit))
-        self._logger = self._begin_fn(self) if self._begin_fn is not None else _NullLogger()
+        self._logger = self._begin_fn(self) if self._begin_fn is not None else NullLogger()
         # budgets still ahead of the (possibly resumed) run; one passed before is not redone
         missed = [b for b in self._snapshots if b <= self.flops.total
                   and self._checkpoint_path is not None and not self.snapshot_path(b).exists()]
@@ -660,7 +661,7 @@ class RunContext:
         # iteration; the curve stays reproducible for this sequence of devices.
         log.warning("checkpoint drew on %s, this run is on %s: reseeding the device and "
                     "evaluation generators", state.get("device_type", "cpu"), self.device.type)
-        offset = self.seed + 7919 * self.counters.iterations
+        offset = self.seed + STREAM_SEED_STRIDE * self.dist.rank + 7919 * self.counters.iterations
         self.eval_rng.manual_seed(offset + 1)
         if self.device_rng is not self.torch_rng:
             self.device_rng.manual_seed(offset)
@@ -695,6 +696,11 @@ def all_done(ctxs: Sequence[RunContext]) -> bool:
     return all(ctx.done or ctx.stopped is not None for ctx in ctxs)
 
 
-class _NullLogger:
+class NullLogger:
+    """What a run without a record logs to (tests; data-parallel ranks > 0)."""
+
     def log(self, row: dict[str, Any], final: bool = False) -> None:
+        pass
+
+    def close(self, status: str) -> None:
         pass

@@ -168,11 +168,19 @@ def from_environment(environ: dict[str, str] | None = None) -> Distributed:
     return Distributed()
 
 
+STREAM_SEED_STRIDE = 1_000_003  # seed offset between a run's independent streams (ranks,
+# actor processes, env groups): seed + k * stride, modulo 2**31
+
+
 def device_for(dist: Distributed, device: torch.device) -> torch.device:
-    """A rank's device: ``cuda:LOCAL_RANK`` when the run is on CUDA, else ``device``."""
-    if dist.enabled and device.type == "cuda" and device.index is None:
-        return torch.device("cuda", dist.local_rank)
-    return device
+    """A rank's device: on CUDA, GPU ``LOCAL_RANK`` of those this process sees (modulo
+    their number: a task bound to its own GPU sees one), else ``device``."""
+    if not dist.enabled or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ConfigError(f"device={device} with {dist.world_size} data-parallel ranks would "
+                          "put every rank on one GPU; use device=cuda (rank k takes GPU k)")
+    return torch.device("cuda", dist.local_rank % max(1, torch.cuda.device_count()))
 
 
 def init(dist: Distributed, device: torch.device, timeout_s: float = 1800.0) -> bool:
@@ -184,7 +192,9 @@ def init(dist: Distributed, device: torch.device, timeout_s: float = 1800.0) -> 
         if key not in os.environ:
             raise ConfigError(f"distributed run (rank {dist.rank} of {dist.world_size}) "
                               f"without {key}: start it with torchrun or srun")
-    backend = "nccl" if device.type == "cuda" else "gloo"
+    # NCCL for the CUDA tensors (gradients, advantage moments), gloo for the small CPU
+    # collectives of the bookkeeping (counters, decisions, checkpoint state)
+    backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
     tdist.init_process_group(backend, rank=dist.rank, world_size=dist.world_size,

@@ -178,3 +178,16 @@ def array_chunks(n_jobs: int, max_array_size: int | None) -> list[range]:
     indices reach MaxArraySize, and submitit numbers each array's tasks from 0."""
     size = n_jobs if not max_array_size or max_array_size <= 0 else max_array_size
     return [range(i, min(i + size, n_jobs)) for i in range(0, n_jobs, size)]
+
+
+def trains_data_parallel(config: DictConfig) -> bool:
+    """Whether the configured algorithm trains as data-parallel ranks (``register_algo(...,
+    distributed=True)``): the Slurm launcher then gives a run one rank per GPU."""
+    from rl_scaling.registry import ConfigError, algo_entry, load_plugins
+
+    load_plugins()
+    name = OmegaConf.select(config, "algo.name")
+    try:
+        return bool(name) and algo_entry(str(name)).distributed
+    except ConfigError:  # an unknown algorithm fails in its job, with its own message
+        return False

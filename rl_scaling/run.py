@@ -31,7 +31,7 @@ import rl_scaling
 from rl_scaling import distributed
 from rl_scaling.checkpoint import LATEST, load_checkpoint
 from rl_scaling.config import BUDGET_COUNTERS
-from rl_scaling.context import EnvFactory, Interval, RunContext, StopTraining
+from rl_scaling.context import EnvFactory, Interval, NullLogger, RunContext, StopTraining
 from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.logger import MetricsLogger, Progress
 from rl_scaling.record import RunRecord, check_study, new_run_info, slurm_ids
@@ -198,7 +198,7 @@ def _env_factories(cfg: DictConfig,
     train_seed = int(cfg.seed)
     if dist.enabled:  # run() checked that the ranks divide num_envs
         train["num_envs"] //= dist.world_size
-        train_seed = (train_seed + 1_000_003 * dist.rank) % 2**31
+        train_seed = (train_seed + distributed.STREAM_SEED_STRIDE * dist.rank) % 2**31
     return {"train": EnvFactory(cfg.env.family, train, train_seed),
             "eval": EnvFactory(cfg.env.family, eval_cfg, cfg.seed + EVAL_SEED_OFFSET)}
 
@@ -439,7 +439,7 @@ def _run(cfg: DictConfig, run_dir: str | os.PathLike, seed_dirs: list[str | os.P
         def follow(ctx: RunContext) -> Any:
             """A data-parallel rank > 0: rank 0 keeps the record; this one only listens."""
             install_signal_handlers()
-            return _QuietLogger()
+            return NullLogger()
 
         return begin if dist.is_main else follow
 
@@ -513,14 +513,6 @@ def _run(cfg: DictConfig, run_dir: str | os.PathLike, seed_dirs: list[str | os.P
     if "running" in statuses and callable(chained):
         chained(preempt["signal"], None)  # e.g. submitit: requeue this job, then exit
     return _summary(statuses)
-
-
-class _QuietLogger:
-    def log(self, row: dict[str, Any], final: bool = False) -> None:
-        pass
-
-    def close(self, status: str) -> None:
-        pass
 
 
 def _summary(statuses: list[str]) -> str:

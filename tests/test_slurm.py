@@ -13,7 +13,8 @@ default test command (``make test``, `.ci/run`) runs them.
   the run continues its counters from its checkpoint;
 - ``scontrol requeue`` of a running job (preemption): the run checkpoints on SIGTERM and
   exits ``running``; the launcher's summary says requeued, not finished; the job runs
-  again with its original overrides and finishes.
+  again with its original overrides and finishes;
+- a run on the 2 tasks of one job trains data-parallel (2 ranks, one record).
 """
 
 from __future__ import annotations
@@ -222,3 +223,20 @@ def test_a_preempted_job_is_reported_requeued_and_resumes_with_its_overrides(slu
     assert "gamma: 0.75" in config  # its original overrides
     steps = _steps(run_dir)
     assert steps == [ITER_STEPS * (i + 1) for i in range(budget // ITER_STEPS)]
+
+
+def test_a_run_trains_data_parallel_on_the_tasks_of_one_job(slurm, tmp_path):
+    """``tasks_per_node=2``: one job, two ranks (gloo on CPU), one record with the counters
+    of both; what ``gpus_per_node=K`` gives a run on a GPU node (``rank_per_gpu``)."""
+    sweep_dir = tmp_path / "ddp"
+    out = _sweep(slurm, "+experiment=smoke", "model.width=0.125", "budget.value=2048",
+                 "logger.progress=plain", "hydra.launcher.tasks_per_node=2",
+                 f"hydra.sweep.dir={sweep_dir}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    (run_dir,) = [p.parent for p in sweep_dir.glob("*/run.json")]
+    info = _info(run_dir)
+    assert info["status"] == "finished" and info["ranks"] == 2, info
+    assert info["env_steps"] == 2048 and len(info["starts"]) == 1
+    # 8 envs, 4 per rank: each logged iteration is both ranks' 2 x 4 x 64 steps
+    assert _steps(run_dir) == [512, 1024, 1536, 2048]
+    assert "multirun summary (1 jobs)" in out.stderr

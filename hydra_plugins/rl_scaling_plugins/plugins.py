@@ -144,15 +144,19 @@ if SlurmQueueConf is not None:
         _target_: str = "hydra_plugins.rl_scaling_plugins.plugins.RLSlurmLauncher"
         wait: bool = True  # false: return once submitted (follow with rl_scaling.runs)
         max_array_size: Optional[int] = None  # noqa: UP045  null: the cluster's MaxArraySize
+        # one data-parallel rank per GPU: tasks_per_node is raised to gpus_per_node, so a
+        # run asking for a node's 4 GPUs trains on 4 ranks (rl_scaling/distributed.py)
+        rank_per_gpu: bool = True
 
     class RLSlurmLauncher(SlurmLauncher):
         """submitit's Slurm launcher: arrays split at MaxArraySize, optional no-wait, every
         job's outcome collected (one failure does not hide the rest), a summary per job."""
 
         def __init__(self, wait: bool = True, max_array_size: int | None = None,
-                     **params: Any) -> None:
+                     rank_per_gpu: bool = True, **params: Any) -> None:
             super().__init__(**params)
             self.wait, self.max_array_size = wait, max_array_size
+            self.rank_per_gpu = rank_per_gpu
 
         def _executor(self):
             import submitit
@@ -161,9 +165,18 @@ if SlurmQueueConf is not None:
             executor = submitit.AutoExecutor(
                 cluster="slurm", folder=params.pop("submitit_folder"),
                 slurm_max_num_timeout=params.pop("max_num_timeout"))
+            tasks = int(params.get("tasks_per_node") or 1)
+            gpus = int(params.get("gpus_per_node") or 0)
+            # one data-parallel rank per GPU, for algorithms that train data-parallel
+            if self.rank_per_gpu and gpus > tasks and shared.trains_data_parallel(self.config):
+                params["tasks_per_node"] = tasks = gpus
             base = set(OmegaConf.structured(BaseQueueConf).keys())
             executor.update_parameters(
                 **{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+            if tasks > 1 or int(params.get("nodes") or 1) > 1:
+                # a rank that fails ends the step, instead of the others waiting on it in a
+                # collective until the process group's timeout
+                executor.update_parameters(slurm_srun_args=["--kill-on-bad-exit=1"])
             return executor
 
         def launch(self, job_overrides, initial_job_idx: int):
