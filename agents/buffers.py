@@ -1,5 +1,5 @@
-"""The one rollout buffer and the one GAE (every on-policy algorithm), and the one replay
-buffer (every off-policy algorithm).
+"""The one rollout buffer and the one GAE (every on-policy algorithm), the one V-trace
+(IMPALA), and the one replay buffer (every off-policy algorithm).
 
 Storage lives on the training device, so on a GPU neither the rollout, the advantage
 computation nor replay sampling copies through the host.
@@ -41,6 +41,49 @@ def compute_gae(
         last_gae = delta + gamma * gae_lambda * next_nonterminal * last_gae
         advantages[t] = last_gae
     return advantages, advantages + values
+
+
+def vtrace(
+    behaviour_logprobs: torch.Tensor,
+    target_logprobs: torch.Tensor,
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    bootstrap_value: torch.Tensor,
+    discounts: torch.Tensor,
+    rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    pg_rho_bar: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, IMPALA).
+
+    All inputs are (T, B) except ``bootstrap_value`` (B,), the value of the observation after
+    the last step. ``discounts[t]`` is ``gamma`` where step t did not end its episode and 0
+    where it did (the value after a terminal step is 0). With importance weights
+    ``rho_t = pi(a_t|x_t) / mu(a_t|x_t)`` (target over behaviour policy), clipped at
+    ``rho_bar`` (the fixed point) and ``c_bar`` (the traces), returns ``(vs, pg_advantages)``:
+
+        vs_t = V(x_t) + sum_k (prod_{i<k} gamma c_i) rho_k (r_k + gamma V(x_{k+1}) - V(x_k))
+        pg_advantage_t = min(pg_rho_bar, rho_t) (r_t + gamma vs_{t+1} - V(x_t))
+
+    On-policy (``rho = 1``) with ``rho_bar = c_bar = 1``, ``vs`` is the n-step return
+    bootstrapped at the end of the unroll. Computed without gradients (targets only).
+    """
+    with torch.no_grad():
+        rhos = (target_logprobs - behaviour_logprobs).exp()
+        clipped_rhos = rhos.clamp(max=rho_bar)
+        cs = rhos.clamp(max=c_bar)
+        next_values = torch.cat([values[1:], bootstrap_value.unsqueeze(0)])
+        deltas = clipped_rhos * (rewards + discounts * next_values - values)
+        vs_minus_v = torch.zeros_like(values)
+        acc = torch.zeros_like(bootstrap_value)
+        for t in reversed(range(values.shape[0])):
+            acc = deltas[t] + discounts[t] * cs[t] * acc
+            vs_minus_v[t] = acc
+        vs = vs_minus_v + values
+        next_vs = torch.cat([vs[1:], bootstrap_value.unsqueeze(0)])
+        pg_rhos = rhos.clamp(max=rho_bar if pg_rho_bar is None else pg_rho_bar)
+        pg_advantages = pg_rhos * (rewards + discounts * next_vs - values)
+    return vs, pg_advantages
 
 
 class RolloutBuffer:

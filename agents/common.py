@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from rl_scaling.registry import ConfigError
 
 
 def sample_categorical(
@@ -95,3 +98,11 @@ class RewardNormalizer:
         self.returns = (returns.copy() if returns.shape == self.returns.shape
                         else np.zeros_like(self.returns))
         self.rms.mean, self.rms.var, self.rms.count = state["mean"], state["var"], state["count"]
+
+
+def require_feedforward(model: nn.Module, algo: str) -> None:
+    """Refuse a recurrent model (``model=lstm``) in an algorithm that acts and learns on
+    single observations (PPO, PPG, V-MPO); IMPALA is the recurrent learner."""
+    if getattr(model, "recurrent", False):
+        raise ConfigError(f"algo={algo} needs a feed-forward model; {type(model).__name__} "
+                          "(model=lstm) is recurrent: train it with algo=impala")

@@ -84,7 +84,9 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     """Mean return (and success rate, if the env reports one) of ``policy`` over at least
     ``episodes`` episodes: the first ``ceil(episodes / num_envs)`` of every env.
 
-    ``policy`` maps a batch of observations (num_envs, ...) to actions. Taking the first
+    ``policy`` maps a batch of observations (num_envs, ...) to actions; a recurrent one also
+    has ``reset(num_envs)`` (called first) and ``reset_where(done)`` (called after every step
+    with the envs whose episode ended). Taking the first
     episodes to end across all envs instead would over-sample short episodes (e.g. early
     deaths). The envs are reset first.
 
@@ -104,8 +106,14 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
     normalized: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
+    # a recurrent policy keeps a state per env: it starts afresh and forgets ended episodes
+    start, ended_where = getattr(policy, "reset", None), getattr(policy, "reset_where", None)
+    if start is not None:
+        start(envs.num_envs)
     while min(len(r) for r in returns) < per_env:
         obs, _, terminated, truncated, info = envs.step(policy(obs))
+        if ended_where is not None:
+            ended_where(np.logical_or(terminated, truncated))
         # which env each finished episode ran in (the MNIST bandit ends a statistics episode
         # every step without terminating); envs that do not say: the ones that ended
         ended = info.get("episode_env")

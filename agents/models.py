@@ -357,6 +357,62 @@ class MLPActorCritic(nn.Module):
         return [m for m in (self.policy_trunk, self.value_trunk) if m is not None]
 
 
+class LSTMActorCritic(nn.Module):
+    """A recurrent actor-critic over sequences: pre-core MLP -> LSTM core -> policy and value
+    heads (the IMPALA agent's shape; the core's hidden size is the scaled width, 256 at
+    width 1, and ``depth`` stacks LSTM layers).
+
+    ``forward(obs (T, B, *obs_shape), first (T, B) bool, state) -> (logits (T, B, A), value
+    (T, B), state)``: ``first[t]`` marks an observation that starts a new episode, where the
+    core's state is reset to zeros before the step, so one unroll may span episode ends.
+    ``state``: ``(h, c)``, each (depth, B, hidden), from :meth:`initial_state` or the
+    previous call; None (and ``first=None``) starts from zeros (e.g. to count FLOPs).
+    """
+
+    recurrent = True
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0,
+                 depth: int = 1) -> None:
+        super().__init__()
+        self.hidden_size = scaled_channels(256, width)
+        self.num_layers = depth
+        self.encoder = nn.Sequential(
+            layer_init(nn.Linear(math.prod(obs_shape), self.hidden_size)), nn.ReLU())
+        self.core = nn.LSTM(self.hidden_size, self.hidden_size, num_layers=depth)
+        self.policy_head = layer_init(nn.Linear(self.hidden_size, num_actions), std=0.01)
+        self.value_head = layer_init(nn.Linear(self.hidden_size, 1), std=1.0)
+
+    def initial_state(self, batch: int, device: torch.device | str | None = None
+                      ) -> tuple[Tensor, Tensor]:
+        zeros = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
+        return zeros, zeros.clone()
+
+    def forward(self, obs: Tensor, first: Tensor | None = None,
+                state: tuple[Tensor, Tensor] | None = None
+                ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        steps, batch = obs.shape[:2]
+        x = self.encoder(obs.reshape(steps * batch, -1).float()).view(steps, batch, -1)
+        h, c = state if state is not None else self.initial_state(batch, obs.device)
+        if first is None:
+            first = torch.zeros(steps, batch, dtype=torch.bool, device=obs.device)
+        if not bool(first[1:].any()):  # no episode starts inside: the sequence in one call
+            keep = (~first[0]).to(x.dtype).view(1, batch, 1)
+            out, (h, c) = self.core(x, (h * keep, c * keep))
+        else:  # reset the state where an episode starts, step by step
+            outs = []
+            for t in range(steps):
+                keep = (~first[t]).to(x.dtype).view(1, batch, 1)
+                o, (h, c) = self.core(x[t:t + 1], (h * keep, c * keep))
+                outs.append(o)
+            out = torch.cat(outs)
+        flat = out.reshape(steps * batch, -1)
+        return (self.policy_head(flat).view(steps, batch, -1),
+                self.value_head(flat).view(steps, batch), (h, c))
+
+    def scaled_modules(self) -> list[nn.Module]:
+        return [self.encoder, self.core, self.policy_head, self.value_head]
+
+
 # ---------------------------------------------------------------------------
 # Registry
 # ---------------------------------------------------------------------------
@@ -366,7 +422,7 @@ class MLPActorCritic(nn.Module):
 class ModelConfig:
     """The scaling knobs of the built-in families (``model.*``)."""
 
-    family: str = MISSING  # impala_cnn | mnist_cnn | mlp, or any registered family
+    family: str = MISSING  # impala_cnn | mnist_cnn | mlp | lstm, or any registered family
     width: float = 1.0  # multiplier on channels/units; 1.0 = the paper's default
     depth: int | None = None  # blocks per stage / hidden layers; None: the family's default
     # a value trunk of its own (true) or one trunk for both heads (false); None: the family's
@@ -413,10 +469,18 @@ def _build_mlp(obs_shape, num_actions, width, depth, separate_value=None, contin
                           continuous=continuous, **_separate(separate_value, True))
 
 
+def _build_lstm(obs_shape, num_actions, width, depth, separate_value=None, continuous=False):
+    _discrete_only("lstm", continuous)
+    if separate_value:
+        raise ValueError("model.separate_value is not a knob of lstm (one core, two heads)")
+    return LSTMActorCritic(obs_shape, num_actions, width=width, depth=1 if depth is None else depth)
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "impala_cnn": _build_impala,
     "mnist_cnn": _build_mnist,
     "mlp": _build_mlp,
+    "lstm": _build_lstm,  # recurrent (forward over sequences): IMPALA
 }
 
 

@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from agents.batch_schedule import SCHEDULES, BatchSchedule, GradientNoiseScale
 from agents.buffers import RolloutBuffer
-from agents.common import RewardNormalizer
+from agents.common import RewardNormalizer, require_feedforward
 from agents.distributions import PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
 from agents.models import layer_init
@@ -298,6 +298,7 @@ def train(cfg: PPGConfig, ctx: RunContext) -> str:
         raise ConfigError(f"algo.num_minibatches={cfg.num_minibatches} must divide "
                           f"env.num_envs*algo.num_steps={num_envs * cfg.num_steps}")
     model = ctx.network("policy")
+    require_feedforward(model, cfg.name)
     ewma = None
     if cfg.proximal == "ewma":
         ewma = EwmaModel(model, ctx.network("proximal", copy_of="policy"), ewma_decay(cfg))

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from agents.buffers import RolloutBuffer
-from agents.common import RewardNormalizer
+from agents.common import RewardNormalizer, require_feedforward
 from agents.distributions import Categorical, PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
 from envs.groups import EnvGroups
@@ -392,6 +392,7 @@ def train(cfg: PPOConfig, ctx: RunContext) -> str:
                           f"env.num_envs*algo.num_steps={batch_size}")
     minibatch_size = batch_size // cfg.num_minibatches
     model = ctx.network("policy")
+    require_feedforward(model, "ppo")
     base_lr = learning_rate(cfg, ctx.model.get("width", 1.0), ctx.model.get("depth"))
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
     reward_norm = RewardNormalizer(num_envs, cfg.gamma) if cfg.norm_reward else None

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from agents.common import RewardNormalizer
+from agents.common import RewardNormalizer, require_feedforward
 from agents.distributions import DiagGaussian, PolicyDistribution, policy_distribution
 from agents.evaluation import EpisodeLog, evaluate
 from agents.ppo import (
@@ -215,6 +215,7 @@ def train(cfg: VMPOConfig, ctx: RunContext) -> str:
     minibatch_size = batch_size // cfg.num_minibatches
     dist = policy_distribution(envs.single_action_space)
     model = ctx.network("policy")
+    require_feedforward(model, "vmpo")
     base_lr = learning_rate(cfg, ctx.model.get("width", 1.0), ctx.model.get("depth"))
     optimizer = torch.optim.Adam(model.parameters(), lr=base_lr, eps=cfg.adam_eps)
     # the multipliers' own Adam: the width rule, gradient clipping and lr annealing are the

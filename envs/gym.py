@@ -1,4 +1,5 @@
-"""Continuous-control gymnasium envs (MuJoCo v5, Pendulum, ...) behind the `VecEnv` interface.
+"""Gymnasium envs with flat observations (MuJoCo v5, Pendulum, CartPole, ...) behind the
+`VecEnv` interface.
 
 Meant for off-policy learners such as SAC, which step one env (or a few) per update, so the
 per-step overhead matters more than parallelism: the `num_envs` envs run in-process and are
@@ -8,7 +9,8 @@ gymnasium's vector envs are not used), which keeps a step to the env's own cost 
 microseconds.
 
 - Observations float32 (num_envs, obs_dim) (MuJoCo's float64 observations are cast); actions
-  float (num_envs, act_dim), clipped to the action space's bounds.
+  float (num_envs, act_dim), clipped to the action space's bounds, or integers for envs
+  with `Discrete` actions (CartPole-v1, Acrobot-v1, LunarLander-v3, ...).
 - `terminated`: the env says the episode reached a terminal state (e.g. Walker2d fell).
   `truncated`: the time limit (`max_episode_steps`, default the env's registered limit, e.g.
   1000 for MuJoCo, 200 for Pendulum) was reached without a termination.
@@ -45,12 +47,13 @@ REFERENCE_RETURNS: dict[str, float] = {
 
 @dataclass
 class GymEnvConfig(EnvConfig):
-    """`env=gym`: one continuous-control gymnasium env (see the module docstring).
+    """`env=gym`: one gymnasium env with flat observations (see the module docstring).
 
     Attributes:
         family: "gym".
-        id: a registered gymnasium id with a flat Box observation space and Box actions,
-            e.g. "Pendulum-v1", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5", "Humanoid-v5".
+        id: a registered gymnasium id with a flat Box observation space and Box or Discrete
+            actions, e.g. "Pendulum-v1", "HalfCheetah-v5", "Walker2d-v5", "Ant-v5",
+            "Humanoid-v5", "CartPole-v1".
         num_envs: envs stepped together (SAC uses 1).
         eval: overrides for the evaluation envs (none: the same task, seeded apart).
         max_episode_steps: agent steps before an episode is truncated; None: the env's
@@ -127,11 +130,11 @@ class GymVecEnv(VecEnv):
             self._envs.append(env)
         first = self._envs[0]
         obs_space, act_space = first.observation_space, first.action_space
-        if not isinstance(act_space, gymnasium.spaces.Box):
+        if not isinstance(act_space, (gymnasium.spaces.Box, gymnasium.spaces.Discrete)):
             self.close()
             raise ValueError(
                 f"env.id={env_id!r} has {act_space} actions; the gym family "
-                f"needs Box (continuous) actions"
+                f"needs Box (continuous) or Discrete actions"
             )
         if not isinstance(obs_space, gymnasium.spaces.Box) or len(obs_space.shape) != 1:
             self.close()
@@ -141,9 +144,10 @@ class GymVecEnv(VecEnv):
         self.single_observation_space = gymnasium.spaces.Box(
             obs_space.low.astype(np.float32), obs_space.high.astype(np.float32), dtype=np.float32
         )
-        self.single_action_space = gymnasium.spaces.Box(
-            act_space.low, act_space.high, dtype=act_space.dtype
-        )
+        self.single_action_space = (
+            gymnasium.spaces.Discrete(int(act_space.n), start=int(act_space.start))
+            if isinstance(act_space, gymnasium.spaces.Discrete)
+            else gymnasium.spaces.Box(act_space.low, act_space.high, dtype=act_space.dtype))
         if max_episode_steps is None:
             max_episode_steps = gymnasium.spec(env_id).max_episode_steps
         self.max_episode_steps = max_episode_steps
@@ -236,7 +240,8 @@ def make_gym(
     Args:
         num_envs: envs stepped together.
         seed: in [0, 2**31); env i's first reset uses seed + i.
-        env_id: `env.id`, a registered gymnasium id with flat Box observations and Box actions.
+        env_id: `env.id`, a registered gymnasium id with flat Box observations and Box or
+            Discrete actions.
         max_episode_steps: `env.max_episode_steps`; None: the env's registered limit.
         reference_return: `env.reference_return`; None: `REFERENCE_RETURNS.get(env_id)`.
     """

@@ -251,13 +251,15 @@ class RunContext:
             raise ConfigError(f"this run has no {split!r} envs (splits: {sorted(self._factories)})")
         return self._factories[split]
 
-    def envs(self, split: str = "train"):
+    def envs(self, split: str = "train", num_envs: int | None = None):
         """The split's vectorised envs, built on first use and closed when the run ends.
-        With ``speed.overlap_envs`` the training split is two :class:`~envs.groups.EnvGroups`
-        halves seeded apart, one stepping while the policy acts on the other."""
+        ``num_envs``: how many, where the algorithm sets it (IMPALA's batch); default the
+        split's ``env.num_envs``. With ``speed.overlap_envs`` the training split is two
+        :class:`~envs.groups.EnvGroups` halves seeded apart, one stepping while the policy
+        acts on the other."""
         if split not in self._envs:
             factory = self.env_factory(split)
-            n = factory.num_envs
+            n = int(num_envs or factory.num_envs)
             if split == "train" and self.speed.overlap_envs and n >= 2:
                 from envs.groups import EnvGroups
 
@@ -266,7 +268,7 @@ class RunContext:
                     factory(num_envs=n - n // 2,
                             seed=(factory.seed + STREAM_SEED_STRIDE) % 2**31)])
             else:
-                self._envs[split] = factory()
+                self._envs[split] = factory(num_envs=n)
         return self._envs[split]
 
     @property

@@ -218,11 +218,11 @@ def test_gym_errors_name_the_key():
         reference_return=-1.0,
     )
     one_line_error(
-        r"^env.id='CartPole-v1' has Discrete\(2\) actions",
+        r"^env.id='Blackjack-v1' has Tuple\(.*observations; the gym family needs a flat Box$",
         make_gym,
         num_envs=1,
         seed=0,
-        env_id="CartPole-v1",
+        env_id="Blackjack-v1",
     )
     one_line_error("num_envs", make_env, "gym", num_envs=0, seed=0)
     one_line_error("seed", make_env, "gym", num_envs=1, seed=-1)
@@ -509,3 +509,16 @@ def test_family_config_and_registry_build(family, cls):
         check_step(env, *env.step(random_actions(env, 1)[0]))
     with pytest.raises(ValueError, match="^env.id='nope'"):
         entry.build(cls(id="nope"), num_envs=1, seed=0)
+
+
+def test_discrete_gym_env_steps_with_integer_actions():
+    env = make_gym(num_envs=3, seed=0, env_id="CartPole-v1", max_episode_steps=5)
+    assert env.single_action_space == gymnasium.spaces.Discrete(2)
+    obs = env.reset()
+    assert obs.shape == (3, 4) and obs.dtype == np.float32
+    for _ in range(5):
+        obs, reward, terminated, truncated, info = env.step(np.array([0, 1, 0]))
+    assert (terminated | truncated).all() and info["final_obs"].shape == (3, 4)
+    with pytest.raises(ValueError, match=r"actions must be in \[0, 2\)"):
+        env.step(np.array([0, 2, 0]))
+    env.close()

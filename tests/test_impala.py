@@ -1,0 +1,166 @@
+"""V-trace against a hand-computed example and the n-step return it reduces to on-policy; the
+LSTM core's resets; IMPALA (synchronous mode) reaching probes' known solutions, resuming its
+counters, and refusing a feed-forward model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from agents.buffers import vtrace
+from agents.models import build_model
+from rl_scaling.checkpoint import load_checkpoint
+from rl_scaling.config import register_configs
+from rl_scaling.registry import ConfigError
+from rl_scaling.run import run
+
+CONFIGS = str(Path(__file__).resolve().parents[1] / "configs")
+register_configs()
+
+
+# ---- V-trace ------------------------------------------------------------------------------
+def test_vtrace_matches_a_hand_computed_example():
+    # T=2, B=1; rho_0 = 2 (clipped to 1 by rho_bar and c_bar), rho_1 = 0.5
+    behaviour = torch.log(torch.tensor([[0.25], [0.5]]))
+    target = torch.log(torch.tensor([[0.5], [0.25]]))
+    rewards = torch.tensor([[1.0], [2.0]])
+    values = torch.tensor([[0.5], [1.0]])
+    bootstrap = torch.tensor([3.0])
+    discounts = torch.full((2, 1), 0.9)
+    vs, adv = vtrace(behaviour, target, rewards, values, bootstrap, discounts)
+    # by hand: delta_1 = 0.5 (2 + 0.9*3 - 1) = 1.85; vs_1 = 1 + 1.85 = 2.85
+    # delta_0 = 1 (1 + 0.9*1 - 0.5) = 1.4; vs_0 = 0.5 + 1.4 + 0.9 * c_0 (=1) * 1.85 = 3.565
+    torch.testing.assert_close(vs, torch.tensor([[3.565], [2.85]]))
+    # adv_0 = min(1, 2) (1 + 0.9*2.85 - 0.5) = 3.065; adv_1 = 0.5 (2 + 0.9*3 - 1) = 1.85
+    torch.testing.assert_close(adv, torch.tensor([[3.065], [1.85]]))
+    # clipping: with rho_bar = c_bar = 2 the first step's weight 2 counts in full
+    vs2, _ = vtrace(behaviour, target, rewards, values, bootstrap, discounts,
+                    rho_bar=2.0, c_bar=2.0)
+    torch.testing.assert_close(vs2[0], torch.tensor([0.5 + 2 * 1.4 + 0.9 * 2 * 1.85]))
+
+
+def test_vtrace_on_policy_is_the_n_step_return():
+    g = torch.Generator().manual_seed(0)
+    steps, batch, gamma = 7, 5, 0.95
+    logp = -torch.rand(steps, batch, generator=g)
+    rewards = torch.randn(steps, batch, generator=g)
+    values = torch.randn(steps, batch, generator=g)
+    bootstrap = torch.randn(batch, generator=g)
+    done = torch.rand(steps, batch, generator=g) < 0.2
+    discounts = gamma * (~done).float()
+    vs, adv = vtrace(logp, logp, rewards, values, bootstrap, discounts)
+    expected = torch.zeros(steps, batch)
+    for b in range(batch):
+        for t in range(steps):
+            ret, scale = 0.0, 1.0
+            for k in range(t, steps):
+                ret += scale * rewards[k, b]
+                scale *= discounts[k, b]
+            expected[t, b] = ret + scale * bootstrap[b]
+    torch.testing.assert_close(vs, expected)
+    next_vs = torch.cat([expected[1:], bootstrap[None]])
+    torch.testing.assert_close(adv, rewards + discounts * next_vs - values)
+
+
+# ---- the recurrent core ---------------------------------------------------------------------
+def test_lstm_core_resets_where_an_episode_starts():
+    model = build_model("lstm", (3,), 4, width=0.125)
+    torch.manual_seed(0)
+    obs = torch.randn(6, 2, 3)
+    first = torch.zeros(6, 2, dtype=torch.bool)
+    first[3, 0] = True  # env 0 starts an episode at step 3
+    logits, value, _ = model(obs, first, model.initial_state(2))
+    # step by step, carrying the state, gives the same outputs
+    state, outs = model.initial_state(2), []
+    for t in range(6):
+        out, _, state = model(obs[t:t + 1], first[t:t + 1], state)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs), logits)
+    # after the reset, env 0 computes what a fresh sequence from step 3 computes
+    fresh, _, _ = model(obs[3:, :1], None, None)
+    torch.testing.assert_close(logits[3:, :1], fresh)
+    assert not torch.allclose(logits[3:, 1:], model(obs[3:, 1:], None, None)[0])
+    assert value.shape == (6, 2)
+
+
+# ---- IMPALA, synchronous ----------------------------------------------------------------------
+PROBE = ["algo=impala", "model=lstm", "model.width=0.25", "env=probe", "algo.unroll_length=16",
+         "algo.batch_size=8", "algo.lr=3e-3", "algo.gamma=0.9", "algo.ent_coef=0.0",
+         "logger.progress=none", "checkpoint_every=null", "seed=0"]
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _model(run_dir: Path, obs_dim: int, num_actions: int):
+    model = build_model("lstm", (obs_dim,), num_actions, width=0.25)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints/latest.pt")["objects"]["model"])
+    return model
+
+
+def test_impala_reaches_obs_action_reward_solution(tmp_path):
+    assert run(_cfg([*PROBE, "env.id=obs_action_reward", "budget.value=8192"]),
+               tmp_path) == "finished"
+    model = _model(tmp_path, 1, 2)
+    obs = torch.tensor([[[1.0], [-1.0]]])  # one step, two envs, fresh episodes
+    with torch.no_grad():
+        logits, value, _ = model(obs, torch.ones(1, 2, dtype=torch.bool), None)
+    np.testing.assert_allclose(value[0].numpy(), [1.0, 1.0], atol=0.1)
+    best = torch.softmax(logits[0], -1)[torch.arange(2), torch.tensor([1, 0])]
+    assert (best > 0.9).all(), best.tolist()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["env_steps"] == 8192 and rows[-1]["updates"] == 64
+    assert rows[-1]["rho_mean"] == pytest.approx(1.0, abs=1e-4)  # on-policy: policy lag 0
+
+
+def test_impala_bootstraps_through_the_core_on_two_step(tmp_path):
+    # two_step: obs 0 then 1, reward 0 then +1: V(0) = gamma, V(1) = 1, across a core step
+    assert run(_cfg([*PROBE, "env.id=two_step", "budget.value=8192"]), tmp_path) == "finished"
+    model = _model(tmp_path, 1, 1)
+    obs = torch.tensor([[[0.0]], [[1.0]]])
+    first = torch.tensor([[True], [False]])
+    with torch.no_grad():
+        _, value, _ = model(obs, first, None)
+    np.testing.assert_allclose(value[:, 0].numpy(), [0.9, 1.0], atol=0.1)
+
+
+def test_impala_resumes_its_counters(tmp_path):
+    assert run(_cfg([*PROBE, "env.id=obs_action_reward", "budget.value=512"]),
+               tmp_path) == "finished"
+    assert run(_cfg([*PROBE, "env.id=obs_action_reward", "budget.value=1024"]),
+               tmp_path) == "finished"
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == [128 * (i + 1) for i in range(8)]
+    assert [r["iteration"] for r in rows] == list(range(1, 9))
+
+
+def test_impala_needs_a_recurrent_model_and_ppo_a_feed_forward_one(tmp_path):
+    with pytest.raises(ConfigError, match="algo=impala needs a recurrent model"):
+        run(_cfg([*(o for o in PROBE if not o.startswith("model")), "model=mlp",
+                  "env.id=obs_action_reward"]), tmp_path / "a")
+    with pytest.raises(ConfigError, match="algo=ppo needs a feed-forward model"):
+        run(_cfg(["env=probe", "model=lstm", "logger.progress=none"]), tmp_path / "b")
+    assert not (tmp_path / "a" / "run.json").exists()
+
+
+def test_impala_learns_cartpole_in_synchronous_mode(tmp_path):
+    """CartPole-v1 (random policy: ~22) in 100k steps, ~20 s on 2 cores. Its returns are
+    not clipped by abs_one (+1 a step), so values reach ~60 and the study's baseline weight
+    of 0.5 swamps the policy gradient in the summed loss: 0.05 here. Seed 2 evaluated 303,
+    seed 1 144 when this test was written; it asks for 150 on seed 2."""
+    cfg = _cfg(["algo=impala", "model=lstm", "model.width=0.25", "env=gym",
+                "env.id=CartPole-v1", "algo.unroll_length=20", "algo.batch_size=8",
+                "algo.ent_coef=0.01", "algo.lr=0.002", "algo.baseline_coef=0.05",
+                "budget.value=100000", "eval_every=100000 env_steps", "eval_episodes=16",
+                "++env.eval.num_envs=8", "logger.progress=none", "checkpoint_every=null",
+                "log_every=20000 env_steps", "seed=2"])
+    assert run(cfg, tmp_path) == "finished"
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval_return"] >= 150, rows[-1]
