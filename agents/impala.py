@@ -1,14 +1,25 @@
-"""IMPALA (Espeholt et al. 2018) with V-trace and a recurrent core: synchronous mode.
+"""IMPALA (Espeholt et al. 2018) with V-trace and a recurrent core.
 
-Reads top to bottom: ``batch_size`` envs step together for ``unroll_length`` steps with the
-current policy (the LSTM core's state carried across unrolls and reset where an episode
-starts), then one learner step on the (T, B) batch: a forward over the whole unroll from the
-state it started in (sequences are never cut into minibatches), V-trace targets
+Reads top to bottom: ``batch_size`` (B) trajectories of ``unroll_length`` (T) steps, acted
+with the LSTM core's state carried across unrolls and reset where an episode starts, then one
+learner step on the (T, B) batch (:func:`learner_step`): a forward over each whole unroll from
+the state it started in (sequences are never cut into minibatches), V-trace targets
 (:func:`agents.buffers.vtrace`, the one V-trace), the policy-gradient, baseline and entropy
-losses, RMSprop with gradient-norm clipping. In this mode the behaviour policy is the
-learner's policy of one step before at most: the policy lag is 0 and V-trace's importance
-weights are 1 up to the acting/learning numerics (logged as ``rho_mean``), so the targets
-are n-step returns. One process, deterministic from the seed.
+losses, RMSprop with gradient-norm clipping.
+
+Where the trajectories come from:
+
+- ``num_actors=0`` (synchronous, :class:`SyncCollector`): B envs step together in this
+  process with the learner's network. One process, deterministic from the seed; the policy
+  lag is 0 and V-trace's importance weights are 1 up to numerics (``rho_mean``), so the
+  targets are n-step returns.
+- ``num_actors=N`` (:class:`ActorCollector`, :mod:`agents.actors`): N actor processes, each
+  building its own envs from the run's env factory, fill trajectory slots in shared memory
+  with a CPU copy of the network that the learner overwrites after every step; the learner
+  takes B / ``envs_per_actor`` full slots per step and logs the policy lag (learner steps
+  between acting and learning) and ``actor_restarts`` (dead actors are started again, not
+  waited on). ``rollout_time`` is then the learner's wait for data: near 0 when the actors
+  keep up, large when they starve it.
 
 Defaults are the study's (Tuyls et al. 2024; TorchBeast's): unroll 80, batch 32, rho-bar =
 c-bar = 1, entropy 0.001, baseline 0.5, RMSprop (lr 4.8e-4, alpha 0.99, eps 0.01), gradient
@@ -16,14 +27,17 @@ norm clip 40, gamma 0.99, rewards clipped to [-1, 1]. As in TorchBeast, the loss
 over the T x B batch (RMSprop's eps is tuned for gradients of that scale); the log line
 reports them per sample. A time-limit truncation is treated as an episode end.
 
-FLOPs (role ``policy``): one acting forward per env step, and a forward and backward (3
-forwards) over the T + 1 observations of each trajectory (the last one bootstraps V-trace).
+FLOPs (role ``policy``): one acting forward per env step (on the actors too), and a forward
+and backward (3 forwards) over the T + 1 observations of each trajectory (the last one
+bootstraps V-trace).
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,6 +71,11 @@ class ImpalaConfig:
     max_grad_norm: float = 40.0
     reward_clip: str = "abs_one"  # abs_one: clip rewards to [-1, 1] for learning | none
     anneal_lr: bool = False  # decay lr linearly to 0 over the budget (TorchBeast does)
+    # 0: synchronous (one process, deterministic). N: N actor processes fill trajectory
+    # slots in shared memory while the learner learns (agents/actors.py)
+    num_actors: int = 0
+    envs_per_actor: int = 0  # envs each actor steps (one slot's trajectories); 0: B / N
+    slots_per_actor: int = 2  # slots each actor fills in turn (2: double buffering)
 
     def validate(self) -> None:
         checks = [
@@ -68,10 +87,19 @@ class ImpalaConfig:
             ("lr", self.lr > 0, "must be > 0"),
             ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
             ("reward_clip", self.reward_clip in REWARD_CLIPS, f"must be one of {REWARD_CLIPS}"),
+            ("num_actors", self.num_actors >= 0, "must be >= 0 (0: synchronous)"),
+            ("envs_per_actor", self.envs_per_actor >= 0, "must be >= 0 (0: batch / actors)"),
+            ("slots_per_actor", self.slots_per_actor >= 1, "must be >= 1"),
         ]
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"algo.{key}={getattr(self, key)!r} {why}")
+        if self.num_actors > 0:
+            per_actor = self.envs_per_actor or self.batch_size // self.num_actors
+            if per_actor < 1 or self.batch_size % per_actor:
+                raise ConfigError(
+                    f"algo.batch_size={self.batch_size} must be a multiple of the envs per "
+                    f"actor ({per_actor}: algo.envs_per_actor, or batch_size / num_actors)")
 
 
 class RecurrentPolicy:
@@ -101,11 +129,131 @@ class RecurrentPolicy:
         return self.dist.sample(logits[0], self.generator)[0].cpu().numpy()
 
 
+def learner_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batch: dict[str, Any], cfg: ImpalaConfig) -> dict[str, float]:
+    """One learner step on a (T, B) batch of whole unrolls: a forward over the T + 1
+    observations from the core state each unroll started in, V-trace targets against the
+    behaviour log-probabilities, the summed losses, RMSprop. Returns the loss parts per
+    sample, the gradient norm and the mean importance weight."""
+    dist = Categorical()
+    steps, batch_size = batch["actions"].shape
+    model.train()
+    logits, values, _ = model(batch["obs"], batch["first"], batch["state"])
+    target_logprobs, entropy = dist.logprob_entropy(logits[:steps], batch["actions"])
+    rewards = batch["rewards"]
+    learn_rewards = rewards.clamp(-1, 1) if cfg.reward_clip == "abs_one" else rewards
+    discounts = cfg.gamma * (~batch["dones"]).float()
+    vs, pg_advantages = vtrace(batch["logprobs"], target_logprobs.detach(), learn_rewards,
+                               values[:steps].detach(), values[steps].detach(), discounts,
+                               rho_bar=cfg.rho_bar, c_bar=cfg.c_bar)
+    pg_loss = -(target_logprobs * pg_advantages).sum()
+    baseline_loss = 0.5 * ((vs - values[:steps]) ** 2).sum()
+    entropy_sum = entropy.sum()
+    loss = pg_loss + cfg.baseline_coef * baseline_loss - cfg.ent_coef * entropy_sum
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    # per-sample means of the summed losses; one device sync per step
+    n = steps * batch_size
+    parts = (torch.stack([loss, pg_loss, baseline_loss, entropy_sum]).detach() / n).tolist()
+    return {"loss": parts[0], "policy_loss": parts[1], "baseline_loss": parts[2],
+            "entropy": parts[3], "grad_norm": float(grad_norm),
+            "rho_mean": float((target_logprobs.detach() - batch["logprobs"]).exp().mean())}
+
+
+class SyncCollector:
+    """Synchronous mode's actor: ``batch_size`` envs stepped together in the learner's
+    process with the learner's network (deterministic; policy lag 0)."""
+
+    def __init__(self, model: nn.Module, envs, cfg: ImpalaConfig, ctx: RunContext) -> None:
+        self.model, self.envs, self.ctx = model, envs, ctx
+        steps, n, device = cfg.unroll_length, envs.num_envs, ctx.device
+        env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
+        self.obs = torch.from_numpy(envs.reset(seed=env_seed)).to(device)
+        self.first = torch.ones(n, dtype=torch.bool, device=device)  # every env starts anew
+        self.state = model.initial_state(n, device)  # envs restart on resume; so does the core
+        space = envs.single_observation_space
+        self.buf = {
+            "obs": torch.zeros((steps + 1, n, *space.shape), dtype=self.obs.dtype,
+                               device=device),
+            "first": torch.zeros((steps + 1, n), dtype=torch.bool, device=device),
+            "actions": torch.zeros((steps, n), dtype=torch.long, device=device),
+            "logprobs": torch.zeros((steps, n), device=device),
+            "rewards": torch.zeros((steps, n), device=device),
+            "dones": torch.zeros((steps, n), dtype=torch.bool, device=device),
+        }
+
+    def collect(self, episodes: EpisodeLog) -> dict[str, Any]:
+        buf, dist, device = self.buf, Categorical(), self.ctx.device
+        steps = buf["actions"].shape[0]
+        buf["state"] = tuple(s.clone() for s in self.state)  # where the learner starts
+        self.model.eval()
+        for t in range(steps):
+            buf["obs"][t], buf["first"][t] = self.obs, self.first
+            with torch.no_grad():
+                logits, _, self.state = self.model(self.obs[None], self.first[None], self.state)
+                action, logprob = dist.sample(logits[0], self.ctx.device_rng)
+            buf["actions"][t], buf["logprobs"][t] = action, logprob
+            next_obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
+            buf["rewards"][t] = torch.from_numpy(reward).to(device)
+            buf["dones"][t] = torch.from_numpy(np.logical_or(terminated, truncated)).to(device)
+            self.obs = torch.from_numpy(next_obs).to(device)
+            self.first = buf["dones"][t].clone()
+            episodes.add(info)
+        buf["obs"][steps], buf["first"][steps] = self.obs, self.first
+        return {**buf, "policy_lag": 0.0}
+
+
+class ActorCollector:
+    """The actor-learner mode's side of the learner: takes ``batch_size / envs_per_actor``
+    full slots from the :class:`agents.actors.ActorPool`, publishes weights after each
+    step."""
+
+    def __init__(self, model: nn.Module, cfg: ImpalaConfig, ctx: RunContext) -> None:
+        from agents.actors import ActorPool, SlotShapes
+
+        space = ctx.spec.observation_space
+        self.per_actor = cfg.envs_per_actor or cfg.batch_size // cfg.num_actors
+        self.device = ctx.device
+        h0, _ = model.initial_state(self.per_actor)
+        shapes = SlotShapes(cfg.unroll_length, self.per_actor, tuple(space.shape),
+                            torch.from_numpy(np.zeros(0, space.dtype)).dtype, tuple(h0.shape))
+        actor_model = copy.deepcopy(model).cpu().eval()
+        self.pool = ActorPool(cfg.num_actors, cfg.slots_per_actor, shapes,
+                              ctx.env_factory("train"), actor_model, ctx.seed)
+        self.slots_per_batch = cfg.batch_size // self.per_actor
+        self.learner = model
+
+    def collect(self, episodes: EpisodeLog) -> dict[str, Any]:
+        slots = self.pool.slots
+        chosen = self.pool.take(self.slots_per_batch)
+        version = int(self.pool.version)
+        batch: dict[str, Any] = {
+            key: torch.cat([getattr(slots, key)[s] for s in chosen], dim=1).to(self.device)
+            for key in ("obs", "first", "actions", "logprobs", "rewards", "dones")}
+        batch["state"] = tuple(torch.cat([getattr(slots, key)[s] for s in chosen],
+                                         dim=1).to(self.device) for key in ("h0", "c0"))
+        lag = [version - int(slots.version[s]) for s in chosen]
+        for s in chosen:
+            k = int(slots.episodes[s])
+            episodes.add({"episode_return": slots.episode_returns[s, :k].numpy().copy(),
+                          "episode_length": slots.episode_lengths[s, :k].numpy().copy()})
+        self.pool.release(chosen)  # copied out: the actors may refill them
+        return {**batch, "policy_lag": float(np.mean(lag))}
+
+    def after_step(self) -> None:
+        self.pool.publish(self.learner)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
     """Train the ``policy`` network (a recurrent model) until the budget is spent."""
     device = ctx.device
     T, B = cfg.unroll_length, cfg.batch_size  # noqa: N806 (the paper's symbols)
-    envs = ctx.envs("train", num_envs=B)
+    envs = ctx.envs("train", num_envs=B) if cfg.num_actors == 0 else None
     space = ctx.spec.observation_space
     example = torch.zeros((1, 1, *space.shape),
                           dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype, device=device)
@@ -116,87 +264,47 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
     optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, alpha=cfg.rmsprop_alpha,
                                     eps=cfg.rmsprop_eps, momentum=cfg.rmsprop_momentum)
     ctx.restore(model=model, optimizer=optimizer)
-    dist = Categorical()
     eval_policy = RecurrentPolicy(model, device, ctx.eval_rng)
-
-    env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
-    obs = torch.from_numpy(envs.reset(seed=env_seed)).to(device)
-    first = torch.ones(B, dtype=torch.bool, device=device)  # every env starts an episode
-    state = model.initial_state(B, device)  # envs restart on resume, and so does the core
-    obs_buf = torch.zeros((T + 1, B, *space.shape), dtype=obs.dtype, device=device)
-    first_buf = torch.zeros((T + 1, B), dtype=torch.bool, device=device)
-    actions = torch.zeros((T, B), dtype=torch.long, device=device)
-    behaviour_logprobs = torch.zeros((T, B), device=device)
-    rewards = torch.zeros((T, B), device=device)
-    dones = torch.zeros((T, B), dtype=torch.bool, device=device)
+    collector = (SyncCollector(model, envs, cfg, ctx) if cfg.num_actors == 0
+                 else ActorCollector(model, cfg, ctx))
     episodes = EpisodeLog()
     c = ctx.counters
+    try:
+        while not ctx.done:
+            if cfg.anneal_lr:
+                optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - ctx.budget_fraction())
 
-    while not ctx.done:
-        if cfg.anneal_lr:
-            optimizer.param_groups[0]["lr"] = cfg.lr * (1.0 - ctx.budget_fraction())
+            # ---- T steps of B envs (here, or from the actors' slots) ---------------------
+            t_rollout = time.perf_counter()
+            episodes.clear()
+            batch = collector.collect(episodes)
+            ctx.flops.add_forward("policy", T * B)  # the acting forwards behind the batch
+            c.env_steps += T * B
+            t_rollout = time.perf_counter() - t_rollout
 
-        # ---- unroll: T steps of B envs, the core's state carried along ---------------------
-        t_rollout = time.perf_counter()
-        episodes.clear()
-        start_state = tuple(s.clone() for s in state)  # where the learner's forward starts
-        model.eval()
-        raw_reward_sum = 0.0
-        for t in range(T):
-            obs_buf[t], first_buf[t] = obs, first
-            with torch.no_grad():
-                logits, _, state = model(obs[None], first[None], state)
-                action, logprob = dist.sample(logits[0], ctx.device_rng)
-            actions[t], behaviour_logprobs[t] = action, logprob
-            next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
-            done = np.logical_or(terminated, truncated)
-            raw_reward_sum += float(reward.sum())
-            rewards[t] = torch.from_numpy(reward).to(device)
-            dones[t] = torch.from_numpy(done).to(device)
-            obs = torch.from_numpy(next_obs).to(device)
-            first = dones[t].clone()
-            episodes.add(info)
-        obs_buf[T], first_buf[T] = obs, first
-        ctx.flops.add_forward("policy", T * B)
-        c.env_steps += T * B
-        t_rollout = time.perf_counter() - t_rollout
+            # ---- learner: V-trace over whole unrolls -------------------------------------
+            t_update = time.perf_counter()
+            parts = learner_step(model, optimizer, batch, cfg)
+            if cfg.num_actors > 0:
+                collector.after_step()
+            ctx.flops.add_forward_backward("policy", (T + 1) * B)
+            c.updates += 1
+            c.samples += T * B
+            t_update = time.perf_counter() - t_update
 
-        # ---- learner: V-trace over the whole unroll ------------------------------------------
-        t_update = time.perf_counter()
-        model.train()
-        logits, values, _ = model(obs_buf, first_buf, start_state)
-        target_logprobs, entropy = dist.logprob_entropy(logits[:T], actions)
-        learn_rewards = rewards.clamp(-1, 1) if cfg.reward_clip == "abs_one" else rewards
-        discounts = cfg.gamma * (~dones).float()
-        vs, pg_advantages = vtrace(behaviour_logprobs, target_logprobs.detach(), learn_rewards,
-                                   values[:T].detach(), values[T].detach(), discounts,
-                                   rho_bar=cfg.rho_bar, c_bar=cfg.c_bar)
-        pg_loss = -(target_logprobs * pg_advantages).sum()
-        baseline_loss = 0.5 * ((vs - values[:T]) ** 2).sum()
-        entropy_sum = entropy.sum()
-        loss = pg_loss + cfg.baseline_coef * baseline_loss - cfg.ent_coef * entropy_sum
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        ctx.flops.add_forward_backward("policy", (T + 1) * B)
-        c.updates += 1
-        c.samples += T * B
-        t_update = time.perf_counter() - t_update
-
-        # per-sample means of the summed losses; one device sync per iteration
-        losses = (torch.stack([loss, pg_loss, baseline_loss, entropy_sum]).detach()
-                  / (T * B)).tolist()
-        metrics = {"loss": losses[0], "policy_loss": losses[1], "baseline_loss": losses[2],
-                   "entropy": losses[3], "grad_norm": float(grad_norm),
-                   "rho_mean": float((target_logprobs.detach() - behaviour_logprobs)
-                                     .exp().mean()),
-                   "policy_lag": 0, "lr": optimizer.param_groups[0]["lr"],
-                   "reward_mean": raw_reward_sum / (T * B),
-                   "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
-                   **episodes.metrics()}
-        ctx.end_iteration(metrics, evaluate=lambda: evaluate(eval_policy, ctx.envs("eval"),
-                                                             ctx.eval_episodes))
+            metrics = {**parts, "policy_lag": batch["policy_lag"],
+                       "lr": optimizer.param_groups[0]["lr"],
+                       "reward_mean": float(batch["rewards"].mean()),
+                       # the learner's wait for data / its own time: which side starves
+                       "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
+                       **episodes.metrics()}
+            if cfg.num_actors > 0:
+                metrics["actor_restarts"] = collector.pool.restarts
+            ctx.end_iteration(metrics, evaluate=lambda: evaluate(
+                eval_policy, ctx.envs("eval"), ctx.eval_episodes))
+    finally:
+        if cfg.num_actors > 0:
+            collector.close()
     return "finished"
 
 
