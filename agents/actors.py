@@ -15,15 +15,24 @@ bug in an env) cannot leave a lock held or a half-written message behind:
 
 A dead actor is found by the learner while it waits for slots (``Process.is_alive``), reported
 (a warning and the ``actor_restarts`` counter in the log), and started again under the same
-index with a new env seed; the slots it owned are refilled by its successor. Actors step their
-envs and act with one thread each; the order in which their trajectories arrive depends on the
-OS scheduler, so a run with actors is not reproducible draw for draw (the synchronous mode,
-``num_actors=0``, is).
+index with new env and sampling seeds; the slots it owned are refilled by its successor. An
+actor that dies ``MAX_FAILED_STARTS`` times in a row before filling a slot (a broken env
+config) fails the run with its exit code instead. Actors ignore the job's signals (SIGTERM,
+SIGUSR1/2, SIGINT): the learner checkpoints on them and stops the actors itself. Actors step
+their envs and act with one thread each; the order in which their trajectories arrive depends
+on the OS scheduler, so a run with actors is not reproducible draw for draw (the synchronous
+mode, ``num_actors=0``, is). The version a slot records is the one at the start of its
+unroll; the weights may change during it, so ``policy_lag`` is an upper bound (V-trace is
+exact regardless: it uses the log-probabilities recorded at every step).
+
+The hand-off orders its writes (data, then the status flag) as plain stores into shared
+memory, which x86-64 keeps in order; on a weakly ordered CPU (ARM) a fence would be needed.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -34,11 +43,43 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from agents.distributions import Categorical
+from agents.evaluation import EpisodeLog
+from rl_scaling.distributed import STREAM_SEED_STRIDE
 
 log = logging.getLogger(__name__)
 
 FREE, FULL, TAKEN = 0, 1, 2
 POLL_S = 0.0005  # how long a waiting side sleeps between looks at the status flags
+CHECK_S = 0.5  # how often the learner looks for dead actors
+MAX_FAILED_STARTS = 3  # deaths in a row without a filled slot before the run fails
+UNROLL_KEYS = ("obs", "first", "actions", "logprobs", "rewards", "dones")
+
+
+def fill_unroll(model: nn.Module, envs, carry: dict[str, Any], out: dict[str, torch.Tensor],
+                generator: torch.Generator, episodes: EpisodeLog) -> None:
+    """Act ``T = out["actions"].shape[0]`` steps of ``envs`` with a recurrent ``model``,
+    writing the unroll into ``out`` (``obs``/``first``: T + 1 rows, the last one to bootstrap
+    from; ``actions``, ``logprobs``, ``rewards``, ``dones``: T rows) and the episodes that end
+    into ``episodes``. ``carry`` (``obs``, ``first``, ``state`` on the acting device) goes on
+    from where the last unroll stopped and is updated in place. The one unroll loop of both
+    IMPALA modes (the synchronous collector and every actor process)."""
+    dist, device = Categorical(), carry["obs"].device
+    steps = out["actions"].shape[0]
+    model.eval()
+    for t in range(steps):
+        out["obs"][t], out["first"][t] = carry["obs"], carry["first"]
+        with torch.no_grad():
+            logits, _, carry["state"] = model(carry["obs"][None], carry["first"][None],
+                                              carry["state"])
+            action, logprob = dist.sample(logits[0], generator)
+        out["actions"][t], out["logprobs"][t] = action, logprob
+        next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
+        done = torch.from_numpy(np.logical_or(terminated, truncated)).to(device)
+        out["rewards"][t] = torch.from_numpy(reward)
+        out["dones"][t] = done
+        carry["obs"], carry["first"] = torch.from_numpy(next_obs).to(device), done
+        episodes.add(info)
+    out["obs"][steps], out["first"][steps] = carry["obs"], carry["first"]
 
 
 @dataclass
@@ -70,11 +111,34 @@ class TrajectorySlots:
         self.h0 = shared(shapes.state_shape)
         self.c0 = shared(shapes.state_shape)
         self.version = shared((), torch.long)
-        self.episode_returns = shared((t * n,), torch.float64)  # episodes that ended
-        self.episode_lengths = shared((t * n,), torch.long)
-        self.episodes = shared((), torch.long)
+        # the episodes that ended in the unroll (at most one per env step)
+        self.episode_return = shared((t * n,), torch.float64)
+        self.episode_length = shared((t * n,), torch.float64)
+        self.episode_success = shared((t * n,), torch.float64)
+        self.episode_normalized_return = shared((t * n,), torch.float64)
+        self.episode_counts = shared((4,), torch.long)  # entries of each of the four
         self.status = shared((), torch.int8)
         self.owner = shared((), torch.long)
+        self.filled = shared((), torch.long)  # slots filled by this slot's owner since it started
+
+    EPISODE_KEYS = ("episode_return", "episode_length", "episode_success",
+                    "episode_normalized_return")
+
+    def write_episodes(self, s: int, episodes: EpisodeLog) -> None:
+        parts = (episodes.returns, episodes.lengths, episodes.success, episodes.normalized)
+        for j, (key, arrays) in enumerate(zip(self.EPISODE_KEYS, parts, strict=True)):
+            values = np.concatenate(arrays).astype(np.float64) if arrays else np.zeros(0)
+            getattr(self, key)[s, :len(values)] = torch.from_numpy(values)
+            self.episode_counts[s, j] = len(values)
+
+    def read_episodes(self, s: int, episodes: EpisodeLog) -> None:
+        info = {}
+        for j, key in enumerate(self.EPISODE_KEYS):
+            k = int(self.episode_counts[s, j])
+            if k or j < 2:
+                info[key] = getattr(self, key)[s, :k].numpy().copy()
+        info["episode_length"] = info["episode_length"].astype(np.int64)
+        episodes.add(info)
 
     def __len__(self) -> int:
         return int(self.status.shape[0])
@@ -84,16 +148,16 @@ def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
                version: torch.Tensor, slots: TrajectorySlots, stop: torch.Tensor,
                sample_seed: int) -> None:
     """One actor process: fill the slots it owns, forever, until ``stop`` is set."""
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)  # the learner decides when actors stop
     torch.set_num_threads(1)
-    shapes = slots.shapes
-    t_len, n = shapes.unroll_length, shapes.envs
+    n = slots.shapes.envs
     envs = factory(num_envs=n, seed=env_seed)
-    dist = Categorical()
     generator = torch.Generator().manual_seed(sample_seed)
-    obs = torch.from_numpy(envs.reset(seed=env_seed))
-    first = torch.ones(n, dtype=torch.bool)
-    state = model.initial_state(n)
+    carry = {"obs": torch.from_numpy(envs.reset(seed=env_seed)),
+             "first": torch.ones(n, dtype=torch.bool), "state": model.initial_state(n)}
     mine = [s for s in range(len(slots)) if int(slots.owner[s]) == index]
+    episodes = EpisodeLog()
     try:
         while not bool(stop):
             ready = [s for s in mine if int(slots.status[s]) == FREE]
@@ -101,32 +165,14 @@ def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
                 time.sleep(POLL_S)
                 continue
             s = ready[0]
-            slots.h0[s].copy_(state[0])
-            slots.c0[s].copy_(state[1])
+            slots.h0[s].copy_(carry["state"][0])  # the state the learner starts from
+            slots.c0[s].copy_(carry["state"][1])
             slots.version[s] = int(version)
-            returns: list[np.ndarray] = []
-            lengths: list[np.ndarray] = []
-            for t in range(t_len):
-                slots.obs[s, t].copy_(obs)
-                slots.first[s, t].copy_(first)
-                with torch.no_grad():
-                    logits, _, state = model(obs[None], first[None], state)
-                    action, logprob = dist.sample(logits[0], generator)
-                next_obs, reward, terminated, truncated, info = envs.step(action.numpy())
-                done = torch.from_numpy(np.logical_or(terminated, truncated))
-                slots.actions[s, t].copy_(action)
-                slots.logprobs[s, t].copy_(logprob)
-                slots.rewards[s, t].copy_(torch.from_numpy(reward))
-                slots.dones[s, t].copy_(done)
-                obs, first = torch.from_numpy(next_obs), done
-                returns.append(info["episode_return"])
-                lengths.append(info["episode_length"])
-            slots.obs[s, t_len].copy_(obs)
-            slots.first[s, t_len].copy_(first)
-            ended = np.concatenate(returns)
-            slots.episodes[s] = len(ended)
-            slots.episode_returns[s, :len(ended)] = torch.from_numpy(ended)
-            slots.episode_lengths[s, :len(ended)] = torch.from_numpy(np.concatenate(lengths))
+            episodes.clear()
+            fill_unroll(model, envs, carry, {k: getattr(slots, k)[s] for k in UNROLL_KEYS},
+                        generator, episodes)
+            slots.write_episodes(s, episodes)
+            slots.filled[mine[0]] += 1
             slots.status[s] = FULL  # last: the learner reads the data only after this
     finally:
         envs.close()
@@ -152,27 +198,48 @@ class ActorPool:
         self.stop = torch.zeros((), dtype=torch.bool).share_memory_()
         self.restarts = 0
         self.starts = [0] * num_actors
+        self.failed_starts = [0] * num_actors
         self.procs: list[Any] = [None] * num_actors
-        for k in range(num_actors):
-            self._start(k)
+        self._last_check = time.monotonic()
+        try:
+            for k in range(num_actors):
+                self._start(k)
+        except BaseException:
+            self.close()
+            raise
 
     def _start(self, k: int) -> None:
-        # every (re)start of actor k gets its own env and sampling seeds
-        worker = self.factory.worker(k + self.num_actors * self.starts[k])
+        # every (re)start of actor k gets its own env and sampling seeds, apart from the
+        # run's (``seed``: a draw from the run's generator, so a resumed run draws anew)
+        stream = k + 1 + self.num_actors * self.starts[k]
+        env_seed = (self.seed + STREAM_SEED_STRIDE * stream) % 2**31
         self.starts[k] += 1
+        self.slots.filled[self._first_slot(k)] = 0
         proc = self.ctx.Process(
             target=actor_loop, name=f"impala-actor-{k}", daemon=True,
-            args=(k, worker, worker.seed, self.model, self.version, self.slots, self.stop,
-                  worker.seed + 1))
+            args=(k, self.factory, env_seed, self.model, self.version, self.slots, self.stop,
+                  (env_seed + 1) % 2**31))
         proc.start()
         self.procs[k] = proc
 
+    def _first_slot(self, k: int) -> int:
+        return k  # slots are dealt round-robin: actor k's first slot is slot k
+
     def check_actors(self) -> list[int]:
-        """Restart every actor that died; returns their indices."""
+        """Restart every actor that died; returns their indices. Raises where an actor died
+        ``MAX_FAILED_STARTS`` times in a row before filling a slot."""
+        self._last_check = time.monotonic()
         dead = [k for k, p in enumerate(self.procs) if not p.is_alive()]
         for k in dead:
-            log.warning("IMPALA actor %d died (exit code %s); starting it again", k,
-                        self.procs[k].exitcode)
+            code = self.procs[k].exitcode
+            self.procs[k].join()
+            produced = int(self.slots.filled[self._first_slot(k)]) > 0
+            self.failed_starts[k] = 0 if produced else self.failed_starts[k] + 1
+            if self.failed_starts[k] >= MAX_FAILED_STARTS:
+                raise RuntimeError(
+                    f"IMPALA actor {k} died {MAX_FAILED_STARTS} times in a row before "
+                    f"filling a trajectory (last exit code {code}); see its error above")
+            log.warning("IMPALA actor %d died (exit code %s); starting it again", k, code)
             # a slot it was filling is FREE: its successor overwrites it from the start
             self.restarts += 1
             self._start(k)
@@ -181,8 +248,9 @@ class ActorPool:
     def take(self, count: int, timeout_s: float = 600.0) -> list[int]:
         """Wait for ``count`` full slots (oldest version first) and mark them taken."""
         deadline = time.monotonic() + timeout_s
-        last_check = 0.0
         while True:
+            if time.monotonic() - self._last_check > CHECK_S:  # also when the rest keep up
+                self.check_actors()
             full = torch.nonzero(self.slots.status == FULL).flatten().tolist()
             if len(full) >= count:
                 full.sort(key=lambda s: int(self.slots.version[s]))
@@ -190,11 +258,7 @@ class ActorPool:
                 for s in chosen:
                     self.slots.status[s] = TAKEN
                 return chosen
-            now = time.monotonic()
-            if now - last_check > 0.5:
-                self.check_actors()
-                last_check = now
-            if now > deadline:
+            if time.monotonic() > deadline:
                 raise RuntimeError(f"no trajectories from the {self.num_actors} IMPALA actors "
                                    f"for {timeout_s:.0f} s")
             time.sleep(POLL_S)
@@ -212,9 +276,13 @@ class ActorPool:
         self.version += 1
 
     def close(self) -> None:
+        """Stop every actor: ask, wait up to 10 s in all, then terminate and reap."""
         self.stop.fill_(True)
+        deadline = time.monotonic() + 10
         for p in self.procs:
             if p is not None:
-                p.join(timeout=10)
-                if p.is_alive():
-                    p.terminate()
+                p.join(timeout=max(0.0, deadline - time.monotonic()))
+        for p in self.procs:
+            if p is not None and p.is_alive():
+                p.terminate()
+                p.join(timeout=5)

@@ -84,11 +84,11 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     """Mean return (and success rate, if the env reports one) of ``policy`` over at least
     ``episodes`` episodes: the first ``ceil(episodes / num_envs)`` of every env.
 
-    ``policy`` maps a batch of observations (num_envs, ...) to actions; a recurrent one also
-    has ``reset(num_envs)`` (called first) and ``reset_where(done)`` (called after every step
-    with the envs whose episode ended). Taking the first
-    episodes to end across all envs instead would over-sample short episodes (e.g. early
-    deaths). The envs are reset first.
+    ``policy`` maps a batch of observations (num_envs, ...) to actions; a recurrent one
+    (``policy.recurrent`` true) also has ``reset(num_envs)`` (called first) and
+    ``reset_where(done)`` (called after every step with the envs whose episode ended).
+    Taking the first episodes to end across all envs instead would over-sample short
+    episodes (e.g. early deaths). The envs are reset first.
 
     Envs with a fixed set of held-out tasks (the point-mass world's evaluation sets) say how
     many episodes cover every task once (``envs.min_eval_episodes``; ``episodes`` is raised to
@@ -107,13 +107,13 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     normalized: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
     # a recurrent policy keeps a state per env: it starts afresh and forgets ended episodes
-    start, ended_where = getattr(policy, "reset", None), getattr(policy, "reset_where", None)
-    if start is not None:
-        start(envs.num_envs)
+    recurrent = getattr(policy, "recurrent", False)
+    if recurrent:
+        policy.reset(envs.num_envs)
     while min(len(r) for r in returns) < per_env:
         obs, _, terminated, truncated, info = envs.step(policy(obs))
-        if ended_where is not None:
-            ended_where(np.logical_or(terminated, truncated))
+        if recurrent:
+            policy.reset_where(np.logical_or(terminated, truncated))
         # which env each finished episode ran in (the MNIST bandit ends a statistics episode
         # every step without terminating); envs that do not say: the ones that ended
         ended = info.get("episode_env")

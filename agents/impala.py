@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from agents.actors import UNROLL_KEYS, ActorPool, SlotShapes, fill_unroll
 from agents.buffers import vtrace
 from agents.distributions import Categorical
 from agents.evaluation import EpisodeLog, evaluate
@@ -85,6 +86,11 @@ class ImpalaConfig:
             ("rho_bar", self.rho_bar > 0, "must be > 0"),
             ("c_bar", self.c_bar > 0, "must be > 0"),
             ("lr", self.lr > 0, "must be > 0"),
+            ("ent_coef", self.ent_coef >= 0, "must be >= 0"),
+            ("baseline_coef", self.baseline_coef > 0, "must be > 0"),
+            ("rmsprop_alpha", 0 <= self.rmsprop_alpha < 1, "must be in [0, 1)"),
+            ("rmsprop_eps", self.rmsprop_eps > 0, "must be > 0"),
+            ("rmsprop_momentum", self.rmsprop_momentum >= 0, "must be >= 0"),
             ("max_grad_norm", self.max_grad_norm > 0, "must be > 0"),
             ("reward_clip", self.reward_clip in REWARD_CLIPS, f"must be one of {REWARD_CLIPS}"),
             ("num_actors", self.num_actors >= 0, "must be >= 0 (0: synchronous)"),
@@ -95,16 +101,27 @@ class ImpalaConfig:
             if not ok:
                 raise ConfigError(f"algo.{key}={getattr(self, key)!r} {why}")
         if self.num_actors > 0:
+            if not self.envs_per_actor and self.num_actors > self.batch_size:
+                raise ConfigError(f"algo.num_actors={self.num_actors} is more than "
+                                  f"algo.batch_size={self.batch_size}: set algo.envs_per_actor")
             per_actor = self.envs_per_actor or self.batch_size // self.num_actors
-            if per_actor < 1 or self.batch_size % per_actor:
+            if self.batch_size % per_actor:
                 raise ConfigError(
                     f"algo.batch_size={self.batch_size} must be a multiple of the envs per "
                     f"actor ({per_actor}: algo.envs_per_actor, or batch_size / num_actors)")
+            slots = self.num_actors * self.slots_per_actor
+            if slots * per_actor < self.batch_size:
+                raise ConfigError(
+                    f"algo.num_actors={self.num_actors} x algo.slots_per_actor="
+                    f"{self.slots_per_actor} slots of {per_actor} envs hold fewer than "
+                    f"algo.batch_size={self.batch_size} trajectories")
 
 
 class RecurrentPolicy:
     """Acts with a recurrent model one step at a time, keeping a core state per env (what
     :func:`agents.evaluation.evaluate` runs): samples from pi with ``generator``."""
+
+    recurrent = True
 
     def __init__(self, model: nn.Module, device: torch.device,
                  generator: torch.Generator) -> None:
@@ -170,13 +187,13 @@ class SyncCollector:
         self.model, self.envs, self.ctx = model, envs, ctx
         steps, n, device = cfg.unroll_length, envs.num_envs, ctx.device
         env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
-        self.obs = torch.from_numpy(envs.reset(seed=env_seed)).to(device)
-        self.first = torch.ones(n, dtype=torch.bool, device=device)  # every env starts anew
-        self.state = model.initial_state(n, device)  # envs restart on resume; so does the core
+        obs = torch.from_numpy(envs.reset(seed=env_seed)).to(device)
+        # every env starts an episode; envs restart on resume, and so does the core
+        self.carry = {"obs": obs, "first": torch.ones(n, dtype=torch.bool, device=device),
+                      "state": model.initial_state(n, device)}
         space = envs.single_observation_space
         self.buf = {
-            "obs": torch.zeros((steps + 1, n, *space.shape), dtype=self.obs.dtype,
-                               device=device),
+            "obs": torch.zeros((steps + 1, n, *space.shape), dtype=obs.dtype, device=device),
             "first": torch.zeros((steps + 1, n), dtype=torch.bool, device=device),
             "actions": torch.zeros((steps, n), dtype=torch.long, device=device),
             "logprobs": torch.zeros((steps, n), device=device),
@@ -185,24 +202,9 @@ class SyncCollector:
         }
 
     def collect(self, episodes: EpisodeLog) -> dict[str, Any]:
-        buf, dist, device = self.buf, Categorical(), self.ctx.device
-        steps = buf["actions"].shape[0]
-        buf["state"] = tuple(s.clone() for s in self.state)  # where the learner starts
-        self.model.eval()
-        for t in range(steps):
-            buf["obs"][t], buf["first"][t] = self.obs, self.first
-            with torch.no_grad():
-                logits, _, self.state = self.model(self.obs[None], self.first[None], self.state)
-                action, logprob = dist.sample(logits[0], self.ctx.device_rng)
-            buf["actions"][t], buf["logprobs"][t] = action, logprob
-            next_obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
-            buf["rewards"][t] = torch.from_numpy(reward).to(device)
-            buf["dones"][t] = torch.from_numpy(np.logical_or(terminated, truncated)).to(device)
-            self.obs = torch.from_numpy(next_obs).to(device)
-            self.first = buf["dones"][t].clone()
-            episodes.add(info)
-        buf["obs"][steps], buf["first"][steps] = self.obs, self.first
-        return {**buf, "policy_lag": 0.0}
+        start = tuple(s.clone() for s in self.carry["state"])  # where the learner starts
+        fill_unroll(self.model, self.envs, self.carry, self.buf, self.ctx.device_rng, episodes)
+        return {**self.buf, "state": start, "policy_lag": 0.0}
 
 
 class ActorCollector:
@@ -211,8 +213,6 @@ class ActorCollector:
     step."""
 
     def __init__(self, model: nn.Module, cfg: ImpalaConfig, ctx: RunContext) -> None:
-        from agents.actors import ActorPool, SlotShapes
-
         space = ctx.spec.observation_space
         self.per_actor = cfg.envs_per_actor or cfg.batch_size // cfg.num_actors
         self.device = ctx.device
@@ -220,8 +220,9 @@ class ActorCollector:
         shapes = SlotShapes(cfg.unroll_length, self.per_actor, tuple(space.shape),
                             torch.from_numpy(np.zeros(0, space.dtype)).dtype, tuple(h0.shape))
         actor_model = copy.deepcopy(model).cpu().eval()
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
         self.pool = ActorPool(cfg.num_actors, cfg.slots_per_actor, shapes,
-                              ctx.env_factory("train"), actor_model, ctx.seed)
+                              ctx.env_factory("train"), actor_model, seed)
         self.slots_per_batch = cfg.batch_size // self.per_actor
         self.learner = model
 
@@ -231,14 +232,12 @@ class ActorCollector:
         version = int(self.pool.version)
         batch: dict[str, Any] = {
             key: torch.cat([getattr(slots, key)[s] for s in chosen], dim=1).to(self.device)
-            for key in ("obs", "first", "actions", "logprobs", "rewards", "dones")}
+            for key in UNROLL_KEYS}
         batch["state"] = tuple(torch.cat([getattr(slots, key)[s] for s in chosen],
                                          dim=1).to(self.device) for key in ("h0", "c0"))
         lag = [version - int(slots.version[s]) for s in chosen]
         for s in chosen:
-            k = int(slots.episodes[s])
-            episodes.add({"episode_return": slots.episode_returns[s, :k].numpy().copy(),
-                          "episode_length": slots.episode_lengths[s, :k].numpy().copy()})
+            slots.read_episodes(s, episodes)
         self.pool.release(chosen)  # copied out: the actors may refill them
         return {**batch, "policy_lag": float(np.mean(lag))}
 

@@ -257,7 +257,12 @@ class RunContext:
         split's ``env.num_envs``. With ``speed.overlap_envs`` the training split is two
         :class:`~envs.groups.EnvGroups` halves seeded apart, one stepping while the policy
         acts on the other."""
-        if split not in self._envs:
+        if split in self._envs:
+            built = self._envs[split].num_envs
+            if num_envs is not None and int(num_envs) != built:
+                raise ValueError(f"the {split!r} envs were built with {built} envs, "
+                                 f"not {num_envs}")
+        else:
             factory = self.env_factory(split)
             n = int(num_envs or factory.num_envs)
             if split == "train" and self.speed.overlap_envs and n >= 2:

@@ -154,6 +154,10 @@ def test_impala_needs_a_recurrent_model_and_ppo_a_feed_forward_one(tmp_path):
     with pytest.raises(ConfigError, match="algo=ppo needs a feed-forward model"):
         run(_cfg(["env=probe", "model=lstm", "logger.progress=none"]), tmp_path / "b")
     assert not (tmp_path / "a" / "run.json").exists()
+    # the actors' slots could never hold one batch: refused, not a 600 s wait
+    with pytest.raises(ConfigError, match=r"algo.num_actors=2 x algo.slots_per_actor=2 slots"):
+        run(_cfg([*PROBE, "env.id=obs_action_reward", "algo.num_actors=2",
+                  "algo.envs_per_actor=1"]), tmp_path / "c")
 
 
 @pytest.mark.parametrize("actors,seed", [(0, 2), (2, 1)])
