@@ -4,8 +4,8 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-gpu bench-ppg bench-sac bench-pointmass \
-	slurm-start slurm-stop clean
+.PHONY: install demo test test-all analysis lint bench bench-gpu bench-impala bench-ppg bench-sac \
+	bench-pointmass slurm-start slurm-stop clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
 # Where a torch is already installed (e.g. a CUDA build on a GPU box) it is kept.
@@ -39,6 +39,10 @@ bench:
 # The same on a GPU machine, one command: widths 1/4, 1, 4, speed switches off and on
 bench-gpu:
 	$(PYTHON) bench/ppo_procgen.py --gpu
+
+# IMPALA's actor-learner split against its synchronous mode, same run (bench/README.md)
+bench-impala:
+	$(PYTHON) bench/impala.py
 
 # PPO-EWMA and PPG-EWMA next to PPO on the same Procgen config, same run (bench/README.md)
 bench-ppg:

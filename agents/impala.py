@@ -35,6 +35,7 @@ bootstraps V-trace).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -264,6 +265,11 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
                                     eps=cfg.rmsprop_eps, momentum=cfg.rmsprop_momentum)
     ctx.restore(model=model, optimizer=optimizer)
     eval_policy = RecurrentPolicy(model, device, ctx.eval_rng)
+    threads = torch.get_num_threads()
+    if cfg.num_actors > 0 and device.type == "cpu":
+        # the learner takes the cores the actors leave: sharing them halved its rate on 2
+        # cores (bench/impala.py)
+        torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - cfg.num_actors)))
     collector = (SyncCollector(model, envs, cfg, ctx) if cfg.num_actors == 0
                  else ActorCollector(model, cfg, ctx))
     episodes = EpisodeLog()
@@ -304,6 +310,7 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
     finally:
         if cfg.num_actors > 0:
             collector.close()
+        torch.set_num_threads(threads)
     return "finished"
 
 
