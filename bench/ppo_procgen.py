@@ -39,19 +39,21 @@ from envs import make_env  # noqa: E402
 CONFIGS = ROOT / "configs"
 # Sets of speed switches, by name (docs/speed.md). `on`: everything that pays on the device
 # (compile and CUDA graphs follow `auto`: on for CUDA, off on CPU where they did not pay).
+OFF = {"precision": "fp32", "compile": "false", "cuda_graphs": "false", "overlap_envs": "false"}
+
+
+def _switches(**on: str) -> list[str]:
+    """Overrides for every switch: off, except the ones named."""
+    return [f"speed.{key}={value}" for key, value in {**OFF, **on}.items()]
+
+
 SWITCHES = {
-    "off": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=false",
-            "speed.overlap_envs=false"],
-    "overlap": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=false",
-                "speed.overlap_envs=true"],
-    "bf16": ["speed.precision=bf16", "speed.compile=false", "speed.cuda_graphs=false",
-             "speed.overlap_envs=false"],
-    "compile": ["speed.precision=fp32", "speed.compile=true", "speed.cuda_graphs=false",
-                "speed.overlap_envs=false"],
-    "graphs": ["speed.precision=fp32", "speed.compile=false", "speed.cuda_graphs=true",
-               "speed.overlap_envs=false"],
-    "on": ["speed.precision=bf16", "speed.compile=auto", "speed.cuda_graphs=auto",
-           "speed.overlap_envs=true"],
+    "off": _switches(),
+    "overlap": _switches(overlap_envs="true"),
+    "bf16": _switches(precision="bf16"),
+    "compile": _switches(compile="true"),
+    "graphs": _switches(cuda_graphs="true"),
+    "on": _switches(precision="bf16", compile="auto", cuda_graphs="auto", overlap_envs="true"),
 }
 
 

@@ -253,7 +253,7 @@ class RunContext:
 
     def envs(self, split: str = "train", num_envs: int | None = None):
         """The split's vectorised envs, built on first use and closed when the run ends.
-        ``num_envs``: how many, where the algorithm sets it (IMPALA's batch); default the
+        ``num_envs``: how many, where the algorithm sets it (e.g. its learner batch); default the
         split's ``env.num_envs``. With ``speed.overlap_envs`` the training split is two
         :class:`~envs.groups.EnvGroups` halves seeded apart, one stepping while the policy
         acts on the other."""

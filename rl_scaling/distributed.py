@@ -127,10 +127,6 @@ class Distributed:
         var = (ss - n * mean * mean) / (n - 1)
         return mean.to(x.dtype), var.clamp_min(0).sqrt().to(x.dtype)
 
-    def barrier(self) -> None:
-        if self.enabled:
-            tdist.barrier()
-
 
 SINGLE = Distributed()
 

@@ -25,7 +25,8 @@ run, so it cannot order its lines).
 - ``budget`` ``{counter, value}``; at the end ``env_steps``, ``samples``, ``updates``, ``flops``;
 - ``starts``: one entry per start of the run (host, pid, time, Slurm job/array/requeue ids);
 - ``versions``, ``git_rev`` (the commit of the code the process imported, ``-dirty`` if
-  tracked files differed), ``host``, ``device``.
+  tracked files differed), ``host``, ``device``, ``speed`` (the ``speed.*`` switches as
+  resolved for the device), ``ranks`` (data-parallel processes that trained the run).
 """
 
 from __future__ import annotations

@@ -224,7 +224,7 @@ def test_refused_before_any_rank_waits(overrides, key, tmp_path, monkeypatch):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
-def test_torchrun_on_two_gpus_uses_nccl_and_sums_counters(tmp_path):
+def test_torchrun_on_two_cuda_ranks_sums_counters_into_one_record(tmp_path):
     run_dir = tmp_path / "ddp"
     _torchrun(["-m", "rl_scaling.sweep", "+experiment=smoke", "model.width=0.25",
                "device=cuda", "budget.value=2048", "logger.progress=none",
