@@ -4,7 +4,7 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-gpu bench-impala bench-ppg bench-sac \
+.PHONY: install demo test test-all analysis lint bench bench-gpu bench-impala bench-impala-gpu bench-ppg bench-sac \
 	bench-pointmass slurm-start slurm-stop clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
@@ -43,6 +43,10 @@ bench-gpu:
 # IMPALA's actor-learner split against its synchronous mode, same run (bench/README.md)
 bench-impala:
 	$(PYTHON) bench/impala.py
+
+# the same with the learner on a GPU and more actors (a 16-core GPU machine)
+bench-impala-gpu:
+	$(PYTHON) bench/impala.py --device cuda --actors 4,8,16 --steps 60000,102400
 
 # PPO-EWMA and PPG-EWMA next to PPO on the same Procgen config, same run (bench/README.md)
 bench-ppg:

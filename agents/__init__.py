@@ -6,4 +6,4 @@ Importing this package registers every built-in algorithm and model family with
 
 from __future__ import annotations
 
-from agents import impala, models, ppg, ppo, sac, vmpo  # noqa: F401  (registration)
+from agents import impala, models, nethack_net, ppg, ppo, sac, vmpo  # noqa: F401  (registration)

@@ -45,6 +45,7 @@ from torch import nn
 from agents.distributions import Categorical
 from agents.evaluation import EpisodeLog
 from rl_scaling.distributed import STREAM_SEED_STRIDE
+from rl_scaling.observations import select, to_tensor, write, zeros_like_space
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +62,17 @@ def fill_unroll(model: nn.Module, envs, carry: dict[str, Any], out: dict[str, to
     writing the unroll into ``out`` (``obs``/``first``: T + 1 rows, the last one to bootstrap
     from; ``actions``, ``logprobs``, ``rewards``, ``dones``: T rows) and the episodes that end
     into ``episodes``. ``carry`` (``obs``, ``first``, ``state`` on the acting device) goes on
-    from where the last unroll stopped and is updated in place. The one unroll loop of both
-    IMPALA modes (the synchronous collector and every actor process)."""
-    dist, device = Categorical(), carry["obs"].device
+    from where the last unroll stopped and is updated in place. Observations may be one
+    tensor or a dict of them (NetHack). The one unroll loop of both IMPALA modes (the
+    synchronous collector and every actor process)."""
+    dist, device = Categorical(), carry["first"].device
     steps = out["actions"].shape[0]
     model.eval()
     for t in range(steps):
-        out["obs"][t], out["first"][t] = carry["obs"], carry["first"]
+        write(out["obs"], t, carry["obs"])
+        out["first"][t] = carry["first"]
         with torch.no_grad():
-            logits, _, carry["state"] = model(carry["obs"][None], carry["first"][None],
+            logits, _, carry["state"] = model(select(carry["obs"], None), carry["first"][None],
                                               carry["state"])
             action, logprob = dist.sample(logits[0], generator)
         out["actions"][t], out["logprobs"][t] = action, logprob
@@ -77,17 +80,17 @@ def fill_unroll(model: nn.Module, envs, carry: dict[str, Any], out: dict[str, to
         done = torch.from_numpy(np.logical_or(terminated, truncated)).to(device)
         out["rewards"][t] = torch.from_numpy(reward)
         out["dones"][t] = done
-        carry["obs"], carry["first"] = torch.from_numpy(next_obs).to(device), done
+        carry["obs"], carry["first"] = to_tensor(next_obs, device), done
         episodes.add(info)
-    out["obs"][steps], out["first"][steps] = carry["obs"], carry["first"]
+    write(out["obs"], steps, carry["obs"])
+    out["first"][steps] = carry["first"]
 
 
 @dataclass
 class SlotShapes:
     unroll_length: int
     envs: int  # envs per actor: the trajectories in one slot
-    obs_shape: tuple[int, ...]
-    obs_dtype: torch.dtype
+    observation_space: Any  # one env's: a Box, or a Dict of Boxes (NetHack)
     state_shape: tuple[int, ...]  # one core state tensor: (layers, envs, hidden)
 
 
@@ -102,7 +105,8 @@ class TrajectorySlots:
         def shared(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
             return torch.zeros((num_slots, *shape), dtype=dtype).share_memory_()
 
-        self.obs = shared((t + 1, n, *shapes.obs_shape), shapes.obs_dtype)
+        self.obs = zeros_like_space(shapes.observation_space, (num_slots, t + 1, n),
+                                    shared=True)
         self.first = shared((t + 1, n), torch.bool)
         self.actions = shared((t, n), torch.long)
         self.logprobs = shared((t, n))
@@ -116,16 +120,23 @@ class TrajectorySlots:
         self.episode_length = shared((t * n,), torch.float64)
         self.episode_success = shared((t * n,), torch.float64)
         self.episode_normalized_return = shared((t * n,), torch.float64)
-        self.episode_counts = shared((4,), torch.long)  # entries of each of the four
+        self.episode_score = shared((t * n,), torch.float64)
+        self.episode_counts = shared((len(self.EPISODE_KEYS),), torch.long)  # entries of each
         self.status = shared((), torch.int8)
         self.owner = shared((), torch.long)
         self.filled = shared((), torch.long)  # slots filled by this slot's owner since it started
 
     EPISODE_KEYS = ("episode_return", "episode_length", "episode_success",
-                    "episode_normalized_return")
+                    "episode_normalized_return", "episode_score")
+
+    def unroll(self, s: int) -> dict[str, Any]:
+        """Slot ``s``'s unroll arrays (views into shared memory), keyed as
+        :func:`fill_unroll` writes them."""
+        return {key: select(getattr(self, key), s) for key in UNROLL_KEYS}
 
     def write_episodes(self, s: int, episodes: EpisodeLog) -> None:
-        parts = (episodes.returns, episodes.lengths, episodes.success, episodes.normalized)
+        parts = (episodes.returns, episodes.lengths, episodes.success, episodes.normalized,
+                 episodes.score)
         for j, (key, arrays) in enumerate(zip(self.EPISODE_KEYS, parts, strict=True)):
             values = np.concatenate(arrays).astype(np.float64) if arrays else np.zeros(0)
             getattr(self, key)[s, :len(values)] = torch.from_numpy(values)
@@ -154,7 +165,7 @@ def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
     n = slots.shapes.envs
     envs = factory(num_envs=n, seed=env_seed)
     generator = torch.Generator().manual_seed(sample_seed)
-    carry = {"obs": torch.from_numpy(envs.reset(seed=env_seed)),
+    carry = {"obs": to_tensor(envs.reset(seed=env_seed)),
              "first": torch.ones(n, dtype=torch.bool), "state": model.initial_state(n)}
     mine = [s for s in range(len(slots)) if int(slots.owner[s]) == index]
     episodes = EpisodeLog()
@@ -169,8 +180,7 @@ def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
             slots.c0[s].copy_(carry["state"][1])
             slots.version[s] = int(version)
             episodes.clear()
-            fill_unroll(model, envs, carry, {k: getattr(slots, k)[s] for k in UNROLL_KEYS},
-                        generator, episodes)
+            fill_unroll(model, envs, carry, slots.unroll(s), generator, episodes)
             slots.write_episodes(s, episodes)
             slots.filled[mine[0]] += 1
             slots.status[s] = FULL  # last: the learner reads the data only after this

@@ -23,6 +23,7 @@ class EpisodeLog:
         self.lengths: list[np.ndarray] = []
         self.success: list[np.ndarray] = []
         self.normalized: list[np.ndarray] = []  # envs with a reference return (0..1000)
+        self.score: list[np.ndarray] = []  # envs with an in-game score (NetHack)
 
     def add(self, info: dict[str, Any]) -> None:
         """Record the episodes a step's ``info`` reports (possibly none)."""
@@ -32,6 +33,8 @@ class EpisodeLog:
             self.success.append(info["episode_success"])
         if "episode_normalized_return" in info:
             self.normalized.append(info["episode_normalized_return"])
+        if "episode_score" in info:
+            self.score.append(info["episode_score"])
 
     def gathered(self, ranks: Any) -> EpisodeLog:
         """Every data-parallel rank's episodes in one log (``ranks``: the run's
@@ -48,9 +51,9 @@ class EpisodeLog:
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` and
-        ``fail_to_success`` (when the env reports success) and ``normalized_return_mean``
-        (when it has a reference return) of
-        the episodes collected; empty if none ended."""
+        ``fail_to_success`` (when the env reports success), ``normalized_return_mean``
+        (when it has a reference return) and ``score_mean`` (when it reports an in-game
+        score) of the episodes collected; empty if none ended."""
         out: dict[str, float] = {}
         returns = np.concatenate(self.returns) if self.returns else np.zeros(0)
         if returns.size:
@@ -64,6 +67,9 @@ class EpisodeLog:
         normalized = np.concatenate(self.normalized) if self.normalized else np.zeros(0)
         if normalized.size:
             out[f"{prefix}normalized_return_mean"] = float(normalized.mean())
+        score = np.concatenate(self.score) if self.score else np.zeros(0)
+        if score.size:
+            out[f"{prefix}score_mean"] = float(score.mean())
         return out
 
     def clear(self) -> None:
@@ -71,6 +77,7 @@ class EpisodeLog:
         self.lengths.clear()
         self.success.clear()
         self.normalized.clear()
+        self.score.clear()
 
 
 def fail_to_success(success_rate: float) -> float | None:
@@ -81,7 +88,8 @@ def fail_to_success(success_rate: float) -> float | None:
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) -> dict[str, float]:
-    """Mean return (and success rate, if the env reports one) of ``policy`` over at least
+    """Mean return (and success rate or in-game score, if the env reports one) of ``policy``
+    over at least
     ``episodes`` episodes: the first ``ceil(episodes / num_envs)`` of every env.
 
     ``policy`` maps a batch of observations (num_envs, ...) to actions; a recurrent one
@@ -105,6 +113,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
     returns: list[list[float]] = [[] for _ in range(envs.num_envs)]
     successes: list[list[float]] = [[] for _ in range(envs.num_envs)]
     normalized: list[list[float]] = [[] for _ in range(envs.num_envs)]
+    scores: list[list[float]] = [[] for _ in range(envs.num_envs)]
     obs = envs.reset()
     # a recurrent policy keeps a state per env: it starts afresh and forgets ended episodes
     recurrent = getattr(policy, "recurrent", False)
@@ -122,6 +131,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
         success = info.get("episode_success")
         norm = info.get("episode_normalized_return")
         task_score = info.get("episode_normalized_score")
+        game_score = info.get("episode_score")
         for j, env_index in enumerate(ended):
             if len(returns[env_index]) < per_env:
                 if task_score is not None:
@@ -132,12 +142,16 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
                     successes[env_index].append(float(success[j]))
                 if norm is not None:
                     normalized[env_index].append(float(norm[j]))
+                if game_score is not None:
+                    scores[env_index].append(float(game_score[j]))
     out = {"eval_return": float(np.mean([x for r in returns for x in r]))}
     if any(successes):
         out["eval_success"] = float(np.mean([x for s in successes for x in s]))
         out["eval_fail_to_success"] = fail_to_success(out["eval_success"])
     if any(normalized):  # envs with a reference return: the studies' 0..1000 scale
         out["eval_normalized_return"] = float(np.mean([x for n in normalized for x in n]))
+    if any(scores):  # envs with an in-game score (NetHack)
+        out["eval_score"] = float(np.mean([x for s in scores for x in s]))
     if tasks:
         out.update(task_metrics(tasks, envs))
     return out

@@ -29,7 +29,11 @@ reports them per sample. A time-limit truncation is treated as an episode end.
 
 FLOPs (role ``policy``): one acting forward per env step (on the actors too), and a forward
 and backward (3 forwards) over the T + 1 observations of each trajectory (the last one
-bootstraps V-trace).
+bootstraps V-trace). The log also carries ``flops_8nd``, Tuyls et al.'s convention ``8 N D``
+(N: the scaled parameters, D: env steps), beside that exact count.
+
+Observations may be one array or a dict of arrays (``env=nethack`` with ``model=nethack``):
+the unroll buffers, the actors' slots and the model's forward take either.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ from agents.buffers import vtrace
 from agents.distributions import Categorical
 from agents.evaluation import EpisodeLog, evaluate
 from rl_scaling.context import RunContext
+from rl_scaling.flops import flops_8nd
+from rl_scaling.observations import map_obs, select, to_tensor, zeros_like_space
 from rl_scaling.registry import ConfigError, register_algo
 
 REWARD_CLIPS = ("abs_one", "none")
@@ -141,8 +147,8 @@ class RecurrentPolicy:
     @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         self.model.eval()
-        x = torch.from_numpy(obs).to(self.device)
-        logits, _, self.state = self.model(x[None], self.first[None], self.state)
+        x = select(to_tensor(obs, self.device), None)
+        logits, _, self.state = self.model(x, self.first[None], self.state)
         self.first = torch.zeros_like(self.first)
         return self.dist.sample(logits[0], self.generator)[0].cpu().numpy()
 
@@ -188,13 +194,12 @@ class SyncCollector:
         self.model, self.envs, self.ctx = model, envs, ctx
         steps, n, device = cfg.unroll_length, envs.num_envs, ctx.device
         env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
-        obs = torch.from_numpy(envs.reset(seed=env_seed)).to(device)
+        obs = to_tensor(envs.reset(seed=env_seed), device)
         # every env starts an episode; envs restart on resume, and so does the core
         self.carry = {"obs": obs, "first": torch.ones(n, dtype=torch.bool, device=device),
                       "state": model.initial_state(n, device)}
-        space = envs.single_observation_space
         self.buf = {
-            "obs": torch.zeros((steps + 1, n, *space.shape), dtype=obs.dtype, device=device),
+            "obs": zeros_like_space(envs.single_observation_space, (steps + 1, n), device),
             "first": torch.zeros((steps + 1, n), dtype=torch.bool, device=device),
             "actions": torch.zeros((steps, n), dtype=torch.long, device=device),
             "logprobs": torch.zeros((steps, n), device=device),
@@ -214,12 +219,11 @@ class ActorCollector:
     step."""
 
     def __init__(self, model: nn.Module, cfg: ImpalaConfig, ctx: RunContext) -> None:
-        space = ctx.spec.observation_space
         self.per_actor = cfg.envs_per_actor or cfg.batch_size // cfg.num_actors
         self.device = ctx.device
         h0, _ = model.initial_state(self.per_actor)
-        shapes = SlotShapes(cfg.unroll_length, self.per_actor, tuple(space.shape),
-                            torch.from_numpy(np.zeros(0, space.dtype)).dtype, tuple(h0.shape))
+        shapes = SlotShapes(cfg.unroll_length, self.per_actor, ctx.spec.observation_space,
+                            tuple(h0.shape))
         actor_model = copy.deepcopy(model).cpu().eval()
         seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
         self.pool = ActorPool(cfg.num_actors, cfg.slots_per_actor, shapes,
@@ -231,8 +235,10 @@ class ActorCollector:
         slots = self.pool.slots
         chosen = self.pool.take(self.slots_per_batch)
         version = int(self.pool.version)
+        unrolls = [slots.unroll(s) for s in chosen]
         batch: dict[str, Any] = {
-            key: torch.cat([getattr(slots, key)[s] for s in chosen], dim=1).to(self.device)
+            key: map_obs(lambda *parts: torch.cat(parts, dim=1).to(self.device),
+                         *(u[key] for u in unrolls))
             for key in UNROLL_KEYS}
         batch["state"] = tuple(torch.cat([getattr(slots, key)[s] for s in chosen],
                                          dim=1).to(self.device) for key in ("h0", "c0"))
@@ -254,10 +260,9 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
     device = ctx.device
     T, B = cfg.unroll_length, cfg.batch_size  # noqa: N806 (the paper's symbols)
     envs = ctx.envs("train", num_envs=B) if cfg.num_actors == 0 else None
-    space = ctx.spec.observation_space
-    example = torch.zeros((1, 1, *space.shape),
-                          dtype=torch.from_numpy(np.zeros(0, space.dtype)).dtype, device=device)
+    example = zeros_like_space(ctx.spec.observation_space, (1, 1), device)
     model = ctx.network("policy", example=example)
+    params_effective = ctx.networks["policy"]["params"]["effective"]
     if not getattr(model, "recurrent", False):
         raise ConfigError(f"algo=impala needs a recurrent model (model=lstm); "
                           f"{type(model).__name__} is feed-forward")
@@ -302,6 +307,8 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
                        "reward_mean": float(batch["rewards"].mean()),
                        # the learner's wait for data / its own time: which side starves
                        "rollout_time": round(t_rollout, 3), "update_time": round(t_update, 3),
+                       # the RL convention of Tuyls et al. beside the exact count (flops)
+                       "flops_8nd": flops_8nd(params_effective, c.env_steps),
                        **episodes.metrics()}
             if cfg.num_actors > 0:
                 metrics["actor_restarts"] = collector.pool.restarts

@@ -40,6 +40,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from rl_scaling.context import count_params
+from rl_scaling.observations import check_box, leaves, map_obs
 from rl_scaling.registry import register_model
 
 __all__ = [
@@ -357,27 +358,41 @@ class MLPActorCritic(nn.Module):
         return [m for m in (self.policy_trunk, self.value_trunk) if m is not None]
 
 
+class FlatTorso(nn.Module):
+    """(N, ...) -> (N, features): vector observations as they are."""
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return obs.reshape(obs.shape[0], -1)
+
+
 class LSTMActorCritic(nn.Module):
-    """A recurrent actor-critic over sequences: pre-core MLP -> LSTM core -> policy and value
-    heads (the IMPALA agent's shape; the core's hidden size is the scaled width, 256 at
-    width 1, and ``depth`` stacks LSTM layers).
+    """A recurrent actor-critic over sequences: torso -> pre-core MLP -> LSTM core -> policy
+    and value heads (the IMPALA agent's shape; the core's hidden size is the scaled width, 256
+    at width 1, and ``depth`` stacks LSTM layers).
 
     ``forward(obs (T, B, *obs_shape), first (T, B) bool, state) -> (logits (T, B, A), value
     (T, B), state)``: ``first[t]`` marks an observation that starts a new episode, where the
     core's state is reset to zeros before the step, so one unroll may span episode ends.
     ``state``: ``(h, c)``, each (depth, B, hidden), from :meth:`initial_state` or the
     previous call; None (and ``first=None``) starts from zeros (e.g. to count FLOPs).
+
+    The torso maps one step's observation (a (N, ...) batch, or a dict of them) to
+    ``torso_size`` features: here a flatten of vector observations; a subclass gives its own
+    (the NetHack encoder, ``agents/nethack_net.py``). The torso is not scaled with the width;
+    the pre-core MLP, the core and the heads are (``scaled_modules``).
     """
 
     recurrent = True
 
     def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0,
-                 depth: int = 1) -> None:
+                 depth: int = 1, torso: nn.Module | None = None,
+                 torso_size: int | None = None) -> None:
         super().__init__()
         self.hidden_size = scaled_channels(256, width)
         self.num_layers = depth
-        self.encoder = nn.Sequential(
-            layer_init(nn.Linear(math.prod(obs_shape), self.hidden_size)), nn.ReLU())
+        self.torso = torso if torso is not None else FlatTorso()
+        in_size = torso_size if torso is not None else math.prod(obs_shape)
+        self.encoder = nn.Sequential(layer_init(nn.Linear(in_size, self.hidden_size)), nn.ReLU())
         self.core = nn.LSTM(self.hidden_size, self.hidden_size, num_layers=depth)
         self.policy_head = layer_init(nn.Linear(self.hidden_size, num_actions), std=0.01)
         self.value_head = layer_init(nn.Linear(self.hidden_size, 1), std=1.0)
@@ -387,14 +402,17 @@ class LSTMActorCritic(nn.Module):
         zeros = torch.zeros(self.num_layers, batch, self.hidden_size, device=device)
         return zeros, zeros.clone()
 
-    def forward(self, obs: Tensor, first: Tensor | None = None,
+    def forward(self, obs: Tensor | dict[str, Tensor], first: Tensor | None = None,
                 state: tuple[Tensor, Tensor] | None = None
                 ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
-        steps, batch = obs.shape[:2]
-        x = self.encoder(obs.reshape(steps * batch, -1).float()).view(steps, batch, -1)
-        h, c = state if state is not None else self.initial_state(batch, obs.device)
+        one = leaves(obs)[0]
+        steps, batch, device = one.shape[0], one.shape[1], one.device
+        # (T, B, ...) -> (T * B, ...) for the torso, one step's observations at a time
+        flat_obs = map_obs(lambda a: a.reshape(steps * batch, *a.shape[2:]), obs)
+        x = self.encoder(self.torso(flat_obs).float()).view(steps, batch, -1)
+        h, c = state if state is not None else self.initial_state(batch, device)
         if first is None:
-            first = torch.zeros(steps, batch, dtype=torch.bool, device=obs.device)
+            first = torch.zeros(steps, batch, dtype=torch.bool, device=device)
         if not bool(first[1:].any()):  # no episode starts inside: the sequence in one call
             keep = (~first[0]).to(x.dtype).view(1, batch, 1)
             out, (h, c) = self.core(x, (h * keep, c * keep))
@@ -525,6 +543,7 @@ def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Modul
     """``ctx.network`` builder of the built-in families: an actor-critic for the run's
     observation space and its ``Discrete`` action space (logits) or, for ``mlp``, its ``Box``
     action space (a Gaussian head over ``prod(shape)`` dims), whatever the role."""
+    check_box(spec.observation_space, f"model={cfg.family}")
     space = spec.action_space
     if isinstance(space, gymnasium.spaces.Discrete):
         num_actions, continuous = int(space.n), False

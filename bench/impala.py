@@ -1,6 +1,8 @@
 """Throughput of IMPALA's actor-learner split against its synchronous mode, in one run.
 
-For the synchronous mode and for 1, 2 and N actor processes, on the same env and network:
+For the synchronous mode and for 1, 2 and N actor processes, on the same env and network, for
+each env given (NetHack with the NetHack agent, ``model=nethack``; CartPole-v1 and other
+``env=gym`` ids with ``model=lstm``):
 
 - end-to-end env steps/s of training through the real path (config -> run -> impala.train);
 - the learner's own rate (learner samples/s: T x B per learner step over the step's time) and
@@ -10,11 +12,11 @@ For the synchronous mode and for 1, 2 and N actor processes, on the same env and
   once, with no learner), so one can see which side starves;
 - the mean policy lag.
 
-    python bench/impala.py [--env-id CartPole-v1] [--actors 1,2,4] [--steps 60000]
-                           [--unroll 80] [--batch 32] [--width 1]
+    python bench/impala.py [--envs CartPole-v1,NetHackScore-v0] [--actors 1,2,4]
+                           [--steps 60000,30720] [--unroll 80] [--batch 32] [--width 1]
+                           [--device cpu|cuda]
 
-NetHack (the study's env) joins this table with the NLE env family; until then CartPole-v1
-(``env=gym``) stands in, whose step is ~100x cheaper than NetHack's.
+``--device cuda`` puts the learner on the GPU (the actors act on CPU copies either way).
 """
 
 from __future__ import annotations
@@ -34,13 +36,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from agents.actors import ActorPool, SlotShapes  # noqa: E402
-from agents.models import build_model  # noqa: E402
-from rl_scaling.context import EnvFactory  # noqa: E402
+from rl_scaling.context import EnvFactory, EnvSpec  # noqa: E402
 
 CONFIGS = ROOT / "configs"
 
 
-def train(args: argparse.Namespace, actors: int) -> dict:
+def family(env_id: str) -> tuple[str, str]:
+    """(env family, model family) of an env id."""
+    return ("nethack", "nethack") if env_id.startswith("NetHack") else ("gym", "lstm")
+
+
+def train(args: argparse.Namespace, env_id: str, steps: int, actors: int) -> dict:
     from hydra import compose, initialize_config_dir
 
     from rl_scaling.config import register_configs
@@ -48,12 +54,13 @@ def train(args: argparse.Namespace, actors: int) -> dict:
 
     register_configs()
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        env_family, model_family = family(env_id)
         cfg = compose("config", overrides=[
-            "algo=impala", "model=lstm", f"model.width={args.width}", "env=gym",
-            f"env.id={args.env_id}", f"algo.unroll_length={args.unroll}",
+            "algo=impala", f"model={model_family}", f"model.width={args.width}",
+            f"env={env_family}", f"env.id={env_id}", f"algo.unroll_length={args.unroll}",
             f"algo.batch_size={args.batch}", f"algo.num_actors={actors}",
-            f"budget.value={args.steps}", "logger.progress=none", "checkpoint_every=null",
-            "eval_every=null"])
+            f"budget.value={steps}", "logger.progress=none", "checkpoint_every=null",
+            "eval_every=null", f"device={args.device}"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run(cfg, tmp)
@@ -69,20 +76,23 @@ def train(args: argparse.Namespace, actors: int) -> dict:
             "policy_lag": float(np.mean([r["policy_lag"] for r in rows]))}
 
 
-def actors_only(args: argparse.Namespace, actors: int, seconds: float = 15.0) -> float:
+def actors_only(args: argparse.Namespace, env_id: str, actors: int,
+                seconds: float = 15.0) -> float:
     """Env steps/s the actors produce when slots are released as soon as they are full."""
-    from envs import make_env  # noqa: F401  (registers the env families in this process)
+    import agents  # noqa: F401  (registers the model families in this process)
+    from agents.models import ModelConfig
+    from rl_scaling.registry import MODELS
 
-    factory = EnvFactory("gym", {"family": "gym", "id": args.env_id, "num_envs": 1,
-                                 "eval": {}}, seed=0)
+    env_family, model_family = family(env_id)
+    factory = EnvFactory(env_family, {"family": env_family, "id": env_id, "num_envs": 1,
+                                      "eval": {}}, seed=0)
     env = factory(num_envs=1)
-    obs_shape, n_actions = env.single_observation_space.shape, env.single_action_space.n
+    spec = EnvSpec(env.single_observation_space, env.single_action_space)
     env.close()
-    model = build_model("lstm", obs_shape, n_actions, width=args.width)
+    model = MODELS[model_family].build(ModelConfig(model_family, args.width), spec)
     per_actor = args.batch // actors
     h0, _ = model.initial_state(per_actor)
-    shapes = SlotShapes(args.unroll, per_actor, tuple(obs_shape), torch.float32,
-                        tuple(h0.shape))
+    shapes = SlotShapes(args.unroll, per_actor, spec.observation_space, tuple(h0.shape))
     pool = ActorPool(actors, 2, shapes, factory, copy.deepcopy(model).eval(), seed=0)
     try:
         pool.release(pool.take(1))  # started
@@ -98,31 +108,44 @@ def actors_only(args: argparse.Namespace, actors: int, seconds: float = 15.0) ->
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--env-id", default="CartPole-v1")
+    p.add_argument("--envs", default="CartPole-v1,NetHackScore-v0",
+                   help="comma-separated env ids (NetHack* ids use env=nethack)")
     p.add_argument("--actors", default="1,2,4", help="comma-separated actor counts")
-    p.add_argument("--steps", type=int, default=60_000, help="env steps of each training run")
+    p.add_argument("--steps", default="60000,30720",
+                   help="env steps of each training run, one per env (or one for all)")
     p.add_argument("--unroll", type=int, default=80)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--device", default="cpu", help="the learner's device (cpu, cuda)")
     args = p.parse_args()
+    env_ids = args.envs.split(",")
+    steps = [int(s) for s in args.steps.split(",")]
+    steps = steps * len(env_ids) if len(steps) == 1 else steps
+    if len(steps) != len(env_ids):
+        p.error(f"--steps: give one value, or one per env ({len(env_ids)})")
     counts = [int(a) for a in args.actors.split(",")]
-    results = {"sync": train(args, 0)}
-    for n in counts:
-        print(f"  measuring {n} actor(s) ...", file=sys.stderr, flush=True)
-        actor_sps = actors_only(args, n)
-        results[f"{n} actors"] = {**train(args, n), "actor_sps": actor_sps}
-    base = results["sync"]["sps"]
-    print(f"\nIMPALA on {args.env_id}, LSTM width {args.width}, unroll {args.unroll} x batch "
-          f"{args.batch}, {args.steps:,} env steps per run, torch threads "
-          f"{torch.get_num_threads()}\n")
-    print("| mode | env steps/s | vs sync | learner samples/s | learner waiting | "
-          "actor env steps/s (no learner) | policy lag |")
-    print("|---|---|---|---|---|---|---|")
-    for name, r in results.items():
-        actor = f"{r['actor_sps']:,.0f}" if "actor_sps" in r else "(acting is the wait)"
-        print(f"| {name} | {r['sps']:,.0f} | {r['sps'] / base:.2f}x | "
-              f"{r['learner_sps']:,.0f} | {100 * r['wait_share']:.0f}% | {actor} | "
-              f"{r['policy_lag']:.1f} |")
+    device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+              else f"CPU, {torch.get_num_threads()} torch threads")
+    for env_id, env_steps in zip(env_ids, steps, strict=True):
+        print(f"  {env_id}: synchronous ...", file=sys.stderr, flush=True)
+        results = {"sync": train(args, env_id, env_steps, 0)}
+        for n in counts:
+            print(f"  {env_id}: {n} actor(s) ...", file=sys.stderr, flush=True)
+            actor_sps = actors_only(args, env_id, n)
+            results[f"{n} actors"] = {**train(args, env_id, env_steps, n),
+                                      "actor_sps": actor_sps}
+        base = results["sync"]["sps"]
+        print(f"\nIMPALA on {env_id} ({family(env_id)[1]} model, width {args.width}), unroll "
+              f"{args.unroll} x batch {args.batch}, {env_steps:,} env steps per run, learner "
+              f"on {device}\n")
+        print("| mode | env steps/s | vs sync | learner samples/s | learner waiting | "
+              "actor env steps/s (no learner) | policy lag |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in results.items():
+            actor = f"{r['actor_sps']:,.0f}" if "actor_sps" in r else "(acting is the wait)"
+            print(f"| {name} | {r['sps']:,.0f} | {r['sps'] / base:.2f}x | "
+                  f"{r['learner_sps']:,.0f} | {100 * r['wait_share']:.0f}% | {actor} | "
+                  f"{r['policy_lag']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":

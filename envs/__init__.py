@@ -19,6 +19,7 @@ from envs.base import EnvConfig, EpisodeStats, VecEnv
 from envs.dmc import DMCEnvConfig, make_dmc
 from envs.gym import REFERENCE_RETURNS, GymEnvConfig, make_gym
 from envs.mnist import MnistEnvConfig, make_mnist
+from envs.nethack import NetHackEnvConfig, make_nethack
 from envs.pointmass import PointMassEnvConfig, make_pointmass
 from envs.probe import PROBES, ProbeEnvConfig, make_probe
 from envs.procgen import ProcgenEnvConfig, make_procgen
@@ -30,6 +31,7 @@ ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
     "gym": make_gym,
     "dmc": make_dmc,
     "pointmass": make_pointmass,
+    "nethack": make_nethack,
 }
 
 
@@ -37,11 +39,11 @@ def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
     """Build a vectorised env of one family from plain keyword arguments.
 
     Args:
-        family: "procgen", "mnist", "probe", "gym", "dmc" or "pointmass".
+        family: "procgen", "mnist", "probe", "gym", "dmc", "pointmass" or "nethack".
         num_envs: number of envs stepped together (> 0).
         seed: seeds everything random in the env, in [0, 2**31).
         kwargs: the family's own arguments (see `make_procgen`, `make_mnist`, `make_probe`,
-            `make_gym`, `make_dmc`, `make_pointmass`).
+            `make_gym`, `make_dmc`, `make_pointmass`, `make_nethack`).
 
     Raises:
         ValueError: unknown family or a bad argument (the message names it).
@@ -60,6 +62,7 @@ __all__ = [
     "EpisodeStats",
     "GymEnvConfig",
     "MnistEnvConfig",
+    "NetHackEnvConfig",
     "PointMassEnvConfig",
     "ProbeEnvConfig",
     "ProcgenEnvConfig",
@@ -68,6 +71,7 @@ __all__ = [
     "make_env",
     "make_gym",
     "make_mnist",
+    "make_nethack",
     "make_pointmass",
     "make_probe",
     "make_procgen",

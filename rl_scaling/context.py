@@ -46,6 +46,7 @@ from rl_scaling.checkpoint import CheckpointError, load_module_state, save_check
 from rl_scaling.config import INTERVAL_UNITS
 from rl_scaling.distributed import SINGLE, STREAM_SEED_STRIDE, Distributed
 from rl_scaling.flops import FlopAccountant, forward_flops
+from rl_scaling.observations import batch_size, zeros_like_space
 from rl_scaling.registry import ConfigError
 from rl_scaling.speed import Speed
 
@@ -158,7 +159,7 @@ def _is_loss_key(key: str) -> bool:
 
 def _example_batch(example: Any) -> tuple[tuple[Any, ...], int]:
     args = example if isinstance(example, tuple) else (example,)
-    return args, int(args[0].shape[0])
+    return args, batch_size(args[0])
 
 
 def count_params(module: nn.Module) -> dict[str, int]:
@@ -338,9 +339,7 @@ class RunContext:
             self.torch_rng.set_state(torch.get_rng_state())
         module = module.to(self.device)
         if example is None:
-            space = self.spec.observation_space
-            dtype = torch.from_numpy(np.zeros(0, space.dtype)).dtype
-            example = torch.zeros((1, *space.shape), dtype=dtype, device=self.device)
+            example = zeros_like_space(self.spec.observation_space, (1,), self.device)
         args, n = _example_batch(example)
         scaled = hasattr(module, "scaled_modules")
         flops_total = forward_flops(module, args, effective=False, n_samples=n)

@@ -35,6 +35,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 from torch.overrides import TorchFunctionMode
 
+from rl_scaling.observations import batch_size
+
 __all__ = [
     "FlopAccountant",
     "RoleFlops",
@@ -248,7 +250,7 @@ def _effective_ids(model: nn.Module) -> set[int]:
 
 def _batch(example_obs: Tensor | tuple[Tensor, ...], n_samples: int | None) -> int:
     first = example_obs[0] if isinstance(example_obs, tuple) else example_obs
-    n = first.shape[0] if n_samples is None else n_samples
+    n = batch_size(first) if n_samples is None else n_samples
     if n < 1:
         raise ValueError(f"example_obs must hold at least one sample, got {n}")
     return n

@@ -593,10 +593,10 @@ def test_importing_envs_registers_families_without_torch():
     code += "assert 'torch' not in sys.modules, 'torch'; print(sorted(registry.ENVS))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[0] == str(sorted([*FAMILIES, "dmc", "gym"]))
+    assert out.stdout.split("\n")[0] == str(sorted([*FAMILIES, "dmc", "gym", "nethack"]))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "nethack"])
 def test_family_config_round_trips_and_matches_its_yaml(family):
     entry = registry.env_entry(family)
     cls = entry.config_cls

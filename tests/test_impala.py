@@ -237,3 +237,87 @@ def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
     assert rows[-1]["env_steps"] == 12800 and rows[-1]["actor_restarts"] == 1
     assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
     assert "IMPALA actor" in (run_dir / "sweep.log").read_text()  # reported, with its index
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"  # a zombie has exited (its parent reaps it)
+
+
+def test_a_preempted_actor_run_checkpoints_stops_its_actors_and_resumes(tmp_path):
+    """SIGTERM (Slurm's preemption signal) to an actor-mode run: the learner checkpoints at
+    the end of its iteration and stops its actors (they ignore the signal themselves), the
+    record says ``running``, and the run resumes with its counters where they were."""
+    run_dir = tmp_path / "run"
+    args = [*PROBE, "env.id=obs_action_reward", "algo.num_actors=2"]
+    cmd = [sys.executable, "-m", "rl_scaling.sweep", *args, "budget.value=10000000",
+           f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.jsonl").exists() or len(
+                (run_dir / "metrics.jsonl").read_text().splitlines()) < 5:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.05)
+        actors = _actor_pids(proc.pid)
+        assert len(actors) == 2, actors
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert all(_gone(pid) for pid in actors), "actors outlived the preempted learner"
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
+    state = load_checkpoint(run_dir / "checkpoints" / "latest.pt")
+    stopped_at = state["counters"]["iterations"]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == stopped_at and rows[-1]["env_steps"] == 128 * stopped_at
+    budget = 128 * (stopped_at + 3)
+    assert run(_cfg([*args, f"budget.value={budget}"]), run_dir) == "finished"
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, stopped_at + 4))
+    assert rows[-1]["env_steps"] == budget
+
+
+def test_an_actor_that_keeps_dying_before_its_first_trajectory_fails_the_run():
+    """A broken env config kills every (re)start of an actor before it fills a slot: after
+    MAX_FAILED_STARTS deaths in a row the learner raises with the exit code, not a hang."""
+    import gymnasium
+
+    from agents.actors import MAX_FAILED_STARTS, ActorPool, SlotShapes
+    from rl_scaling.context import EnvFactory
+
+    model = build_model("lstm", (1,), 2, width=0.125)
+    h0, _ = model.initial_state(2)
+    shapes = SlotShapes(4, 2, gymnasium.spaces.Box(-1, 1, (1,)), tuple(h0.shape))
+    broken = EnvFactory("probe", {"family": "probe", "id": "no_such_probe", "num_envs": 2,
+                                  "eval": {}}, seed=0)
+    pool = ActorPool(1, 1, shapes, broken, model, seed=0)
+    try:
+        with pytest.raises(RuntimeError, match=f"died {MAX_FAILED_STARTS} times in a row"):
+            pool.take(1, timeout_s=120)
+        assert pool.restarts == MAX_FAILED_STARTS - 1
+    finally:
+        pool.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("actors", [0, 2])
+def test_impala_with_a_cuda_learner_reaches_the_probe_solution(actors, tmp_path):
+    """The learner on the GPU, acting there (synchronous) or in CPU actors that read the
+    weights it publishes across devices."""
+    assert run(_cfg([*PROBE, "env.id=obs_action_reward", "budget.value=8192", "device=cuda",
+                     f"algo.num_actors={actors}"]), tmp_path) == "finished"
+    model = _model(tmp_path, 1, 2)  # the checkpoint loads on the CPU
+    with torch.no_grad():
+        logits, value, _ = model(torch.tensor([[[1.0], [-1.0]]]),
+                                 torch.ones(1, 2, dtype=torch.bool), None)
+    best = torch.softmax(logits[0], -1)[torch.arange(2), torch.tensor([1, 0])]
+    assert (best > 0.9).all(), best.tolist()
+    np.testing.assert_allclose(value[0].numpy(), [1.0, 1.0], atol=0.15)
