@@ -25,15 +25,31 @@ mode, ``num_actors=0``, is). The version a slot records is the one at the start 
 unroll; the weights may change during it, so ``policy_lag`` is an upper bound (V-trace is
 exact regardless: it uses the log-probabilities recorded at every step).
 
+Who runs the network (``algo.actor_inference``):
+
+- ``local`` (default): every actor acts with its CPU copy of the network (one thread each);
+  the actors' cores do both the acting forwards and the env steps.
+- ``learner``: an :class:`InferenceServer` thread in the learner's process acts for all
+  actors, in batches on the learner's device (a GPU) with its own copy of the network and
+  its own CUDA stream, keeping the core state of every actor's env there. An actor writes one
+  step's observations into an :class:`InferenceChannel` (shared memory), raises its request
+  flag and waits for the sampled actions; at the first step of an unroll the server also
+  records the core state into the actor's slot. The actors then only step envs: NetHack's
+  encoder costs ~20 MFLOP per forward, far more on a CPU core than the env step.
+
 The hand-off orders its writes (data, then the status flag) as plain stores into shared
 memory, which x86-64 keeps in order; on a weakly ordered CPU (ARM) a fence would be needed.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import os
 import signal
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +61,7 @@ from torch import nn
 from agents.distributions import Categorical
 from agents.evaluation import EpisodeLog
 from rl_scaling.distributed import STREAM_SEED_STRIDE
-from rl_scaling.observations import select, to_tensor, write, zeros_like_space
+from rl_scaling.observations import map_obs, select, to_tensor, write, zeros_like_space
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +72,43 @@ MAX_FAILED_STARTS = 3  # deaths in a row without a filled slot before the run fa
 UNROLL_KEYS = ("obs", "first", "actions", "logprobs", "rewards", "dones")
 
 
-def fill_unroll(model: nn.Module, envs, carry: dict[str, Any], out: dict[str, torch.Tensor],
-                generator: torch.Generator, episodes: EpisodeLog) -> None:
-    """Act ``T = out["actions"].shape[0]`` steps of ``envs`` with a recurrent ``model``,
-    writing the unroll into ``out`` (``obs``/``first``: T + 1 rows, the last one to bootstrap
-    from; ``actions``, ``logprobs``, ``rewards``, ``dones``: T rows) and the episodes that end
-    into ``episodes``. ``carry`` (``obs``, ``first``, ``state`` on the acting device) goes on
-    from where the last unroll stopped and is updated in place. Observations may be one
-    tensor or a dict of them (NetHack). The one unroll loop of both IMPALA modes (the
-    synchronous collector and every actor process)."""
-    dist, device = Categorical(), carry["first"].device
+class LocalActing:
+    """Acts in this process with a recurrent ``model`` on ``device``, carrying the core state
+    of ``num_envs`` envs: the synchronous mode, and actors with ``algo.actor_inference=local``
+    (each acting with its CPU copy of the network)."""
+
+    def __init__(self, model: nn.Module, num_envs: int, device: torch.device | str,
+                 generator: torch.Generator) -> None:
+        self.model, self.generator, self.dist = model, generator, Categorical()
+        self.state = model.initial_state(num_envs, device)
+
+    def begin_unroll(self, slot: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The core state the next unroll starts from (the learner starts there too)."""
+        return self.state[0].clone(), self.state[1].clone()
+
+    @torch.no_grad()
+    def __call__(self, obs: Any, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions and their log-probabilities for one step of every env."""
+        self.model.eval()
+        logits, _, self.state = self.model(select(obs, None), first[None], self.state)
+        return self.dist.sample(logits[0], self.generator)
+
+
+def fill_unroll(act: Any, envs, carry: dict[str, Any], out: dict[str, torch.Tensor],
+                episodes: EpisodeLog) -> None:
+    """Act ``T = out["actions"].shape[0]`` steps of ``envs`` with ``act`` (a
+    :class:`LocalActing` or :class:`RemoteActing`), writing the unroll into ``out``
+    (``obs``/``first``: T + 1 rows, the last one to bootstrap from; ``actions``, ``logprobs``,
+    ``rewards``, ``dones``: T rows) and the episodes that end into ``episodes``. ``carry``
+    (``obs``, ``first`` on the acting device) goes on from where the last unroll stopped and
+    is updated in place. Observations may be one tensor or a dict of them (NetHack). The one
+    unroll loop of both IMPALA modes (the synchronous collector and every actor process)."""
+    device = carry["first"].device
     steps = out["actions"].shape[0]
-    model.eval()
     for t in range(steps):
         write(out["obs"], t, carry["obs"])
         out["first"][t] = carry["first"]
-        with torch.no_grad():
-            logits, _, carry["state"] = model(select(carry["obs"], None), carry["first"][None],
-                                              carry["state"])
-            action, logprob = dist.sample(logits[0], generator)
+        action, logprob = act(carry["obs"], carry["first"])
         out["actions"][t], out["logprobs"][t] = action, logprob
         next_obs, reward, terminated, truncated, info = envs.step(action.cpu().numpy())
         done = torch.from_numpy(np.logical_or(terminated, truncated)).to(device)
@@ -84,6 +118,150 @@ def fill_unroll(model: nn.Module, envs, carry: dict[str, Any], out: dict[str, to
         episodes.add(info)
     write(out["obs"], steps, carry["obs"])
     out["first"][steps] = carry["first"]
+
+
+# ---- acting on the learner's device (algo.actor_inference=learner) -------------------------
+IDLE, REQUEST, ANSWERED = 0, 1, 2
+SPIN_S = 0.00005  # an actor's sleep between looks at its answer flag
+SERVE_S = 0.00005  # the inference server's sleep when no actor is waiting
+
+
+class InferenceChannel:
+    """Shared memory between the actors and the learner's :class:`InferenceServer`: per
+    actor, one step's observations of its envs, a request flag and the answer."""
+
+    def __init__(self, num_actors: int, envs: int, observation_space: Any) -> None:
+        def shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            return torch.zeros(shape, dtype=dtype).share_memory_()
+
+        self.envs = envs
+        self.obs = zeros_like_space(observation_space, (num_actors, envs), shared=True)
+        self.first = shared((num_actors, envs), torch.bool)
+        self.flag = shared((num_actors,), torch.int8)  # IDLE / REQUEST / ANSWERED
+        # the slot an actor's unroll starts in at its next request (-1: none): the server
+        # writes the core state of the actor's envs there, where the learner starts
+        self.unroll_slot = torch.full((num_actors,), -1, dtype=torch.long).share_memory_()
+        self.action = shared((num_actors, envs), torch.long)
+        self.logprob = shared((num_actors, envs), torch.float32)
+
+
+class RemoteActing:
+    """An actor's side of ``algo.actor_inference=learner``: writes its envs' observations into
+    the channel, raises its flag, and waits for the actions the learner's server samples."""
+
+    def __init__(self, channel: InferenceChannel, index: int, stop: torch.Tensor) -> None:
+        self.channel, self.index, self.stop = channel, index, stop
+        self.parent = os.getppid()
+
+    def begin_unroll(self, slot: int | None = None) -> None:
+        self.channel.unroll_slot[self.index] = slot  # the server records the state there
+        return None
+
+    def __call__(self, obs: Any, first: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c, i = self.channel, self.index
+        write(c.obs, i, obs)
+        c.first[i] = first
+        c.flag[i] = REQUEST  # last: the server reads the request only after this
+        waited = 0
+        while int(c.flag[i]) != ANSWERED:
+            time.sleep(SPIN_S)
+            waited += 1
+            if waited % 20000 == 0 and (bool(self.stop) or os.getppid() != self.parent):
+                raise SystemExit(0)  # the learner stopped (or died) while this actor waited
+        c.flag[i] = IDLE
+        return c.action[i].clone(), c.logprob[i].clone()
+
+
+class InferenceServer:
+    """``algo.actor_inference=learner``: a thread of the learner's process that answers the
+    actors' requests in batches on the learner's device (a GPU), with its own copy of the
+    network (refreshed by :meth:`load` after every learner step) on its own CUDA stream, and
+    the core state of every actor's envs kept there. On a GPU machine this takes the network
+    off the actors' cores, which then only step envs."""
+
+    def __init__(self, model: nn.Module, channel: InferenceChannel, slots: Any,
+                 device: torch.device, seed: int) -> None:
+        self.model = copy.deepcopy(model).to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.channel, self.slots, self.device = channel, slots, device
+        num_envs = channel.first.numel()
+        self.state = self.model.initial_state(num_envs, device)
+        self.generator = torch.Generator(device=device).manual_seed(int(seed))
+        self.dist = Categorical()
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.lock = threading.Lock()
+        self.batches = 0  # inference calls and the envs they acted for, since the last stats()
+        self.batched_envs = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, name="impala-inference",
+                                       daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                waiting = torch.nonzero(self.channel.flag == REQUEST).flatten()
+                if len(waiting) == 0:
+                    time.sleep(SERVE_S)
+                    continue
+                self._answer(waiting)
+        except BaseException as err:  # reported by the learner's next take()
+            self.error = err
+
+    @torch.no_grad()
+    def _answer(self, actors: torch.Tensor) -> None:
+        c, per_actor, n = self.channel, self.channel.envs, len(actors)
+        rows = (actors[:, None] * per_actor + torch.arange(per_actor)).flatten()
+        obs = map_obs(lambda a: a[actors].reshape(n * per_actor, *a.shape[2:]), c.obs)
+        first = c.first[actors].reshape(n * per_actor)
+        starts = [(j, int(c.unroll_slot[a])) for j, a in enumerate(actors.tolist())
+                  if int(c.unroll_slot[a]) >= 0]
+        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+        with self.lock, stream:
+            rows_d = rows.to(self.device)
+            h, cell = self.state[0][:, rows_d], self.state[1][:, rows_d]
+            for j, slot in starts:  # the state these unrolls start from, for the learner
+                part = slice(j * per_actor, (j + 1) * per_actor)
+                self.slots.h0[slot].copy_(h[:, part])
+                self.slots.c0[slot].copy_(cell[:, part])
+            logits, _, (h, cell) = self.model(
+                select(to_tensor(obs, self.device), None), first.to(self.device)[None], (h, cell))
+            self.state[0][:, rows_d], self.state[1][:, rows_d] = h, cell
+            action, logprob = self.dist.sample(logits[0], self.generator)
+            action, logprob = action.cpu(), logprob.float().cpu()  # waits for the stream
+        for j, _ in starts:
+            c.unroll_slot[actors[j]] = -1
+        c.action[actors] = action.view(n, per_actor)
+        c.logprob[actors] = logprob.view(n, per_actor)
+        c.flag[actors] = ANSWERED  # last
+        self.batches += 1
+        self.batched_envs += n * per_actor
+
+    def load(self, learner: nn.Module) -> None:
+        """Copy the learner's weights (between two batches; ordered with the learner's own
+        stream, so neither side sees a half-written update)."""
+        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+        with self.lock, torch.no_grad():
+            if self.stream is not None:
+                self.stream.wait_stream(torch.cuda.current_stream(self.device))
+            with stream:
+                for dst, src in zip(self.model.state_dict().values(),
+                                    learner.state_dict().values(), strict=True):
+                    dst.copy_(src)
+            if self.stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def stats(self) -> float:
+        """Mean envs per inference call since the last call (0 if none)."""
+        mean = self.batched_envs / self.batches if self.batches else 0.0
+        self.batches = self.batched_envs = 0
+        return mean
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(timeout=10)
 
 
 @dataclass
@@ -155,18 +333,20 @@ class TrajectorySlots:
         return int(self.status.shape[0])
 
 
-def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
+def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module | None,
                version: torch.Tensor, slots: TrajectorySlots, stop: torch.Tensor,
-               sample_seed: int) -> None:
-    """One actor process: fill the slots it owns, forever, until ``stop`` is set."""
+               sample_seed: int, channel: InferenceChannel | None = None) -> None:
+    """One actor process: fill the slots it owns, forever, until ``stop`` is set. Acts with
+    its CPU copy ``model``, or through the learner's inference server (``channel``)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # the learner decides when actors stop
     torch.set_num_threads(1)
     n = slots.shapes.envs
     envs = factory(num_envs=n, seed=env_seed)
-    generator = torch.Generator().manual_seed(sample_seed)
+    acting = (RemoteActing(channel, index, stop) if channel is not None else
+              LocalActing(model, n, "cpu", torch.Generator().manual_seed(sample_seed)))
     carry = {"obs": to_tensor(envs.reset(seed=env_seed)),
-             "first": torch.ones(n, dtype=torch.bool), "state": model.initial_state(n)}
+             "first": torch.ones(n, dtype=torch.bool)}
     mine = [s for s in range(len(slots)) if int(slots.owner[s]) == index]
     episodes = EpisodeLog()
     try:
@@ -176,11 +356,13 @@ def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module,
                 time.sleep(POLL_S)
                 continue
             s = ready[0]
-            slots.h0[s].copy_(carry["state"][0])  # the state the learner starts from
-            slots.c0[s].copy_(carry["state"][1])
+            start = acting.begin_unroll(s)  # the state the learner starts from
+            if start is not None:  # (acting remotely, the server records it)
+                slots.h0[s].copy_(start[0])
+                slots.c0[s].copy_(start[1])
             slots.version[s] = int(version)
             episodes.clear()
-            fill_unroll(model, envs, carry, slots.unroll(s), generator, episodes)
+            fill_unroll(acting, envs, carry, slots.unroll(s), episodes)
             slots.write_episodes(s, episodes)
             slots.filled[mine[0]] += 1
             slots.status[s] = FULL  # last: the learner reads the data only after this
@@ -193,23 +375,35 @@ class ActorPool:
     side of the hand-off (``take`` a batch, ``release`` it, ``publish`` its weights)."""
 
     def __init__(self, num_actors: int, slots_per_actor: int, shapes: SlotShapes,
-                 factory: Any, model: nn.Module, seed: int) -> None:
+                 factory: Any, model: nn.Module, seed: int,
+                 inference_device: torch.device | None = None) -> None:
+        """``model``: the network to act with (copied). ``inference_device``: None, the
+        actors act with CPU copies of it (``algo.actor_inference=local``); a device, an
+        :class:`InferenceServer` on it acts for them (``algo.actor_inference=learner``)."""
         self.ctx = mp.get_context("spawn")  # a fresh interpreter: no forked torch threads
         self.num_actors, self.factory, self.seed = num_actors, factory, int(seed)
         self.slots = TrajectorySlots(num_actors * slots_per_actor, shapes)
         for s in range(len(self.slots)):
             self.slots.owner[s] = s % num_actors
             self.slots.status[s] = FREE
-        self.model = model  # the actors' CPU copy, in shared memory
-        for p in [*model.parameters(), *model.buffers()]:
-            p.requires_grad_(False)
-        model.share_memory()
+        self.channel: InferenceChannel | None = None
+        self.server: InferenceServer | None = None
+        self.model: nn.Module | None = None
+        self.procs: list[Any] = [None] * num_actors
+        if inference_device is None:
+            self.model = copy.deepcopy(model).cpu().eval()  # the actors' copy, shared
+            for p in [*self.model.parameters(), *self.model.buffers()]:
+                p.requires_grad_(False)
+            self.model.share_memory()
+        else:
+            self.channel = InferenceChannel(num_actors, shapes.envs, shapes.observation_space)
+            self.server = InferenceServer(model, self.channel, self.slots,
+                                          torch.device(inference_device), seed)
         self.version = torch.zeros((), dtype=torch.long).share_memory_()
         self.stop = torch.zeros((), dtype=torch.bool).share_memory_()
         self.restarts = 0
         self.starts = [0] * num_actors
         self.failed_starts = [0] * num_actors
-        self.procs: list[Any] = [None] * num_actors
         self._last_check = time.monotonic()
         try:
             for k in range(num_actors):
@@ -225,10 +419,13 @@ class ActorPool:
         env_seed = (self.seed + STREAM_SEED_STRIDE * stream) % 2**31
         self.starts[k] += 1
         self.slots.filled[self._first_slot(k)] = 0
+        if self.channel is not None:  # a request of the dead actor is not waited on
+            self.channel.flag[k] = IDLE
+            self.channel.unroll_slot[k] = -1
         proc = self.ctx.Process(
             target=actor_loop, name=f"impala-actor-{k}", daemon=True,
             args=(k, self.factory, env_seed, self.model, self.version, self.slots, self.stop,
-                  (env_seed + 1) % 2**31))
+                  (env_seed + 1) % 2**31, self.channel))
         proc.start()
         self.procs[k] = proc
 
@@ -261,6 +458,9 @@ class ActorPool:
         while True:
             if time.monotonic() - self._last_check > CHECK_S:  # also when the rest keep up
                 self.check_actors()
+                if self.server is not None and self.server.error is not None:
+                    raise RuntimeError("the IMPALA inference server failed") from \
+                        self.server.error
             full = torch.nonzero(self.slots.status == FULL).flatten().tolist()
             if len(full) >= count:
                 full.sort(key=lambda s: int(self.slots.version[s]))
@@ -278,12 +478,20 @@ class ActorPool:
             self.slots.status[s] = FREE
 
     def publish(self, learner: nn.Module) -> None:
-        """Copy the learner's weights into the actors' shared copy, then count the version."""
-        with torch.no_grad():
-            for dst, src in zip(self.model.state_dict().values(),
-                                learner.state_dict().values(), strict=True):
-                dst.copy_(src)
+        """Copy the learner's weights into the actors' shared copy (or the inference
+        server's), then count the version."""
+        if self.server is not None:
+            self.server.load(learner)
+        else:
+            with torch.no_grad():
+                for dst, src in zip(self.model.state_dict().values(),
+                                    learner.state_dict().values(), strict=True):
+                    dst.copy_(src)
         self.version += 1
+
+    def inference_batch(self) -> float | None:
+        """Mean envs per inference call since the last call (None: the actors act)."""
+        return None if self.server is None else self.server.stats()
 
     def close(self) -> None:
         """Stop every actor: ask, wait up to 10 s in all, then terminate and reap."""
@@ -296,3 +504,5 @@ class ActorPool:
             if p is not None and p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+        if self.server is not None:
+            self.server.close()

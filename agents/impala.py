@@ -38,7 +38,6 @@ the unroll buffers, the actors' slots and the model's forward take either.
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from dataclasses import dataclass
@@ -48,16 +47,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.actors import UNROLL_KEYS, ActorPool, SlotShapes, fill_unroll
+from agents.actors import UNROLL_KEYS, ActorPool, LocalActing, SlotShapes, fill_unroll
 from agents.buffers import vtrace
 from agents.distributions import Categorical
 from agents.evaluation import EpisodeLog, evaluate
 from rl_scaling.context import RunContext
 from rl_scaling.flops import flops_8nd
-from rl_scaling.observations import map_obs, select, to_tensor, zeros_like_space
+from rl_scaling.observations import map_obs, to_tensor, zeros_like_space
 from rl_scaling.registry import ConfigError, register_algo
 
 REWARD_CLIPS = ("abs_one", "none")
+ACTOR_INFERENCE = ("local", "learner")
 
 
 @dataclass
@@ -84,6 +84,10 @@ class ImpalaConfig:
     num_actors: int = 0
     envs_per_actor: int = 0  # envs each actor steps (one slot's trajectories); 0: B / N
     slots_per_actor: int = 2  # slots each actor fills in turn (2: double buffering)
+    # local: every actor acts with its CPU copy of the network. learner: a thread of the
+    # learner acts for all actors in batches on the learner's device (a GPU); the actors
+    # then only step envs
+    actor_inference: str = "local"
 
     def validate(self) -> None:
         checks = [
@@ -103,6 +107,8 @@ class ImpalaConfig:
             ("num_actors", self.num_actors >= 0, "must be >= 0 (0: synchronous)"),
             ("envs_per_actor", self.envs_per_actor >= 0, "must be >= 0 (0: batch / actors)"),
             ("slots_per_actor", self.slots_per_actor >= 1, "must be >= 1"),
+            ("actor_inference", self.actor_inference in ACTOR_INFERENCE,
+             f"must be one of {ACTOR_INFERENCE}"),
         ]
         for key, ok, why in checks:
             if not ok:
@@ -133,24 +139,20 @@ class RecurrentPolicy:
     def __init__(self, model: nn.Module, device: torch.device,
                  generator: torch.Generator) -> None:
         self.model, self.device, self.generator = model, device, generator
-        self.dist = Categorical()
-        self.state = None
+        self.acting: LocalActing | None = None
         self.first = None
 
     def reset(self, num_envs: int) -> None:
-        self.state = self.model.initial_state(num_envs, self.device)
+        self.acting = LocalActing(self.model, num_envs, self.device, self.generator)
         self.first = torch.ones(num_envs, dtype=torch.bool, device=self.device)
 
     def reset_where(self, done: np.ndarray) -> None:
         self.first = torch.from_numpy(np.asarray(done, bool)).to(self.device)
 
-    @torch.no_grad()
     def __call__(self, obs: np.ndarray) -> np.ndarray:
-        self.model.eval()
-        x = select(to_tensor(obs, self.device), None)
-        logits, _, self.state = self.model(x, self.first[None], self.state)
+        action, _ = self.acting(to_tensor(obs, self.device), self.first)
         self.first = torch.zeros_like(self.first)
-        return self.dist.sample(logits[0], self.generator)[0].cpu().numpy()
+        return action.cpu().numpy()
 
 
 def learner_step(model: nn.Module, optimizer: torch.optim.Optimizer,
@@ -191,13 +193,13 @@ class SyncCollector:
     process with the learner's network (deterministic; policy lag 0)."""
 
     def __init__(self, model: nn.Module, envs, cfg: ImpalaConfig, ctx: RunContext) -> None:
-        self.model, self.envs, self.ctx = model, envs, ctx
+        self.envs = envs
         steps, n, device = cfg.unroll_length, envs.num_envs, ctx.device
         env_seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
         obs = to_tensor(envs.reset(seed=env_seed), device)
         # every env starts an episode; envs restart on resume, and so does the core
-        self.carry = {"obs": obs, "first": torch.ones(n, dtype=torch.bool, device=device),
-                      "state": model.initial_state(n, device)}
+        self.acting = LocalActing(model, n, device, ctx.device_rng)
+        self.carry = {"obs": obs, "first": torch.ones(n, dtype=torch.bool, device=device)}
         self.buf = {
             "obs": zeros_like_space(envs.single_observation_space, (steps + 1, n), device),
             "first": torch.zeros((steps + 1, n), dtype=torch.bool, device=device),
@@ -208,8 +210,8 @@ class SyncCollector:
         }
 
     def collect(self, episodes: EpisodeLog) -> dict[str, Any]:
-        start = tuple(s.clone() for s in self.carry["state"])  # where the learner starts
-        fill_unroll(self.model, self.envs, self.carry, self.buf, self.ctx.device_rng, episodes)
+        start = self.acting.begin_unroll()  # where the learner starts
+        fill_unroll(self.acting, self.envs, self.carry, self.buf, episodes)
         return {**self.buf, "state": start, "policy_lag": 0.0}
 
 
@@ -224,10 +226,11 @@ class ActorCollector:
         h0, _ = model.initial_state(self.per_actor)
         shapes = SlotShapes(cfg.unroll_length, self.per_actor, ctx.spec.observation_space,
                             tuple(h0.shape))
-        actor_model = copy.deepcopy(model).cpu().eval()
         seed = int(torch.randint(0, 2**31 - 1, (), generator=ctx.torch_rng).item())
         self.pool = ActorPool(cfg.num_actors, cfg.slots_per_actor, shapes,
-                              ctx.env_factory("train"), actor_model, seed)
+                              ctx.env_factory("train"), model, seed,
+                              inference_device=(ctx.device if cfg.actor_inference == "learner"
+                                                else None))
         self.slots_per_batch = cfg.batch_size // self.per_actor
         self.learner = model
 
@@ -312,6 +315,9 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
                        **episodes.metrics()}
             if cfg.num_actors > 0:
                 metrics["actor_restarts"] = collector.pool.restarts
+                batch_envs = collector.pool.inference_batch()
+                if batch_envs is not None:  # envs per call of the learner-side inference
+                    metrics["inference_batch"] = round(batch_envs, 2)
             ctx.end_iteration(metrics, evaluate=lambda: evaluate(
                 eval_policy, ctx.envs("eval"), ctx.eval_episodes))
     finally:

@@ -14,15 +14,16 @@ each env given (NetHack with the NetHack agent, ``model=nethack``; CartPole-v1 a
 
     python bench/impala.py [--envs CartPole-v1,NetHackScore-v0] [--actors 1,2,4]
                            [--steps 60000,30720] [--unroll 80] [--batch 32] [--width 1]
-                           [--device cpu|cuda]
+                           [--device cpu|cuda] [--inference local,learner]
 
-``--device cuda`` puts the learner on the GPU (the actors act on CPU copies either way).
+``--device cuda`` puts the learner on the GPU. ``--inference``: the actors act with CPU copies
+of the network (``local``), or a thread of the learner acts for all of them in batches on its
+device (``learner``; ``algo.actor_inference``).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import tempfile
@@ -46,7 +47,8 @@ def family(env_id: str) -> tuple[str, str]:
     return ("nethack", "nethack") if env_id.startswith("NetHack") else ("gym", "lstm")
 
 
-def train(args: argparse.Namespace, env_id: str, steps: int, actors: int) -> dict:
+def train(args: argparse.Namespace, env_id: str, steps: int, actors: int,
+          inference: str = "local") -> dict:
     from hydra import compose, initialize_config_dir
 
     from rl_scaling.config import register_configs
@@ -60,7 +62,7 @@ def train(args: argparse.Namespace, env_id: str, steps: int, actors: int) -> dic
             f"env={env_family}", f"env.id={env_id}", f"algo.unroll_length={args.unroll}",
             f"algo.batch_size={args.batch}", f"algo.num_actors={actors}",
             f"budget.value={steps}", "logger.progress=none", "checkpoint_every=null",
-            "eval_every=null", f"device={args.device}"])
+            "eval_every=null", f"device={args.device}", f"algo.actor_inference={inference}"])
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         run(cfg, tmp)
@@ -76,7 +78,7 @@ def train(args: argparse.Namespace, env_id: str, steps: int, actors: int) -> dic
             "policy_lag": float(np.mean([r["policy_lag"] for r in rows]))}
 
 
-def actors_only(args: argparse.Namespace, env_id: str, actors: int,
+def actors_only(args: argparse.Namespace, env_id: str, actors: int, inference: str = "local",
                 seconds: float = 15.0) -> float:
     """Env steps/s the actors produce when slots are released as soon as they are full."""
     import agents  # noqa: F401  (registers the model families in this process)
@@ -93,7 +95,8 @@ def actors_only(args: argparse.Namespace, env_id: str, actors: int,
     per_actor = args.batch // actors
     h0, _ = model.initial_state(per_actor)
     shapes = SlotShapes(args.unroll, per_actor, spec.observation_space, tuple(h0.shape))
-    pool = ActorPool(actors, 2, shapes, factory, copy.deepcopy(model).eval(), seed=0)
+    device = torch.device(args.device) if inference == "learner" else None
+    pool = ActorPool(actors, 2, shapes, factory, model, seed=0, inference_device=device)
     try:
         pool.release(pool.take(1))  # started
         t0, produced = time.perf_counter(), 0
@@ -117,6 +120,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--device", default="cpu", help="the learner's device (cpu, cuda)")
+    p.add_argument("--inference", default="local",
+                   help="comma-separated algo.actor_inference modes to measure: local (the "
+                        "actors act on CPU), learner (batched on the learner's device)")
     args = p.parse_args()
     env_ids = args.envs.split(",")
     steps = [int(s) for s in args.steps.split(",")]
@@ -124,16 +130,19 @@ def main() -> None:
     if len(steps) != len(env_ids):
         p.error(f"--steps: give one value, or one per env ({len(env_ids)})")
     counts = [int(a) for a in args.actors.split(",")]
+    modes = args.inference.split(",")
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"CPU, {torch.get_num_threads()} torch threads")
     for env_id, env_steps in zip(env_ids, steps, strict=True):
         print(f"  {env_id}: synchronous ...", file=sys.stderr, flush=True)
         results = {"sync": train(args, env_id, env_steps, 0)}
-        for n in counts:
-            print(f"  {env_id}: {n} actor(s) ...", file=sys.stderr, flush=True)
-            actor_sps = actors_only(args, env_id, n)
-            results[f"{n} actors"] = {**train(args, env_id, env_steps, n),
-                                      "actor_sps": actor_sps}
+        for mode in modes:
+            for n in counts:
+                name = f"{n} actors" + ("" if modes == ["local"] else f", {mode} inference")
+                print(f"  {env_id}: {name} ...", file=sys.stderr, flush=True)
+                actor_sps = actors_only(args, env_id, n, mode)
+                results[name] = {**train(args, env_id, env_steps, n, mode),
+                                 "actor_sps": actor_sps}
         base = results["sync"]["sps"]
         print(f"\nIMPALA on {env_id} ({family(env_id)[1]} model, width {args.width}), unroll "
               f"{args.unroll} x batch {args.batch}, {env_steps:,} env steps per run, learner "

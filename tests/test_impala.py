@@ -213,10 +213,12 @@ def _actor_pids(parent: int) -> list[int]:
     return pids
 
 
-def test_a_killed_actor_is_restarted_and_the_run_finishes(tmp_path):
+@pytest.mark.parametrize("inference", ["local", "learner"])
+def test_a_killed_actor_is_restarted_and_the_run_finishes(inference, tmp_path):
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "rl_scaling.sweep", *PROBE, "env.id=obs_action_reward",
-           "algo.num_actors=2", "budget.value=12800", f"hydra.run.dir={run_dir}"]
+           "algo.num_actors=2", "budget.value=12800", f"algo.actor_inference={inference}",
+           f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -308,12 +310,13 @@ def test_an_actor_that_keeps_dying_before_its_first_trajectory_fails_the_run():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("actors", [0, 2])
-def test_impala_with_a_cuda_learner_reaches_the_probe_solution(actors, tmp_path):
-    """The learner on the GPU, acting there (synchronous) or in CPU actors that read the
-    weights it publishes across devices."""
+@pytest.mark.parametrize("actors,inference", [(0, "local"), (2, "local"), (2, "learner")])
+def test_impala_with_a_cuda_learner_reaches_the_probe_solution(actors, inference, tmp_path):
+    """The learner on the GPU, acting there (synchronous), in CPU actors that read the weights
+    it publishes across devices, or through its inference server on the GPU."""
     assert run(_cfg([*PROBE, "env.id=obs_action_reward", "budget.value=8192", "device=cuda",
-                     f"algo.num_actors={actors}"]), tmp_path) == "finished"
+                     f"algo.num_actors={actors}", f"algo.actor_inference={inference}"]),
+               tmp_path) == "finished"
     model = _model(tmp_path, 1, 2)  # the checkpoint loads on the CPU
     with torch.no_grad():
         logits, value, _ = model(torch.tensor([[[1.0], [-1.0]]]),
@@ -321,3 +324,43 @@ def test_impala_with_a_cuda_learner_reaches_the_probe_solution(actors, tmp_path)
     best = torch.softmax(logits[0], -1)[torch.arange(2), torch.tensor([1, 0])]
     assert (best > 0.9).all(), best.tolist()
     np.testing.assert_allclose(value[0].numpy(), [1.0, 1.0], atol=0.15)
+
+
+@pytest.mark.parametrize("inference", ["local", "learner"])
+def test_an_actors_slot_replays_to_its_recorded_log_probabilities(inference):
+    """The learner, starting from the core state a slot recorded and reading its observations
+    and episode starts, computes the log-probabilities the actor acted with (same weights):
+    the state hand-off is exact, across episode ends inside the unroll, whether the actors
+    act with their CPU copies or the learner's inference server acts for them."""
+    from agents.actors import ActorPool, SlotShapes
+    from agents.distributions import Categorical
+    from envs import make_env
+    from rl_scaling.context import EnvFactory
+
+    env = make_env("gym", num_envs=1, seed=0, env_id="CartPole-v1")
+    space = env.single_observation_space
+    env.close()
+    torch.manual_seed(0)
+    model = build_model("lstm", space.shape, 2, width=0.25)
+    h0, _ = model.initial_state(3)
+    shapes = SlotShapes(64, 3, space, tuple(h0.shape))
+    factory = EnvFactory("gym", {"family": "gym", "id": "CartPole-v1", "num_envs": 3,
+                                 "eval": {}}, seed=0)
+    pool = ActorPool(2, 2, shapes, factory, model, seed=3,
+                     inference_device=torch.device("cpu") if inference == "learner" else None)
+    try:
+        for _ in range(3):  # later slots start from a carried, non-zero state
+            chosen = pool.take(2)
+            slots = pool.slots
+            for s in chosen:
+                first = slots.first[s]
+                assert first[1:-1].any()  # random CartPole episodes end inside 64 steps
+                with torch.no_grad():
+                    logits, _, _ = model(slots.obs[s], first, (slots.h0[s], slots.c0[s]))
+                logp, _ = Categorical().logprob_entropy(logits[:64], slots.actions[s])
+                torch.testing.assert_close(logp, slots.logprobs[s], atol=1e-5, rtol=1e-5)
+            pool.release(chosen)
+        if inference == "learner":
+            assert pool.inference_batch() >= 3  # at least one actor's envs per call
+    finally:
+        pool.close()

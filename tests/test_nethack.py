@@ -207,9 +207,11 @@ def test_impala_on_nethack_synchronous_repeats_itself_and_the_analysis_reads_a_s
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_impala_on_nethack_with_a_cuda_learner_and_two_actors(tmp_path):
+@pytest.mark.parametrize("inference", ["local", "learner"])
+def test_impala_on_nethack_with_a_cuda_learner_and_two_actors(inference, tmp_path):
     run_dir = tmp_path / "nethack"
     _sweep(["+experiment=nethack_impala", *SMALL, "algo.num_actors=2", "algo.envs_per_actor=4",
+            f"algo.actor_inference={inference}",
             "budget.counter=env_steps", "budget.value=1536", "eval_every=1536 env_steps",
             "eval_episodes=2", "env.eval.num_envs=2", "device=cuda", f"hydra.run.dir={run_dir}"])
     info = json.loads((run_dir / "run.json").read_text())
