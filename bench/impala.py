@@ -75,7 +75,8 @@ def train(args: argparse.Namespace, env_id: str, steps: int, actors: int,
     return {"sps": steps / (wait + learn), "wall_incl_startup": wall,
             "learner_sps": len(rows) * args.unroll * args.batch / learn,
             "wait_share": wait / (wait + learn),
-            "policy_lag": float(np.mean([r["policy_lag"] for r in rows]))}
+            "policy_lag": float(np.mean([r["policy_lag"] for r in rows])),
+            "inference_batch": float(np.mean([r.get("inference_batch", 0.0) for r in rows]))}
 
 
 def actors_only(args: argparse.Namespace, env_id: str, actors: int, inference: str = "local",
@@ -134,28 +135,26 @@ def main() -> None:
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"CPU, {torch.get_num_threads()} torch threads")
     for env_id, env_steps in zip(env_ids, steps, strict=True):
-        print(f"  {env_id}: synchronous ...", file=sys.stderr, flush=True)
-        results = {"sync": train(args, env_id, env_steps, 0)}
-        for mode in modes:
-            for n in counts:
-                name = f"{n} actors" + ("" if modes == ["local"] else f", {mode} inference")
-                print(f"  {env_id}: {name} ...", file=sys.stderr, flush=True)
-                actor_sps = actors_only(args, env_id, n, mode)
-                results[name] = {**train(args, env_id, env_steps, n, mode),
-                                 "actor_sps": actor_sps}
-        base = results["sync"]["sps"]
+        # each row is printed as soon as it is measured: a cut-short run keeps its rows
         print(f"\nIMPALA on {env_id} ({family(env_id)[1]} model, width {args.width}), unroll "
               f"{args.unroll} x batch {args.batch}, {env_steps:,} env steps per run, learner "
               f"on {device}\n")
         print("| mode | env steps/s | vs sync | learner samples/s | learner waiting | "
-              "actor env steps/s (no learner) | policy lag |")
-        print("|---|---|---|---|---|---|---|")
-        for name, r in results.items():
-            actor = f"{r['actor_sps']:,.0f}" if "actor_sps" in r else "(acting is the wait)"
+              "actor env steps/s (no learner) | envs per inference call | policy lag |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
+        base = None
+        runs = [("sync", 0, "local")] + [
+            (f"{n} actors" + ("" if modes == ["local"] else f", {mode} inference"), n, mode)
+            for mode in modes for n in counts]
+        for name, n, mode in runs:
+            print(f"  {env_id}: {name} ...", file=sys.stderr, flush=True)
+            actor = f"{actors_only(args, env_id, n, mode):,.0f}" if n else "(acting is the wait)"
+            r = train(args, env_id, env_steps, n, mode)
+            base = base or r["sps"]
+            batch = f"{r['inference_batch']:.1f}" if r["inference_batch"] else "-"
             print(f"| {name} | {r['sps']:,.0f} | {r['sps'] / base:.2f}x | "
                   f"{r['learner_sps']:,.0f} | {100 * r['wait_share']:.0f}% | {actor} | "
-                  f"{r['policy_lag']:.1f} |", flush=True)
-
+                  f"{batch} | {r['policy_lag']:.1f} |", flush=True)
 
 if __name__ == "__main__":
     main()
