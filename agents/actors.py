@@ -66,10 +66,51 @@ from rl_scaling.observations import map_obs, select, to_tensor, write, zeros_lik
 log = logging.getLogger(__name__)
 
 FREE, FULL, TAKEN = 0, 1, 2
+PARENT_CHECK_S = 1.0  # how often a waiting actor looks whether its learner still lives
 POLL_S = 0.0005  # how long a waiting side sleeps between looks at the status flags
 CHECK_S = 0.5  # how often the learner looks for dead actors
 MAX_FAILED_STARTS = 3  # deaths in a row without a filled slot before the run fails
 UNROLL_KEYS = ("obs", "first", "actions", "logprobs", "rewards", "dones")
+
+
+def _shared(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.zeros(shape, dtype=dtype).share_memory_()
+
+
+def _copy_weights(dst: nn.Module, src: nn.Module) -> None:
+    """``dst``'s parameters and buffers overwritten in place with ``src``'s."""
+    with torch.no_grad():
+        for d, s in zip(dst.state_dict().values(), src.state_dict().values(), strict=True):
+            d.copy_(s)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when the learner dies (SIGKILL included:
+    no clean-up of the learner runs then). Elsewhere :class:`_LearnerWatch` notices within a
+    second, wherever an actor waits."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class _LearnerWatch:
+    """Tells an actor that its learner asked it to stop, or died (SIGKILL leaves daemonic
+    children running): then the actor exits instead of waiting forever."""
+
+    def __init__(self, stop: torch.Tensor, learner_pid: int) -> None:
+        # the learner's pid as it passed it: the learner may have died before this actor
+        # got here, and then this process's parent is already another one
+        self.stop, self.parent, self.last = stop, learner_pid, 0.0
+
+    def gone(self) -> bool:
+        if time.monotonic() - self.last < PARENT_CHECK_S:
+            return bool(self.stop)
+        self.last = time.monotonic()
+        return bool(self.stop) or os.getppid() != self.parent
 
 
 class LocalActing:
@@ -131,29 +172,25 @@ class InferenceChannel:
     actor, one step's observations of its envs, a request flag and the answer."""
 
     def __init__(self, num_actors: int, envs: int, observation_space: Any) -> None:
-        def shared(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-            return torch.zeros(shape, dtype=dtype).share_memory_()
-
         self.envs = envs
         self.obs = zeros_like_space(observation_space, (num_actors, envs), shared=True)
-        self.first = shared((num_actors, envs), torch.bool)
-        self.flag = shared((num_actors,), torch.int8)  # IDLE / REQUEST / ANSWERED
+        self.first = _shared((num_actors, envs), torch.bool)
+        self.flag = _shared((num_actors,), torch.int8)  # IDLE / REQUEST / ANSWERED
         # the slot an actor's unroll starts in at its next request (-1: none): the server
         # writes the core state of the actor's envs there, where the learner starts
         self.unroll_slot = torch.full((num_actors,), -1, dtype=torch.long).share_memory_()
-        self.action = shared((num_actors, envs), torch.long)
-        self.logprob = shared((num_actors, envs), torch.float32)
+        self.action = _shared((num_actors, envs), torch.long)
+        self.logprob = _shared((num_actors, envs), torch.float32)
 
 
 class RemoteActing:
     """An actor's side of ``algo.actor_inference=learner``: writes its envs' observations into
     the channel, raises its flag, and waits for the actions the learner's server samples."""
 
-    def __init__(self, channel: InferenceChannel, index: int, stop: torch.Tensor) -> None:
-        self.channel, self.index, self.stop = channel, index, stop
-        self.parent = os.getppid()
+    def __init__(self, channel: InferenceChannel, index: int, watch: _LearnerWatch) -> None:
+        self.channel, self.index, self.watch = channel, index, watch
 
-    def begin_unroll(self, slot: int | None = None) -> None:
+    def begin_unroll(self, slot: int) -> None:
         self.channel.unroll_slot[self.index] = slot  # the server records the state there
         return None
 
@@ -162,22 +199,22 @@ class RemoteActing:
         write(c.obs, i, obs)
         c.first[i] = first
         c.flag[i] = REQUEST  # last: the server reads the request only after this
-        waited = 0
         while int(c.flag[i]) != ANSWERED:
             time.sleep(SPIN_S)
-            waited += 1
-            if waited % 20000 == 0 and (bool(self.stop) or os.getppid() != self.parent):
+            if self.watch.gone():
                 raise SystemExit(0)  # the learner stopped (or died) while this actor waited
         c.flag[i] = IDLE
         return c.action[i].clone(), c.logprob[i].clone()
 
 
 class InferenceServer:
-    """``algo.actor_inference=learner``: a thread of the learner's process that answers the
-    actors' requests in batches on the learner's device (a GPU), with its own copy of the
-    network (refreshed by :meth:`load` after every learner step) on its own CUDA stream, and
-    the core state of every actor's envs kept there. On a GPU machine this takes the network
-    off the actors' cores, which then only step envs."""
+    """``algo.actor_inference=learner``: a thread of the learner's process that acts for the
+    actors on the learner's device (a GPU), with its own copy of the network (refreshed by
+    :meth:`load` after every learner step) on its own CUDA stream, and the core state of every
+    actor's envs kept there. Each call answers every request waiting at that moment in one
+    forward (no minimum batch, no wait window yet: with few envs per actor the calls are
+    small; bench/README.md). This takes the network off the actors' cores, which then only
+    step envs."""
 
     def __init__(self, model: nn.Module, channel: InferenceChannel, slots: Any,
                  device: torch.device, seed: int) -> None:
@@ -190,6 +227,8 @@ class InferenceServer:
         self.generator = torch.Generator(device=device).manual_seed(int(seed))
         self.dist = Categorical()
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        if self.stream is not None:  # the copies above ran on the default stream
+            self.stream.wait_stream(torch.cuda.current_stream(device))
         self.lock = threading.Lock()
         self.batches = 0  # inference calls and the envs they acted for, since the last stats()
         self.batched_envs = 0
@@ -218,8 +257,7 @@ class InferenceServer:
         first = c.first[actors].reshape(n * per_actor)
         starts = [(j, int(c.unroll_slot[a])) for j, a in enumerate(actors.tolist())
                   if int(c.unroll_slot[a]) >= 0]
-        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
-        with self.lock, stream:
+        with self.lock, self._on_stream():
             rows_d = rows.to(self.device)
             h, cell = self.state[0][:, rows_d], self.state[1][:, rows_d]
             for j, slot in starts:  # the state these unrolls start from, for the learner
@@ -231,27 +269,35 @@ class InferenceServer:
             self.state[0][:, rows_d], self.state[1][:, rows_d] = h, cell
             action, logprob = self.dist.sample(logits[0], self.generator)
             action, logprob = action.cpu(), logprob.float().cpu()  # waits for the stream
-        for j, _ in starts:
-            c.unroll_slot[actors[j]] = -1
-        c.action[actors] = action.view(n, per_actor)
-        c.logprob[actors] = logprob.view(n, per_actor)
-        c.flag[actors] = ANSWERED  # last
+            # answered under the lock, so that a restarted actor's reset (ActorPool._start)
+            # cannot fall between a dead actor's request and its late answer
+            for j, _ in starts:
+                c.unroll_slot[actors[j]] = -1
+            c.action[actors] = action.view(n, per_actor)
+            c.logprob[actors] = logprob.view(n, per_actor)
+            c.flag[actors] = ANSWERED  # last
         self.batches += 1
         self.batched_envs += n * per_actor
 
     def load(self, learner: nn.Module) -> None:
         """Copy the learner's weights (between two batches; ordered with the learner's own
         stream, so neither side sees a half-written update)."""
-        stream = torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
-        with self.lock, torch.no_grad():
+        with self.lock:
             if self.stream is not None:
                 self.stream.wait_stream(torch.cuda.current_stream(self.device))
-            with stream:
-                for dst, src in zip(self.model.state_dict().values(),
-                                    learner.state_dict().values(), strict=True):
-                    dst.copy_(src)
+            with self._on_stream():
+                _copy_weights(self.model, learner)
             if self.stream is not None:
                 torch.cuda.current_stream(self.device).wait_stream(self.stream)
+
+    def _on_stream(self) -> Any:
+        return torch.cuda.stream(self.stream) if self.stream is not None else nullcontext()
+
+    def reset_actor(self, index: int) -> None:
+        """Forget actor ``index``'s pending request (it died; a successor starts)."""
+        with self.lock:
+            self.channel.flag[index] = IDLE
+            self.channel.unroll_slot[index] = -1
 
     def stats(self) -> float:
         """Mean envs per inference call since the last call (0 if none)."""
@@ -281,7 +327,7 @@ class TrajectorySlots:
         self.shapes = shapes
 
         def shared(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
-            return torch.zeros((num_slots, *shape), dtype=dtype).share_memory_()
+            return _shared((num_slots, *shape), dtype)
 
         self.obs = zeros_like_space(shapes.observation_space, (num_slots, t + 1, n),
                                     shared=True)
@@ -335,22 +381,27 @@ class TrajectorySlots:
 
 def actor_loop(index: int, factory: Any, env_seed: int, model: nn.Module | None,
                version: torch.Tensor, slots: TrajectorySlots, stop: torch.Tensor,
-               sample_seed: int, channel: InferenceChannel | None = None) -> None:
+               sample_seed: int, learner_pid: int,
+               channel: InferenceChannel | None = None) -> None:
     """One actor process: fill the slots it owns, forever, until ``stop`` is set. Acts with
     its CPU copy ``model``, or through the learner's inference server (``channel``)."""
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)  # the learner decides when actors stop
+    _die_with_parent()
+    watch = _LearnerWatch(stop, learner_pid)
+    if watch.gone():  # the learner died before the kernel was told to follow it
+        return
     torch.set_num_threads(1)
     n = slots.shapes.envs
     envs = factory(num_envs=n, seed=env_seed)
-    acting = (RemoteActing(channel, index, stop) if channel is not None else
+    acting = (RemoteActing(channel, index, watch) if channel is not None else
               LocalActing(model, n, "cpu", torch.Generator().manual_seed(sample_seed)))
     carry = {"obs": to_tensor(envs.reset(seed=env_seed)),
              "first": torch.ones(n, dtype=torch.bool)}
     mine = [s for s in range(len(slots)) if int(slots.owner[s]) == index]
     episodes = EpisodeLog()
     try:
-        while not bool(stop):
+        while not watch.gone():
             ready = [s for s in mine if int(slots.status[s]) == FREE]
             if not ready:
                 time.sleep(POLL_S)
@@ -419,13 +470,12 @@ class ActorPool:
         env_seed = (self.seed + STREAM_SEED_STRIDE * stream) % 2**31
         self.starts[k] += 1
         self.slots.filled[self._first_slot(k)] = 0
-        if self.channel is not None:  # a request of the dead actor is not waited on
-            self.channel.flag[k] = IDLE
-            self.channel.unroll_slot[k] = -1
+        if self.server is not None:  # a request of the dead actor is not waited on
+            self.server.reset_actor(k)
         proc = self.ctx.Process(
             target=actor_loop, name=f"impala-actor-{k}", daemon=True,
             args=(k, self.factory, env_seed, self.model, self.version, self.slots, self.stop,
-                  (env_seed + 1) % 2**31, self.channel))
+                  (env_seed + 1) % 2**31, os.getpid(), self.channel))
         proc.start()
         self.procs[k] = proc
 
@@ -483,10 +533,7 @@ class ActorPool:
         if self.server is not None:
             self.server.load(learner)
         else:
-            with torch.no_grad():
-                for dst, src in zip(self.model.state_dict().values(),
-                                    learner.state_dict().values(), strict=True):
-                    dst.copy_(src)
+            _copy_weights(self.model, learner)
         self.version += 1
 
     def inference_batch(self) -> float | None:

@@ -23,7 +23,7 @@ class EpisodeLog:
         self.lengths: list[np.ndarray] = []
         self.success: list[np.ndarray] = []
         self.normalized: list[np.ndarray] = []  # envs with a reference return (0..1000)
-        self.score: list[np.ndarray] = []  # envs with an in-game score (NetHack)
+        self.score: list[np.ndarray] = []  # envs that report a score (NetHack, pointmass)
 
     def add(self, info: dict[str, Any]) -> None:
         """Record the episodes a step's ``info`` reports (possibly none)."""
@@ -52,8 +52,9 @@ class EpisodeLog:
     def metrics(self, prefix: str = "") -> dict[str, float]:
         """``return_mean``, ``episode_length``, ``episodes``, ``success_rate`` and
         ``fail_to_success`` (when the env reports success), ``normalized_return_mean``
-        (when it has a reference return) and ``score_mean`` (when it reports an in-game
-        score) of the episodes collected; empty if none ended."""
+        (when it has a reference return) and ``score_mean`` (when it reports
+        ``episode_score``: NetHack's in-game score, the point-mass task score) of the episodes
+        collected; empty if none ended."""
         out: dict[str, float] = {}
         returns = np.concatenate(self.returns) if self.returns else np.zeros(0)
         if returns.size:
@@ -150,7 +151,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], envs, episodes: int) ->
         out["eval_fail_to_success"] = fail_to_success(out["eval_success"])
     if any(normalized):  # envs with a reference return: the studies' 0..1000 scale
         out["eval_normalized_return"] = float(np.mean([x for n in normalized for x in n]))
-    if any(scores):  # envs with an in-game score (NetHack)
+    if any(scores):  # envs that report a score (NetHack's in-game score, pointmass's task's)
         out["eval_score"] = float(np.mean([x for s in scores for x in s]))
     if tasks:
         out.update(task_metrics(tasks, envs))

@@ -14,8 +14,10 @@ Where the trajectories come from:
   lag is 0 and V-trace's importance weights are 1 up to numerics (``rho_mean``), so the
   targets are n-step returns.
 - ``num_actors=N`` (:class:`ActorCollector`, :mod:`agents.actors`): N actor processes, each
-  building its own envs from the run's env factory, fill trajectory slots in shared memory
-  with a CPU copy of the network that the learner overwrites after every step; the learner
+  building its own envs from the run's env factory, fill trajectory slots in shared memory,
+  acting with a CPU copy of the network that the learner overwrites after every step
+  (``actor_inference=local``), or through a thread of the learner that acts for all of them
+  on its device (``actor_inference=learner``: the actors only step envs); the learner
   takes B / ``envs_per_actor`` full slots per step and logs the policy lag (learner steps
   between acting and learning) and ``actor_restarts`` (dead actors are started again, not
   waited on). ``rollout_time`` is then the learner's wait for data: near 0 when the actors
@@ -113,6 +115,10 @@ class ImpalaConfig:
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"algo.{key}={getattr(self, key)!r} {why}")
+        if self.actor_inference == "learner" and self.num_actors == 0:
+            raise ConfigError("algo.actor_inference=learner needs actor processes "
+                              "(algo.num_actors > 0); the synchronous mode acts on the "
+                              "learner's device already")
         if self.num_actors > 0:
             if not self.envs_per_actor and self.num_actors > self.batch_size:
                 raise ConfigError(f"algo.num_actors={self.num_actors} is more than "

@@ -392,7 +392,8 @@ class LSTMActorCritic(nn.Module):
         self.num_layers = depth
         self.torso = torso if torso is not None else FlatTorso()
         in_size = torso_size if torso is not None else math.prod(obs_shape)
-        self.encoder = nn.Sequential(layer_init(nn.Linear(in_size, self.hidden_size)), nn.ReLU())
+        self.pre_core = nn.Sequential(layer_init(nn.Linear(in_size, self.hidden_size)),
+                                      nn.ReLU())
         self.core = nn.LSTM(self.hidden_size, self.hidden_size, num_layers=depth)
         self.policy_head = layer_init(nn.Linear(self.hidden_size, num_actions), std=0.01)
         self.value_head = layer_init(nn.Linear(self.hidden_size, 1), std=1.0)
@@ -409,7 +410,7 @@ class LSTMActorCritic(nn.Module):
         steps, batch, device = one.shape[0], one.shape[1], one.device
         # (T, B, ...) -> (T * B, ...) for the torso, one step's observations at a time
         flat_obs = map_obs(lambda a: a.reshape(steps * batch, *a.shape[2:]), obs)
-        x = self.encoder(self.torso(flat_obs).float()).view(steps, batch, -1)
+        x = self.pre_core(self.torso(flat_obs).float()).view(steps, batch, -1)
         h, c = state if state is not None else self.initial_state(batch, device)
         if first is None:
             first = torch.zeros(steps, batch, dtype=torch.bool, device=device)
@@ -428,7 +429,7 @@ class LSTMActorCritic(nn.Module):
                 self.value_head(flat).view(steps, batch), (h, c))
 
     def scaled_modules(self) -> list[nn.Module]:
-        return [self.encoder, self.core, self.policy_head, self.value_head]
+        return [self.pre_core, self.core, self.policy_head, self.value_head]
 
 
 # ---------------------------------------------------------------------------

@@ -187,7 +187,8 @@ class EpisodeStats:
             dones: (num_envs,) bool, True where the episode ended at this step
                 (terminated or truncated).
             final_obs: (num_envs, *obs_shape) the observation each env's step led to, before
-                any auto-reset (only the rows where `dones` is True are read), or None.
+                any auto-reset (only the rows where `dones` is True are read; a dict of such
+                arrays for dict observations), or None.
             reference_return: the return a study calls 1000 (e.g. Rybkin et al.'s HalfCheetah
                 8500); given, the episodes' returns on that 0..1000 scale are reported as
                 `info["episode_normalized_return"]`.
@@ -215,10 +216,24 @@ class EpisodeStats:
             info["episode_normalized_return"] = info["episode_return"] * (
                 1000.0 / reference_return)
         if final_obs is not None and len(ended):
-            info["final_obs"] = final_obs[ended]
+            info["final_obs"] = obs_rows(final_obs, ended)
         self.returns[ended] = 0.0
         self.lengths[ended] = 0
         return info
+
+
+def concat_obs(parts: list[Any]) -> Any:
+    """Observation batches (arrays, or dicts of arrays for dict spaces) joined along envs."""
+    if isinstance(parts[0], dict):
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return np.concatenate(parts)
+
+
+def obs_rows(obs: Any, rows: np.ndarray) -> Any:
+    """The observations of env ``rows`` (a copy), for arrays or dicts of arrays."""
+    if isinstance(obs, dict):
+        return {key: value[rows] for key, value in obs.items()}
+    return obs[rows]
 
 
 def check_num_envs(num_envs: Any) -> int:

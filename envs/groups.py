@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.base import VecEnv, check_seed
+from envs.base import VecEnv, check_seed, concat_obs
 from rl_scaling.distributed import STREAM_SEED_STRIDE  # group g: seed + g * stride
 
 
@@ -36,7 +36,7 @@ def merge_infos(infos: list[dict[str, Any]], offsets: list[int]) -> dict[str, An
         merged[key] = np.concatenate(parts)
     finals = [info["final_obs"] for info in infos if "final_obs" in info]
     if finals:
-        merged["final_obs"] = np.concatenate(finals)
+        merged["final_obs"] = concat_obs(finals)
     return merged
 
 
@@ -66,7 +66,7 @@ class EnvGroups(VecEnv):
         obs = [g.reset(seed=None if seed is None else
                        (seed + k * STREAM_SEED_STRIDE) % 2**31)
                for k, g in enumerate(self.groups)]
-        return np.concatenate(obs)
+        return concat_obs(obs)
 
     def step_group_async(self, group: int, actions: np.ndarray) -> None:
         """Start group ``group``'s step with its ``actions`` (its envs only)."""
@@ -96,8 +96,9 @@ class EnvGroups(VecEnv):
         for k, s in enumerate(self.slices):
             self.step_group_async(k, actions[s])
         results = [self.step_group_wait(k) for k in range(len(self.groups))]
-        obs, reward, terminated, truncated = (np.concatenate([r[i] for r in results])
-                                              for i in range(4))
+        obs = concat_obs([r[0] for r in results])
+        reward, terminated, truncated = (np.concatenate([r[i] for r in results])
+                                         for i in range(1, 4))
         return obs, reward, terminated, truncated, merge_infos([r[4] for r in results],
                                                                self.offsets)
 

@@ -11,8 +11,9 @@ the `VecEnv` interface, with dict observations.
   The arrays are copied out of NLE, which reuses its buffers.
 - `terminated`: the game ended (death, ascension). `truncated`: the step limit
   (`max_episode_steps`, NLE's `StepStatus.ABORTED`) or Challenge's no-progress timeout.
-- `info["episode_score"]`: the in-game score (bottom-line `score`) the episode reached;
-  `episode_return` is the task's reward sum (Score: the score less the frozen-step penalties).
+- `info["episode_score"]`: the highest in-game score (bottom-line `score`) the episode showed
+  (where `blstats` is observed); `episode_return` is the task's reward sum (Score: the score
+  less the frozen-step penalties).
 - Auto-reset: `info["final_obs"]` holds the last observation of each ended episode (a dict).
 
 Seeding: env i draws the core and display seeds of each of its games from a generator seeded
@@ -205,10 +206,8 @@ class NetHackVecEnv(VecEnv):
             for k in self.keys:
                 obs[k][i] = o[k]
         dones = terminated | truncated
-        info = self._stats.update(rewards, dones, score=score.copy())
-        if final_obs is not None:
-            rows = np.flatnonzero(dones)
-            info["final_obs"] = {k: v[rows] for k, v in final_obs.items()}
+        extra = {"score": score.copy()} if "blstats" in self.keys else {}
+        info = self._stats.update(rewards, dones, final_obs=final_obs, **extra)
         score[dones] = 0.0
         return obs, rewards.astype(np.float32), terminated, truncated, info
 

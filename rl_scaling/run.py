@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
                   "eval_episodes", "checkpoint_every", "keep_freed_memory",
-                  "seeds_per_process", "snapshot_flops", "speed")
+                  "seeds_per_process", "snapshot_flops", "speed",
+                  "algo.actor_inference")  # where IMPALA's acting forward runs, not what it is
 EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
 
 __all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]

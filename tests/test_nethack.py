@@ -78,6 +78,23 @@ def test_nethack_challenge_builds_unseeded_with_the_full_keyboard():
         env.close()
 
 
+def test_env_groups_join_nethack_dict_observations():
+    """speed.overlap_envs's two halves of a dict-observation env are one env of their size."""
+    from envs.groups import EnvGroups
+
+    groups = EnvGroups([make_env("nethack", num_envs=1, seed=s, max_episode_steps=3)
+                        for s in (0, 1)])
+    try:
+        obs = groups.reset(seed=4)
+        assert obs["glyphs"].shape == (2, 21, 79) and obs["blstats"].shape == (2, 27)
+        for _ in range(3):
+            obs, _, _, truncated, info = groups.step(np.zeros(2, dtype=np.int64))
+        assert truncated.all() and info["final_obs"]["message"].shape == (2, 256)
+        assert info["episode_env"].tolist() == [0, 1]
+    finally:
+        groups.close()
+
+
 @pytest.mark.parametrize("kwargs,key", [
     ({"env_id": "NetHackScor-v0"}, "env.id='NetHackScor-v0' is not an NLE task; did you mean"),
     ({"observation_keys": ["glyphs", "glyph"]}, "env.observation_keys"),
@@ -181,28 +198,38 @@ def test_impala_on_nethack_with_two_actors_logs_score_and_counters(tmp_path):
     assert last["flops"] == pytest.approx(last["flops_8nd"], rel=0.1)
 
 
-def test_impala_on_nethack_synchronous_repeats_itself_and_the_analysis_reads_a_sweep(tmp_path):
+def test_a_nethack_width_sweep_with_actors_is_read_by_the_analysis(tmp_path):
+    """The issue's command, with short overrides: a multirun of two widths, each with 2 actor
+    processes, writes complete records that the analysis collects."""
     sweep_dir = tmp_path / "sweep"
-    args = ["-m", "+experiment=nethack_impala", *SMALL, "algo.num_actors=0",
-            "budget.counter=env_steps", "budget.value=768", "eval_every=null",
-            "model.width=0.125,0.25", "seed=1", f"hydra.sweep.dir={sweep_dir}"]
-    _sweep(args)
+    _sweep(["-m", "+experiment=nethack_impala", *SMALL, "algo.num_actors=2",
+            "algo.envs_per_actor=4", "budget.counter=env_steps", "budget.value=768",
+            "eval_every=null", "model.width=0.125,0.25", "seed=1",
+            f"hydra.sweep.dir={sweep_dir}"])
     runs = sorted(p.parent for p in sweep_dir.rglob("run.json"))
     assert len(runs) == 2
-    # one process, from the seed: the same run again logs the same numbers
-    again = tmp_path / "again"
-    small = next(r for r in runs if "0.125" in r.name)
-    _sweep(["+experiment=nethack_impala", *SMALL, "algo.num_actors=0", "model.width=0.125",
-            "budget.counter=env_steps", "budget.value=768", "eval_every=null",
-            f"hydra.run.dir={again}"])
-    keep = ("loss", "policy_loss", "reward_mean", "grad_norm", "flops")
-    assert [{k: r[k] for k in keep} for r in _rows(small)] == [
-        {k: r[k] for k in keep} for r in _rows(again)]
+    for run_dir in runs:
+        info = json.loads((run_dir / "run.json").read_text())
+        assert info["status"] == "finished" and info["env_steps"] == 768
+        assert _rows(run_dir)[-1]["actor_restarts"] == 0
     from analysis import collect
 
     table = collect.collect(sweep_dir)
     assert sorted(table["width"].unique()) == [0.125, 0.25]
     assert {"flops", "env_steps", "score_mean", "flops_8nd"} <= set(table.columns)
+
+
+def test_impala_on_nethack_synchronous_repeats_itself(tmp_path):
+    """One process, from the seed: the same run again logs the same numbers (NetHack's games
+    are seeded from the run's seed)."""
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for run_dir in runs:
+        _sweep(["+experiment=nethack_impala", *SMALL, "algo.num_actors=0", "model.width=0.125",
+                "budget.counter=env_steps", "budget.value=768", "eval_every=null",
+                f"hydra.run.dir={run_dir}"])
+    keep = ("loss", "policy_loss", "reward_mean", "grad_norm", "flops")
+    first, second = ([{k: r[k] for k in keep} for r in _rows(d)] for d in runs)
+    assert len(first) == 6 and first == second
 
 
 @pytest.mark.gpu
