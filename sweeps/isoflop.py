@@ -73,15 +73,16 @@ def job_grid(hcfg, experiment: str, fixed: set[str], seeds: list[int] | None,
     """The other axes every job is crossed with: the experiment's grid without the keys the
     planner sets, ``--grid`` replacing or adding axes; and the seeds (``--seeds``, else the
     experiment's grid, else its ``seed``)."""
-    axes = {k: v for k, v in sweeper_grid(hcfg).items()
-            if k not in fixed and not k.startswith("budget.")}
+    full = sweeper_grid(hcfg)
+    # the seeds are read before the planner's own keys (seed among them) are dropped
+    default = [int(s) for s in full.get("seed", [str(hcfg.seed)])]
+    axes = {k: v for k, v in full.items() if k not in fixed and not k.startswith("budget.")}
     for spec in grid:
         key, values = parse_kv_list(spec, "--grid")
         key = resolve_key(hcfg, key, "--grid", experiment)
         if key in fixed:
             raise PlannerError(f"--grid {key}: set by the planner")
         axes[key] = values
-    default = [int(s) for s in axes.pop("seed", [str(hcfg.seed)])]
     return axes, (list(seeds) if seeds else default)
 
 

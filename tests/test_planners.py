@@ -220,3 +220,14 @@ def test_lr_rule_is_the_algorithms_own():
     assert lr == pytest.approx(5e-4 * (8 / 2) ** -0.5) and "lr_depth_rule" in how
     lr, how = job_lr(compose("gym_utd", ["algo.lr=1e-3"]))
     assert (lr, how) == (1e-3, "algo.lr")  # SAC has no width rule: its lr as it is
+
+
+def test_planners_default_to_the_experiments_seed_grid():
+    """Without --seeds a planner crosses every job with the seeds the experiment sweeps
+    (mnist_width: 1, 2), not only its single ``seed``."""
+    from sweeps.isoflop import compose, job_grid
+
+    hcfg = compose("mnist_width", [], hydra=True)
+    axes, seeds = job_grid(hcfg, "mnist_width", {"model.width", "seed"}, None, [])
+    assert seeds == [1, 2] and "seed" not in axes and "model.width" not in axes
+    assert job_grid(hcfg, "mnist_width", {"model.width", "seed"}, [7], [])[1] == [7]
