@@ -87,8 +87,8 @@ class ImpalaConfig:
     envs_per_actor: int = 0  # envs each actor steps (one slot's trajectories); 0: B / N
     slots_per_actor: int = 2  # slots each actor fills in turn (2: double buffering)
     # local: every actor acts with its CPU copy of the network. learner: a thread of the
-    # learner acts for all actors in batches on the learner's device (a GPU); the actors
-    # then only step envs
+    # learner acts for all actors on the learner's device (a GPU), every request waiting at
+    # that moment in one forward; the actors then only step envs
     actor_inference: str = "local"
 
     def validate(self) -> None:
