@@ -255,8 +255,8 @@ class InferenceServer:
         rows = (actors[:, None] * per_actor + torch.arange(per_actor)).flatten()
         obs = map_obs(lambda a: a[actors].reshape(n * per_actor, *a.shape[2:]), c.obs)
         first = c.first[actors].reshape(n * per_actor)
-        starts = [(j, int(c.unroll_slot[a])) for j, a in enumerate(actors.tolist())
-                  if int(c.unroll_slot[a]) >= 0]
+        starts = [(j, slot) for j, slot in enumerate(c.unroll_slot[actors].tolist())
+                  if slot >= 0]
         with self.lock, self._on_stream():
             rows_d = rows.to(self.device)
             h, cell = self.state[0][:, rows_d], self.state[1][:, rows_d]

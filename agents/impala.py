@@ -333,4 +333,5 @@ def train(cfg: ImpalaConfig, ctx: RunContext) -> str:
     return "finished"
 
 
-register_algo("impala", ImpalaConfig, train)
+# where the acting forward runs is not what is learned: a resumed run may change it
+register_algo("impala", ImpalaConfig, train, resumable=("actor_inference",))

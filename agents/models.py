@@ -40,7 +40,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from rl_scaling.context import count_params
-from rl_scaling.observations import check_box, leaves, map_obs
+from rl_scaling.observations import leaves, map_obs
 from rl_scaling.registry import register_model
 
 __all__ = [
@@ -414,7 +414,9 @@ class LSTMActorCritic(nn.Module):
         h, c = state if state is not None else self.initial_state(batch, device)
         if first is None:
             first = torch.zeros(steps, batch, dtype=torch.bool, device=device)
-        if not bool(first[1:].any()):  # no episode starts inside: the sequence in one call
+        # no episode starts inside: the sequence in one call (one step, as when acting,
+        # needs no look at first[1:], which would cost a device sync per step)
+        if steps == 1 or not bool(first[1:].any()):
             keep = (~first[0]).to(x.dtype).view(1, batch, 1)
             out, (h, c) = self.core(x, (h * keep, c * keep))
         else:  # reset the state where an episode starts, step by step
@@ -455,6 +457,14 @@ class ModelConfig:
         if self.depth is not None and (isinstance(self.depth, bool) or int(self.depth) != self.depth
                                        or self.depth < 1):
             raise ValueError(f"model.depth must be >= 1 (an integer), got {self.depth!r}")
+
+
+def _check_box(space: gymnasium.Space, family: str) -> None:
+    """Refuse a Dict observation space for a family that reads one observation array."""
+    if isinstance(space, gymnasium.spaces.Dict):
+        raise ValueError(f"model={family} takes one observation array; this env's observations "
+                         f"are a dict ({', '.join(space.spaces)}): use algo=impala with "
+                         f"model=nethack")
 
 
 def _separate(separate_value: bool | None, default: bool) -> dict[str, bool]:
@@ -544,7 +554,7 @@ def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Modul
     """``ctx.network`` builder of the built-in families: an actor-critic for the run's
     observation space and its ``Discrete`` action space (logits) or, for ``mlp``, its ``Box``
     action space (a Gaussian head over ``prod(shape)`` dims), whatever the role."""
-    check_box(spec.observation_space, f"model={cfg.family}")
+    _check_box(spec.observation_space, cfg.family)
     space = spec.action_space
     if isinstance(space, gymnasium.spaces.Discrete):
         num_actions, continuous = int(space.n), False

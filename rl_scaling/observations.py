@@ -1,4 +1,4 @@
-"""Observations that are one array or a dict of named arrays (NetHack's glyphs, blstats,
+"""Observations that are one array or a dict of named arrays (a game's map, status line and
 message, ...), handled the same way: the few tree operations a learner needs, in one place.
 
 An env with a ``gymnasium.spaces.Dict`` observation space returns ``{key: (num_envs, ...)}``
@@ -58,14 +58,6 @@ def zeros_like_space(space: gymnasium.Space, leading: tuple[int, ...],
 def batch_size(obs: Obs, dim: int = 0) -> int:
     """The size of dimension ``dim`` (shared by every array of the observation)."""
     return int(leaves(obs)[0].shape[dim])
-
-
-def check_box(space: gymnasium.Space, what: str) -> None:
-    """Refuse a Dict observation space where ``what`` handles one array only."""
-    if isinstance(space, gymnasium.spaces.Dict):
-        raise ValueError(f"{what} takes one observation array; this env's observations are a "
-                         f"dict ({', '.join(space.spaces)}): use algo=impala with "
-                         f"model=nethack")
 
 
 def write(dst: Obs, index: Any, src: Obs) -> None:

@@ -45,6 +45,8 @@ class AlgoEntry:
     # True: train() supports data-parallel ranks (torchrun / srun; rl_scaling/distributed.py):
     # it averages gradients over ranks. False: a run started as several ranks is refused
     distributed: bool = False
+    # algo.* keys a resumed run may change: how it runs, not what it learns
+    resumable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def _register_group_option(group: str, name: str, config_cls: type) -> None:
 
 def register_algo(name: str, config_cls: type, train: Callable[..., str], *,
                   train_many: Callable[..., Any] | None = None,
-                  distributed: bool = False) -> None:
+                  distributed: bool = False, resumable: tuple[str, ...] = ()) -> None:
     """Register an algorithm: ``algo=<name>`` then composes and runs ``train(cfg, ctx)``.
 
     ``config_cls`` is a dataclass with a ``name`` field (its default ``name``), every field
@@ -97,12 +99,20 @@ def register_algo(name: str, config_cls: type, train: Callable[..., str], *,
     through :func:`rl_scaling.context.end_iterations` (see docs/seam.md).
     ``distributed=True``: ``train`` runs as one of several data-parallel ranks when started
     with torchrun or srun (it averages gradients with ``ctx.dist``; docs/speed.md).
+    ``resumable``: ``algo.*`` keys (without the prefix) that say how the algorithm runs, not
+    what it learns, so a resumed run may change them (list them in the hydra config's
+    ``exclude_keys`` too, to keep them out of run directory names).
     """
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"register_algo({name!r}): config_cls must be a dataclass")
     if "name" not in {f.name for f in dataclasses.fields(config_cls)}:
         raise TypeError(f"register_algo({name!r}): {config_cls.__name__} needs a `name` field")
-    ALGOS[name] = AlgoEntry(name, config_cls, train, train_many, distributed)
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(resumable) - known)
+    if unknown:
+        raise TypeError(f"register_algo({name!r}): resumable keys {unknown} are not fields "
+                        f"of {config_cls.__name__}")
+    ALGOS[name] = AlgoEntry(name, config_cls, train, train_many, distributed, tuple(resumable))
     _register_group_option("algo", name, config_cls)
 
 

@@ -35,7 +35,7 @@ from rl_scaling.context import EnvFactory, Interval, NullLogger, RunContext, Sto
 from rl_scaling.hostmem import keep_freed_memory
 from rl_scaling.logger import MetricsLogger, Progress
 from rl_scaling.record import RunRecord, check_study, new_run_info, slurm_ids
-from rl_scaling.registry import ConfigError, algo_entry, env_entry, model_entry
+from rl_scaling.registry import ALGOS, ConfigError, algo_entry, env_entry, model_entry
 from rl_scaling.speed import Speed, SpeedConfig
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption (they do not change what is learned).
 RESUMABLE_KEYS = ("budget", "logger", "device", "torch_threads", "log_every", "eval_every",
                   "eval_episodes", "checkpoint_every", "keep_freed_memory",
-                  "seeds_per_process", "snapshot_flops", "speed",
-                  "algo.actor_inference")  # where IMPALA's acting forward runs, not what it is
+                  "seeds_per_process", "snapshot_flops", "speed")
 EVAL_SEED_OFFSET = 10_000  # eval envs are seeded apart from the training envs
 
 __all__ = ["RESUMABLE_KEYS", "ConfigError", "run", "validate"]
@@ -153,9 +152,11 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
 
 def _config_mismatch(old: DictConfig, new: DictConfig) -> list[str]:
     a, b = _flat(old), _flat(new)
+    entry = ALGOS.get(b.get("algo.name"))  # the algorithm's own resumable keys
+    resumable = RESUMABLE_KEYS + tuple(f"algo.{k}" for k in (entry.resumable if entry else ()))
     diffs = []
     for key in sorted(set(a) | set(b)):
-        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_KEYS):
+        if any(key == k or key.startswith(k + ".") for k in resumable):
             continue
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")

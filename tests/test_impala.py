@@ -18,6 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from agents.buffers import vtrace
+from agents.impala import ImpalaConfig
 from agents.models import build_model
 from rl_scaling.checkpoint import load_checkpoint
 from rl_scaling.config import register_configs
@@ -218,23 +219,35 @@ def _actor_pids(parent: int) -> list[int]:
     return pids
 
 
-@pytest.mark.parametrize("inference", ["local", "learner"])
-def test_a_killed_actor_is_restarted_and_the_run_finishes(inference, tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rl_scaling.sweep", *PROBE, "env.id=obs_action_reward",
-           "algo.num_actors=2", "budget.value=12800", f"algo.actor_inference={inference}",
-           f"hydra.run.dir={run_dir}"]
+def _start_actor_run(args: list[str], run_dir: Path, lines: int = 5) -> tuple[
+        subprocess.Popen, list[int]]:
+    """``python -m rl_scaling.sweep`` with ``args`` in ``run_dir``, once it has logged
+    ``lines`` lines; returns the process and its 2 actor processes."""
+    cmd = [sys.executable, "-m", "rl_scaling.sweep", *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "metrics.jsonl").exists() or len(
-                (run_dir / "metrics.jsonl").read_text().splitlines()) < 5:
+        while not metrics.exists() or len(metrics.read_text().splitlines()) < lines:
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             assert time.monotonic() < deadline, "no progress"
             time.sleep(0.05)
         actors = _actor_pids(proc.pid)
         assert len(actors) == 2, actors
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, actors
+
+
+@pytest.mark.parametrize("inference", ["local", "learner"])
+def test_a_killed_actor_is_restarted_and_the_run_finishes(inference, tmp_path):
+    run_dir = tmp_path / "run"
+    proc, actors = _start_actor_run(
+        [*PROBE, "env.id=obs_action_reward", "algo.num_actors=2", "budget.value=12800",
+         f"algo.actor_inference={inference}"], run_dir)
+    try:
         os.kill(actors[0], signal.SIGKILL)
         assert proc.wait(timeout=120) == 0, proc.stderr.read()[-3000:]
     finally:
@@ -262,19 +275,8 @@ def test_a_preempted_actor_run_checkpoints_stops_its_actors_and_resumes(inferenc
     run_dir = tmp_path / "run"
     args = [*PROBE, "env.id=obs_action_reward", "algo.num_actors=2",
             f"algo.actor_inference={inference}"]
-    cmd = [sys.executable, "-m", "rl_scaling.sweep", *args, "budget.value=10000000",
-           f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc, actors = _start_actor_run([*args, "budget.value=10000000"], run_dir)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "metrics.jsonl").exists() or len(
-                (run_dir / "metrics.jsonl").read_text().splitlines()) < 5:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.05)
-        actors = _actor_pids(proc.pid)
-        assert len(actors) == 2, actors
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
     finally:
@@ -298,20 +300,10 @@ def test_actors_exit_when_their_learner_is_killed(inference, tmp_path):
     """SIGKILL to the learner (the OOM killer, Slurm after its grace period) runs no clean-up:
     its actors notice it is gone and exit instead of waiting for it forever."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rl_scaling.sweep", *PROBE, "env.id=obs_action_reward",
-           "algo.num_actors=2", f"algo.actor_inference={inference}", "budget.value=10000000",
-           f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    actors: list[int] = []
+    proc, actors = _start_actor_run(
+        [*PROBE, "env.id=obs_action_reward", "algo.num_actors=2",
+         f"algo.actor_inference={inference}", "budget.value=10000000"], run_dir, lines=1)
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "metrics.jsonl").exists():
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "no progress"
-            time.sleep(0.05)
-        actors = _actor_pids(proc.pid)
-        assert len(actors) == 2, actors
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 20
@@ -407,3 +399,23 @@ def test_an_actors_slot_replays_to_its_recorded_log_probabilities(inference):
             assert pool.inference_batch() >= 3  # at least one actor's envs per call
     finally:
         pool.close()
+
+
+def test_where_actors_act_may_change_on_resume_but_what_is_learned_may_not(tmp_path):
+    """algo.actor_inference is IMPALA's own resumable key (register_algo(resumable=...)): a
+    run started with local acting resumes with learner inference and continues its counters;
+    another learning rate is refused in one line, naming the key."""
+    args = [*PROBE, "env.id=obs_action_reward", "algo.num_actors=2"]
+    assert run(_cfg([*args, "budget.value=512"]), tmp_path) == "finished"
+    assert run(_cfg([*args, "budget.value=1024", "algo.actor_inference=learner"]),
+               tmp_path) == "finished"
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["env_steps"] for r in rows] == [128 * (i + 1) for i in range(8)]
+    assert "inference_batch" not in rows[3] and "inference_batch" in rows[4]
+    with pytest.raises(ConfigError, match=r"algo.lr: 0.003 -> 0.001"):
+        run(_cfg([*args, "budget.value=2048", "algo.lr=1e-3"]), tmp_path)
+    from rl_scaling.registry import register_algo
+
+    with pytest.raises(TypeError, match=r"resumable keys \['no_such_key'\]"):
+        register_algo("impala_test", ImpalaConfig, lambda cfg, ctx: "finished",
+                      resumable=("no_such_key",))
