@@ -20,6 +20,8 @@ Families (built through :func:`build_model`):
   policy and value networks.
 - ``mlp``: separate tanh policy and value MLPs for vector observations; discrete or
   continuous (``Box``) actions.
+- ``atari_cnn``: the Atari CNN of Mnih et al. 2015 (``env=atari``), width-scaled as in
+  Tuyls et al. 2024; its ``hidden`` dense layer is a knob (``AtariModelConfig``).
 
 Image observations arrive raw from the env as ``(B, H, W, C)`` pixels in 0..255
 (uint8 preferred: 4x less rollout memory); the model converts to float, divides by
@@ -44,6 +46,7 @@ from rl_scaling.observations import leaves, map_obs
 from rl_scaling.registry import register_model
 
 __all__ = [
+    "AtariCNN",
     "GaussianHead",
     "ImpalaCNN",
     "MLPActorCritic",
@@ -207,6 +210,71 @@ class ImpalaCNN(nn.Module):
 
     def scaled_modules(self) -> list[nn.Module]:
         return [self.trunk] + ([self.value_trunk] if self.value_trunk is not None else [])
+
+
+# ---------------------------------------------------------------------------
+# atari_cnn
+# ---------------------------------------------------------------------------
+
+
+class AtariCNN(nn.Module):
+    """The Atari CNN (Mnih et al. 2015), width-scaled as in Tuyls et al. 2024's Atari study.
+
+    conv 8x8 stride 4 (32 x width channels) -> conv 4x4/2 (64 x width) -> conv 3x3/1
+    (64 x width), ReLUs, flatten; then a dense layer of ``hidden`` x width units (512: the
+    Nature DQN/PPO network) or, with ``hidden=0``, the heads straight on the conv features (the
+    study's BC network: conv stack and a linear head). ``value_head=False`` builds a policy
+    only (behavioural cloning); then every layer, the policy head included, scales with width
+    and counts as effective (``scaled_modules``), while the actor-critic keeps the family
+    convention that heads are not effective. ``forward`` returns ``(logits, value)``, or the
+    logits alone without a value head.
+    Width 1 on 84x84x4, hidden 512, 18 actions: 1,693,875 parameters (actor-critic).
+    """
+
+    base_channels = (32, 64, 64)
+    kernels = ((8, 4), (4, 2), (3, 1))  # (kernel, stride)
+
+    def __init__(self, obs_shape: tuple[int, ...], num_actions: int, width: float = 1.0,
+                 hidden: int = 512, value_head: bool = True) -> None:
+        super().__init__()
+        h, w, c = _check_image_shape("atari_cnn", obs_shape)
+        self.obs_shape, self.num_actions, self.width = (h, w, c), num_actions, width
+        layers: list[nn.Module] = []
+        in_channels = c
+        for base, (kernel, stride) in zip(self.base_channels, self.kernels, strict=True):
+            out_channels = scaled_channels(base, width)
+            layers += [layer_init(nn.Conv2d(in_channels, out_channels, kernel, stride)),
+                       nn.ReLU(inplace=True)]
+            in_channels = out_channels
+            h, w = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+            if h < 1 or w < 1:
+                raise ValueError(f"model family 'atari_cnn' needs images of at least 36x36, "
+                                 f"got obs_shape={tuple(obs_shape)}")
+        layers.append(nn.Flatten())
+        features = in_channels * h * w
+        if hidden:
+            self.hidden_size = scaled_channels(hidden, width)
+            layers += [layer_init(nn.Linear(features, self.hidden_size)), nn.ReLU(inplace=True)]
+        else:
+            self.hidden_size = features
+        self.trunk = nn.Sequential(*layers)
+        self.policy_head = layer_init(nn.Linear(self.hidden_size, num_actions), std=0.01)
+        self.value_head = layer_init(nn.Linear(self.hidden_size, 1), std=1.0) \
+            if value_head else None
+
+    def features(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(policy features, value features)``: one shared trunk."""
+        hidden = self.trunk(_pixels_to_nchw(obs))
+        return hidden, hidden
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor] | Tensor:
+        hidden = self.trunk(_pixels_to_nchw(obs))
+        if self.value_head is None:
+            return self.policy_head(hidden)
+        return self.policy_head(hidden), self.value_head(hidden).squeeze(-1)
+
+    def scaled_modules(self) -> list[nn.Module]:
+        return [self.trunk] if self.value_head is not None else [self.trunk, self.policy_head]
 
 
 # ---------------------------------------------------------------------------
@@ -459,6 +527,36 @@ class ModelConfig:
             raise ValueError(f"model.depth must be >= 1 (an integer), got {self.depth!r}")
 
 
+@dataclass
+class AtariModelConfig(ModelConfig):
+    """``model=atari_cnn``: the common knobs plus the dense layer after the convs."""
+
+    family: str = "atari_cnn"
+    hidden: int = 512  # units at width 1 of the dense layer before the heads; 0: none
+
+    def validate(self) -> None:
+        super().validate()
+        if self.depth not in (None, 1):
+            raise ValueError(f"model.depth is not a knob of atari_cnn (three convs); leave it "
+                             f"null, got {self.depth!r}")
+        if isinstance(self.hidden, bool) or not isinstance(self.hidden, int) or self.hidden < 0:
+            raise ValueError(f"model.hidden must be an integer >= 0, got {self.hidden!r}")
+
+
+def build_atari_cnn(cfg: AtariModelConfig, spec, role: str = "policy") -> nn.Module:
+    """``ctx.network`` builder of ``model=atari_cnn``: an actor-critic for a ``Discrete``
+    action space (behavioural cloning builds the policy-only network itself)."""
+    _check_box(spec.observation_space, "atari_cnn")
+    if not isinstance(spec.action_space, gymnasium.spaces.Discrete):
+        raise ValueError(f"model family 'atari_cnn' is a discrete actor-critic; the env's "
+                         f"action space is {spec.action_space}")
+    if getattr(cfg, "separate_value", None):
+        raise ValueError("model.separate_value is not a knob of atari_cnn (one trunk)")
+    cfg.validate()
+    return AtariCNN(tuple(spec.observation_space.shape), int(spec.action_space.n),
+                    width=float(cfg.width), hidden=int(cfg.hidden))
+
+
 def _check_box(space: gymnasium.Space, family: str) -> None:
     """Refuse a Dict observation space for a family that reads one observation array."""
     if isinstance(space, gymnasium.spaces.Dict):
@@ -573,3 +671,4 @@ def build_actor_critic(cfg: ModelConfig, spec, role: str = "policy") -> nn.Modul
 
 for _family in _REGISTRY:
     register_model(_family, ModelConfig, build_actor_critic)
+register_model("atari_cnn", AtariModelConfig, build_atari_cnn)

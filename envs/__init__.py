@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from envs.atari import AtariEnvConfig, make_atari
 from envs.base import EnvConfig, EpisodeStats, VecEnv
 from envs.dmc import DMCEnvConfig, make_dmc
 from envs.gym import REFERENCE_RETURNS, GymEnvConfig, make_gym
@@ -32,6 +33,7 @@ ENV_BUILDERS: dict[str, Callable[..., VecEnv]] = {
     "dmc": make_dmc,
     "pointmass": make_pointmass,
     "nethack": make_nethack,
+    "atari": make_atari,
 }
 
 
@@ -39,11 +41,11 @@ def make_env(family: str, *, num_envs: int, seed: int, **kwargs: Any) -> VecEnv:
     """Build a vectorised env of one family from plain keyword arguments.
 
     Args:
-        family: "procgen", "mnist", "probe", "gym", "dmc", "pointmass" or "nethack".
+        family: "procgen", "mnist", "probe", "gym", "dmc", "pointmass", "nethack" or "atari".
         num_envs: number of envs stepped together (> 0).
         seed: seeds everything random in the env, in [0, 2**31).
         kwargs: the family's own arguments (see `make_procgen`, `make_mnist`, `make_probe`,
-            `make_gym`, `make_dmc`, `make_pointmass`, `make_nethack`).
+            `make_gym`, `make_dmc`, `make_pointmass`, `make_nethack`, `make_atari`).
 
     Raises:
         ValueError: unknown family or a bad argument (the message names it).
@@ -72,6 +74,8 @@ __all__ = [
     "make_gym",
     "make_mnist",
     "make_nethack",
+    "make_atari",
+    "AtariEnvConfig",
     "make_pointmass",
     "make_probe",
     "make_procgen",
