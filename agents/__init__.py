@@ -6,4 +6,14 @@ Importing this package registers every built-in algorithm and model family with
 
 from __future__ import annotations
 
-from agents import impala, models, nethack_net, ppg, ppo, sac, vmpo  # noqa: F401  (registration)
+from agents import (  # noqa: F401  (registration)
+    bc,
+    collect,
+    impala,
+    models,
+    nethack_net,
+    ppg,
+    ppo,
+    sac,
+    vmpo,
+)

@@ -235,6 +235,8 @@ class RunContext:
         self.preempted = preempted
         # FLOP budgets to snapshot at (checkpoints/flops=<C>.pt, a line with snapshot_flops)
         self._snapshots = sorted({float(b) for b in (snapshot_flops or ())})
+        # while ``evaluate`` runs: why ("due", "last", "snapshot"; see end_iteration)
+        self.eval_occasion: set[str] = set()
         # set by end_iterations when this run stopped while others in its process go on
         self.stopped: StopTraining | None = None
         self._t0 = time.monotonic()
@@ -577,6 +579,10 @@ class RunContext:
         if logging or preempted:
             row = dict(metrics() if callable(metrics) else metrics)
             if evaluated:
+                # why this evaluation runs, for an algorithm whose costly parts (BC's return
+                # rollouts) run only at some occasions
+                self.eval_occasion = {k for k, on in (("due", eval_due), ("last", last),
+                                                      ("snapshot", bool(snapshots))) if on}
                 row.update(evaluate())
             if snapshots:
                 row["snapshot_flops"] = snapshots[-1]
