@@ -4,7 +4,7 @@ RUNS ?= runs
 REPORT ?= reports/latest
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all analysis lint bench bench-gpu bench-impala bench-impala-gpu bench-ppg bench-sac \
+.PHONY: install demo test test-all analysis lint bench bench-gpu bench-impala bench-impala-gpu bench-bc bench-bc-gpu bench-ppg bench-sac \
 	bench-pointmass slurm-start slurm-stop clean
 
 # CPU torch first: a bare `torch` requirement would pull several GB of CUDA packages.
@@ -43,6 +43,14 @@ bench-gpu:
 # IMPALA's actor-learner split against its synchronous mode, same run (bench/README.md)
 bench-impala:
 	$(PYTHON) bench/impala.py
+
+# BC: the data loader against the model, same run (bench/README.md)
+bench-bc:
+	$(PYTHON) bench/bc.py
+
+# the same with the model on a GPU (widths 1/4, 1, 4)
+bench-bc-gpu:
+	$(PYTHON) bench/bc.py --device cuda --widths 0.25,1,4 --threads 1,2,4
 
 # the same with the learner on a GPU and more actors (a 16-core GPU machine)
 bench-impala-gpu:

@@ -475,8 +475,11 @@ def _train(cfg: BCConfig, ctx: RunContext, source: ShardSource | TtyrecSource) -
         c.updates += 1
         c.samples += source.samples_per_batch
 
-        def metrics(loss: Tensor = loss.detach(), correct: Tensor = correct, targets: Tensor = targets,
-                    grad_norm: Tensor | None = grad_norm) -> dict[str, Any]:
+        step_loss = loss.detach()
+
+        def metrics(loss: Tensor = step_loss, correct: Tensor = correct,
+                    targets: Tensor = targets, grad_norm: Tensor | None = grad_norm
+                    ) -> dict[str, Any]:
             nonlocal t_last, samples_last
             now = time.perf_counter()
             rate = (c.samples - samples_last) / max(now - t_last, 1e-9)

@@ -291,3 +291,20 @@ def test_nethack_chain_on_recorded_ttyrecs(tmp_path, core):
     for r in evals:  # 121 actions: ln 121 = 4.80 is an untrained policy's loss
         assert 3.0 < r["val_loss"] < 5.5 and "eval_return" in r
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_loader_vs_model_bench_runs(capsys):
+    """bench/bc.py end to end on tiny sizes (its numbers are the bench's business, not a
+    test's): the Atari table and the NetHack table are printed with every column filled."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bc as bench
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    bench.main(["--widths", "0.25", "--samples", "3000", "--shard-samples", "1024",
+                "--threads", "1", "--seconds", "0.2", "--batch", "32", "--nethack", "0.25",
+                "--nethack-batch", "2x8"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 0.25 |")]
+    assert len(rows) == 2, out
+    assert all("x |" in row for row in rows)
