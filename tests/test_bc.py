@@ -154,6 +154,10 @@ def test_bc_sweep_learns_snapshots_and_feeds_the_isoflop_analysis(chain, tmp_pat
     assert table["snapshot_flops"].notna().sum() == 6
     report = (out / "report.md").read_text()
     assert "isoFLOP" in report
+    # the isoFLOP figure and the return-vs-loss law from the snapshot lines' returns
+    figures = {p.name for p in (out / "figures").glob("*.png")}
+    assert {"default_isoflop_isoflop_profiles.png",
+            "default_isoflop_eval_return_vs_val_loss.png"} <= figures
 
 
 def test_interrupted_collection_resumes_without_lost_or_duplicated_episodes(chain, tmp_path):
@@ -308,3 +312,23 @@ def test_loader_vs_model_bench_runs(capsys):
     rows = [line for line in out.splitlines() if line.startswith("| 0.25 |")]
     assert len(rows) == 2, out
     assert all("x |" in row for row in rows)
+
+
+def test_bc_resumed_run_continues_the_same_batches_and_counters(chain, tmp_path):
+    """A BC run extended by a relaunch with a larger budget (a resume from its checkpoint)
+    continues its counters and reads the loader's stream from where it stopped: its training
+    losses are those of one uninterrupted run, number for number."""
+    common = ("algo=bc", *CARTPOLE, f"algo.data={chain['data']}", "algo.batch_size=64",
+              "algo.val_samples=512", "algo.loader_threads=2", "budget.counter=samples",
+              "log_every=1024 samples", "eval_every=4096 samples", "eval_episodes=2",
+              "algo.rollouts=never")
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    _run(*common, "budget.value=6144", f"hydra.run.dir={split}")
+    _run(*common, "budget.value=12288", f"hydra.run.dir={split}")
+    _run(*common, "budget.value=12288", f"hydra.run.dir={whole}")
+    resumed, uninterrupted = RunRecord(split).read_metrics(), RunRecord(whole).read_metrics()
+    assert json.loads((split / "run.json").read_text())["resumed"] is True
+    assert [r["samples"] for r in resumed] == [1024 * (i + 1) for i in range(12)]
+    assert [r["updates"] for r in resumed] == [16 * (i + 1) for i in range(12)]
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in uninterrupted]
+    assert [r["flops"] for r in resumed] == [r["flops"] for r in uninterrupted]
