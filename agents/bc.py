@@ -38,6 +38,8 @@ threads in its own order and restarts on a resume (counters and weights continue
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -80,6 +82,7 @@ class BCConfig:
     val_samples: int = 8192  # held-out samples each validation reads (a fixed set)
     rollouts: str = "snapshots"  # when evaluations play episodes: snapshots | always | never
     greedy: bool = False  # rollouts take the arg max instead of sampling the policy
+    verify_data: bool = False  # shards: check every full shard's crc32 first (reads it all)
     loader_threads: int = 2  # threads gathering batches ahead of the learner
     prefetch: int = 4  # batches ready ahead
 
@@ -167,6 +170,9 @@ class ShardSource:
 
         self.train = ShardedDataset(cfg.data, "train")
         self.val = ShardedDataset(cfg.data, "val")
+        if cfg.verify_data:  # a full read: crc32 of every full shard against the index
+            self.train.verify()
+            self.val.verify()
         if not len(self.train) or not len(self.val):
             empty = "train" if not len(self.train) else "val"
             raise ConfigError(f"algo.data={cfg.data!r}: the {empty} split is empty")
@@ -188,6 +194,9 @@ class ShardSource:
         self.batch_size = cfg.batch_size
         self.samples_per_batch = cfg.batch_size
 
+    def start(self, updates: int) -> None:
+        """Nothing to do: the loader's state came back with the checkpoint."""
+
     def example(self, device: torch.device) -> Any:
         return torch.zeros((1, *self.observation_space.shape),
                            dtype=torch.from_numpy(np.zeros(0, self.observation_space.dtype)
@@ -208,9 +217,11 @@ class ShardSource:
 
 class TtyrecSource:
     """NetHack ttyrecs through ``nle.dataset`` (``agents/ttyrec.py``): (T, B) windows of game
-    streams split by game into train and val."""
+    streams split by game into train and val, decoded ``algo.prefetch`` batches ahead on a
+    thread."""
 
     recurrent = True
+    val_rows = 256  # game streams a validation reads side by side (more games, shorter reads)
 
     def __init__(self, cfg: BCConfig, ctx: RunContext) -> None:
         from agents import ttyrec
@@ -220,12 +231,12 @@ class TtyrecSource:
         elif not Path(cfg.data).is_file():
             raise ConfigError(f"algo.data={cfg.data!r}: no ttyrec database there (set "
                               f"algo.ttyrec_dir to build it from a directory of ttyrecs)")
-        common = dict(val_fraction=cfg.val_fraction, seq_len=cfg.seq_len, seed=ctx.seed)
-        self.train_stream = ttyrec.TtyrecSequences(cfg.data, cfg.dataset_name, split="train",
-                                                   batch_size=cfg.batch_size,
-                                                   threads=cfg.loader_threads, **common)
-        self.cfg, self.common = cfg, common
-        self.loader = iter(self.train_stream)
+        self.cfg, self.seed = cfg, ctx.seed
+        common = self._common()
+        self.train_stream = ttyrec.TtyrecSequences(split="train", batch_size=cfg.batch_size,
+                                                   **common)
+        self.val_games = len(ttyrec.TtyrecSequences(split="val", batch_size=1, **common).games)
+        self.loader: Prefetcher | None = None
         n = self.train_stream.num_actions
         self.action_space = gymnasium.spaces.Discrete(n)
         self.observation_space = gymnasium.spaces.Dict({
@@ -233,7 +244,20 @@ class TtyrecSource:
             "tty_colors": gymnasium.spaces.Box(0, 31, (24, 80), np.int8),
             "tty_cursor": gymnasium.spaces.Box(0, 255, (2,), np.uint8)})
         self.samples_per_batch = cfg.batch_size * cfg.seq_len
-        self.state: Any = None
+
+    def _common(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return dict(dbfile=cfg.data, name=cfg.dataset_name, val_fraction=cfg.val_fraction,
+                    seq_len=cfg.seq_len, seed=self.seed, threads=cfg.loader_threads)
+
+    def start(self, updates: int) -> None:
+        """Start the training stream. A resumed run (``updates`` > 0) shuffles the games with
+        another seed, so it goes on to games it has not read rather than re-reading the first
+        ones (the exact position in each stream is not restored)."""
+        if updates:
+            self.train_stream.order_seed = int(np.random.SeedSequence(
+                [self.seed, updates]).generate_state(1)[0])
+        self.loader = Prefetcher(iter(self.train_stream), self.cfg.prefetch)
 
     def example(self, device: torch.device) -> Any:
         steps = self.cfg.seq_len
@@ -244,25 +268,81 @@ class TtyrecSource:
         return obs, torch.zeros(steps, 1, dtype=torch.bool, device=device)
 
     def next_batch(self) -> dict[str, Tensor]:
+        assert self.loader is not None, "start() the stream first"
         return next(self.loader)
 
     def val_batches(self) -> Iterator[dict[str, Tensor]]:
+        """The first ``val_samples`` frames of one pass over the val games, ``val_rows``
+        games side by side (the same frames every time)."""
         from agents import ttyrec
 
-        stream = ttyrec.TtyrecSequences(self.cfg.data, self.cfg.dataset_name, split="val",
-                                        batch_size=self.cfg.batch_size, loop=False,
-                                        threads=self.cfg.loader_threads, **self.common)
+        rows = max(self.cfg.batch_size, min(self.val_rows, self.val_games))
+        stream = ttyrec.TtyrecSequences(split="val", batch_size=rows, loop=False,
+                                        **self._common())
         seen = 0
-        for batch in stream:
-            yield batch
-            seen += int(batch["action"].numel())
-            if seen >= self.cfg.val_samples:
-                break
+        try:
+            for batch in stream:
+                yield batch
+                seen += int(batch["valid"].sum())
+                if seen >= self.cfg.val_samples:
+                    break
+        finally:
+            stream.close()
 
     def close(self) -> None:
-        close = getattr(self.train_stream, "close", None)
-        if close is not None:
-            close()
+        if self.loader is not None:
+            self.loader.close()
+        self.train_stream.close()
+
+
+class Prefetcher:
+    """Runs an iterator on a daemon thread, up to ``depth`` items ahead of ``next``; an error
+    in the iterator is raised by ``next``."""
+
+    _END = object()
+
+    def __init__(self, iterator: Iterator[Any], depth: int) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(iterator,), daemon=True)
+        self.thread.start()
+
+    def _run(self, iterator: Iterator[Any]) -> None:
+        try:
+            for item in iterator:
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.queue.put((self._END, None))
+        except BaseException as err:  # handed to the consumer
+            self.queue.put((self._END, err))
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        item, err = self.queue.get()
+        if err is not None:
+            self.queue.put((item, err))  # every later next() raises it too
+            raise err
+        if item is self._END:
+            self.queue.put((item, None))
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout=5)
 
 
 def open_source(cfg: BCConfig, ctx: RunContext) -> ShardSource | TtyrecSource:
@@ -306,9 +386,12 @@ def cross_entropy(logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tens
     logits = logits.reshape(-1, logits.shape[-1]).float()
     actions = actions.reshape(-1)
     valid = actions >= 0
-    loss = F.cross_entropy(logits, actions, ignore_index=-1)
+    count = valid.sum()
+    # a sum over the valid targets, not the mean F.cross_entropy takes, which is NaN when a
+    # batch has none (a window of keypresses that are no actions)
+    loss = F.cross_entropy(logits, actions, ignore_index=-1, reduction="sum") / count.clamp(min=1)
     correct = ((logits.argmax(-1) == actions) & valid).sum()
-    return loss, correct, valid.sum()
+    return loss, correct, count
 
 
 @torch.inference_mode()
@@ -397,6 +480,33 @@ def _choose(logits: Tensor, generator: torch.Generator, greedy: bool) -> np.ndar
 # ---------------------------------------------------------------------------------------------
 
 
+def _game(family: Any, env_id: Any) -> str:
+    """An env id in one spelling (Atari's ROM name: 'ALE/Breakout-v5' is 'breakout')."""
+    if family == "atari":
+        from envs.atari import rom_name
+
+        return rom_name(env_id)
+    return str(env_id)
+
+
+def check_eval_envs(ctx: RunContext, source: ShardSource | TtyrecSource) -> None:
+    """The envs the policy plays must be the dataset's: the same game (where the dataset says
+    which) and the same actions; one line naming env.id otherwise."""
+    config = ctx.env_factory("eval").config
+    meta_env = getattr(getattr(source, "train", None), "meta", {}).get("env") or {}
+    if meta_env.get("id") is not None and (
+            meta_env.get("family") != config.get("family")
+            or _game(meta_env.get("family"), meta_env["id"])
+            != _game(config.get("family"), config.get("id"))):
+        raise ConfigError(f"env.id={config.get('id')!r}: the dataset was collected on "
+                          f"{meta_env.get('family')} {meta_env['id']!r}; its policy plays that "
+                          f"env (set env.id), or set algo.rollouts=never")
+    actions = ctx.envs("eval").single_action_space
+    if getattr(actions, "n", None) != source.action_space.n:
+        raise ConfigError(f"env.id={config.get('id')!r} has {actions} actions; the dataset "
+                          f"has Discrete({source.action_space.n})")
+
+
 def learning_rate(cfg: BCConfig, updates: int, fraction: float) -> float:
     """The learning rate at ``updates`` done and ``fraction`` of the budget spent."""
     lr = cfg.lr
@@ -429,13 +539,16 @@ def _train(cfg: BCConfig, ctx: RunContext, source: ShardSource | TtyrecSource) -
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loader = getattr(source, "loader", None)
-    ctx.restore(policy=policy, optimizer=optimizer,
-                loader=loader if hasattr(loader, "state_dict") else None)
-    n_effective = ctx.networks["policy"]["params"]["effective"]
     try:
         eval_envs = ctx.env_factory("eval") is not None
     except ConfigError:  # a run without envs (`~env`): validation only
         eval_envs = False
+    if eval_envs and cfg.rollouts != "never":
+        check_eval_envs(ctx, source)
+    ctx.restore(policy=policy, optimizer=optimizer,
+                loader=loader if hasattr(loader, "state_dict") else None)
+    source.start(ctx.counters.updates)
+    n_effective = ctx.networks["policy"]["params"]["effective"]
     actor = (RecurrentActor(policy, device, ctx.eval_rng, cfg.greedy, source.action_space.n)
              if source.recurrent else FeedForwardActor(policy, device, ctx.eval_rng, cfg.greedy))
     c = ctx.counters

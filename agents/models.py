@@ -56,6 +56,7 @@ __all__ = [
     "build_model",
     "count_params",
     "known_families",
+    "lstm_with_resets",
     "scaled_channels",
 ]
 
@@ -433,6 +434,25 @@ class FlatTorso(nn.Module):
         return obs.reshape(obs.shape[0], -1)
 
 
+def lstm_with_resets(core: nn.LSTM, x: Tensor, first: Tensor, state: tuple[Tensor, Tensor]
+                     ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Run ``core`` over ``x`` (T, B, F) from ``state``, zeroing a row's state before each step
+    where ``first`` (T, B) marks the start of an episode; ``(out (T, B, H), state)``."""
+    h, c = state
+    steps, batch = x.shape[:2]
+    # no episode starts inside: the sequence in one call (one step, as when acting, needs no
+    # look at first[1:], which would cost a device sync per step)
+    if steps == 1 or not bool(first[1:].any()):
+        keep = (~first[0]).to(x.dtype).view(1, batch, 1)
+        return core(x, (h * keep, c * keep))
+    outs = []
+    for t in range(steps):  # reset the state where an episode starts, step by step
+        keep = (~first[t]).to(x.dtype).view(1, batch, 1)
+        o, (h, c) = core(x[t:t + 1], (h * keep, c * keep))
+        outs.append(o)
+    return torch.cat(outs), (h, c)
+
+
 class LSTMActorCritic(nn.Module):
     """A recurrent actor-critic over sequences: torso -> pre-core MLP -> LSTM core -> policy
     and value heads (the IMPALA agent's shape; the core's hidden size is the scaled width, 256
@@ -479,21 +499,10 @@ class LSTMActorCritic(nn.Module):
         # (T, B, ...) -> (T * B, ...) for the torso, one step's observations at a time
         flat_obs = map_obs(lambda a: a.reshape(steps * batch, *a.shape[2:]), obs)
         x = self.pre_core(self.torso(flat_obs).float()).view(steps, batch, -1)
-        h, c = state if state is not None else self.initial_state(batch, device)
+        state = state if state is not None else self.initial_state(batch, device)
         if first is None:
             first = torch.zeros(steps, batch, dtype=torch.bool, device=device)
-        # no episode starts inside: the sequence in one call (one step, as when acting,
-        # needs no look at first[1:], which would cost a device sync per step)
-        if steps == 1 or not bool(first[1:].any()):
-            keep = (~first[0]).to(x.dtype).view(1, batch, 1)
-            out, (h, c) = self.core(x, (h * keep, c * keep))
-        else:  # reset the state where an episode starts, step by step
-            outs = []
-            for t in range(steps):
-                keep = (~first[t]).to(x.dtype).view(1, batch, 1)
-                o, (h, c) = self.core(x[t:t + 1], (h * keep, c * keep))
-                outs.append(o)
-            out = torch.cat(outs)
+        out, (h, c) = lstm_with_resets(self.core, x, first, state)
         flat = out.reshape(steps * batch, -1)
         return (self.policy_head(flat).view(steps, batch, -1),
                 self.value_head(flat).view(steps, batch), (h, c))

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.models import LSTMActorCritic, ModelConfig, layer_init
+from agents.models import LSTMActorCritic, ModelConfig, layer_init, lstm_with_resets
 from rl_scaling.registry import register_model
 
 REQUIRED_KEYS = ("glyphs", "chars", "colors", "blstats", "message")
@@ -45,6 +45,18 @@ CROP = 9  # cells on a side of the crop around the agent
 GLYPH_DIM, CHAR_DIM, COLOR_DIM = 16, 8, 8
 MAP_FEATURES, CROP_FEATURES, STATS_FEATURES, MESSAGE_FEATURES = 256, 128, 64, 64
 BL_X, BL_Y = 0, 1  # NLE_BL_X, NLE_BL_Y: the agent's column and row in blstats
+
+
+def crop_around(ids: Tensor, x: Tensor, y: Tensor, pad: int) -> Tensor:
+    """The CROP x CROP cells of every (H, W) screen in ``ids`` (N, H, W) centred on column
+    ``x``, row ``y`` (N,), ``pad`` outside it (both encoders' crop)."""
+    half = CROP // 2
+    padded = F.pad(ids.long(), (half, half, half, half), value=pad)
+    offsets = torch.arange(CROP, device=ids.device)
+    rows = (y[:, None] + offsets)[:, :, None]  # padded coordinates: y - half + half
+    cols = (x[:, None] + offsets)[:, None, :]
+    batch = torch.arange(ids.shape[0], device=ids.device)[:, None, None]
+    return padded[batch, rows, cols]
 
 
 class NetHackEncoder(nn.Module):
@@ -87,17 +99,6 @@ class NetHackEncoder(nn.Module):
                        self.color_embed(colors.long())], dim=-1)
         return x.permute(0, 3, 1, 2)
 
-    def _crop(self, ids: Tensor, x: Tensor, y: Tensor, pad: int) -> Tensor:
-        """The CROP x CROP ids around (x, y) of every map in ``ids`` (N, H, W), ``pad``
-        outside the map."""
-        half = CROP // 2
-        padded = F.pad(ids.long(), (half, half, half, half), value=pad)
-        offsets = torch.arange(CROP, device=ids.device)
-        rows = (y[:, None] + offsets)[:, :, None]  # padded coordinates: y - half + half
-        cols = (x[:, None] + offsets)[:, None, :]
-        batch = torch.arange(ids.shape[0], device=ids.device)[:, None, None]
-        return padded[batch, rows, cols]
-
     def forward(self, obs: dict[str, Tensor]) -> Tensor:
         glyphs, chars, colors = obs["glyphs"], obs["chars"], obs["colors"]
         blstats = obs["blstats"]
@@ -105,8 +106,8 @@ class NetHackEncoder(nn.Module):
         rows, cols = glyphs.shape[-2:]
         x = blstats[:, BL_X].long().clamp(0, cols - 1)
         y = blstats[:, BL_Y].long().clamp(0, rows - 1)
-        crop = self._cells(self._crop(glyphs, x, y, self.max_glyph),
-                           self._crop(chars, x, y, ord(" ")), self._crop(colors, x, y, 0))
+        crop = self._cells(crop_around(glyphs, x, y, self.max_glyph),
+                           crop_around(chars, x, y, ord(" ")), crop_around(colors, x, y, 0))
         around = self.crop_fc(self.crop_cnn(crop))
         stats = blstats.float()
         stats = self.stats_mlp(torch.sign(stats) * torch.log1p(stats.abs()))
@@ -155,18 +156,6 @@ DUNGEON_ROWS = slice(1, 22)  # tty rows 1..21: the map; row 0: messages; rows 22
 TTY_CHAR_DIM, TTY_COLOR_DIM = 24, 8
 TTY_COLORS = 32  # the env's tty_colors space: NLE's 16 colours, 16+ with an attribute bit
 TOPLINE_FEATURES, BOTTOM_FEATURES, ACTION_FEATURES = 64, 64, 32
-
-
-def crop_around(ids: Tensor, x: Tensor, y: Tensor, pad: int) -> Tensor:
-    """The CROP x CROP cells of every (H, W) screen in ``ids`` (N, H, W) centred on column
-    ``x``, row ``y`` (N,), ``pad`` outside it (NetHackEncoder's crop, as a function)."""
-    half = CROP // 2
-    padded = F.pad(ids.long(), (half, half, half, half), value=pad)
-    offsets = torch.arange(CROP, device=ids.device)
-    rows = (y[:, None] + offsets)[:, :, None]  # padded coordinates: y - half + half
-    cols = (x[:, None] + offsets)[:, None, :]
-    batch = torch.arange(ids.shape[0], device=ids.device)[:, None, None]
-    return padded[batch, rows, cols]
 
 
 class TtyEncoder(nn.Module):
@@ -432,26 +421,10 @@ class NetHackBCNet(nn.Module):
         if state is None:
             state = self.initial_state(batch, device)
         if self.core_type == "lstm":
-            out, state = self._lstm(x, first, state)
+            out, state = lstm_with_resets(self.core, x, first, state)
         else:
             out, state = self.core(x, first, state)
         return self.policy_head(out.reshape(steps * batch, -1)).view(steps, batch, -1), state
-
-    def _lstm(self, x: Tensor, first: Tensor, state: tuple[Tensor, Tensor]
-              ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        h, c = state
-        steps, batch = x.shape[:2]
-        # no game starts inside: one call (acting, one step, needs no look at first[1:], which
-        # would cost a device sync per step)
-        if steps == 1 or not bool(first[1:].any()):
-            keep = (~first[0]).to(x.dtype).view(1, batch, 1)
-            return self.core(x, (h * keep, c * keep))
-        outs = []
-        for t in range(steps):  # reset the state where a game starts, step by step
-            keep = (~first[t]).to(x.dtype).view(1, batch, 1)
-            o, (h, c) = self.core(x[t:t + 1], (h * keep, c * keep))
-            outs.append(o)
-        return torch.cat(outs), (h, c)
 
     def scaled_modules(self) -> list[nn.Module]:
         return [self.pre_core, self.core, self.policy_head]

@@ -29,6 +29,7 @@ QUOTE, ``$`` = SEEGOLD / DOLLAR, ``+`` = SEESPELLS / PLUS); a keypress maps to t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import hashlib
 import io
@@ -241,10 +242,22 @@ def populate(root: str | Path, name: str, dbfile: str | Path, *, kind: str = "au
     Idempotent: a ``name`` already in the database is left as it is (it must have the same
     root). Returns the number of games in the dataset.
     """
-    _, nld = _nle()
     if kind not in KINDS:
         raise TtyrecError(f"populate: kind={kind!r} must be one of {KINDS}")
     root, dbfile = Path(root).absolute(), Path(dbfile).absolute()
+    dbfile.parent.mkdir(parents=True, exist_ok=True)
+    # the jobs of a sweep populate the same database at once: one at a time, the others then
+    # find the dataset there
+    with open(dbfile.with_name(dbfile.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return _populate(root, name, dbfile, kind)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _populate(root: Path, name: str, dbfile: Path, kind: str) -> int:
+    _, nld = _nle()
     if dbfile.exists():
         _check_db(dbfile)
         existing = _root_of(dbfile, name)
@@ -335,15 +348,16 @@ class TtyrecSequences:
     state; ``done`` of a batch's last step looks one batch ahead, so batches are converted
     one ahead of what is yielded). ``loop`` (default: True for train, False for val): cycle
     through the split's games forever, each row through its own share in an order shuffled by
-    ``seed`` (nle.dataset assigns game i to row i mod B); False: one pass in gameid order, rows
-    padded once their games are used up, and the stream ends. A split with fewer games than
-    rows repeats them (loop) or pads the spare rows (one pass).
+    ``order_seed`` (default ``seed``; nle.dataset assigns game i to row i mod B); False: one
+    pass in gameid order, rows padded once their games are used up, and the stream ends. A
+    split with fewer games than rows repeats them (loop) or pads the spare rows (one pass).
     ``threads``: ``nle.dataset`` decodes the rows on that many threads (1: in this thread).
     """
 
     def __init__(self, dbfile: str | Path, name: str, *, split: str = "train",
                  val_fraction: float = 0.1, batch_size: int, seq_len: int, seed: int,
-                 loop: bool | None = None, threads: int = 2) -> None:
+                 loop: bool | None = None, threads: int = 2,
+                 order_seed: int | None = None) -> None:
         _, nld = _nle()
         if split not in SPLITS:
             raise TtyrecError(f"TtyrecSequences: split={split!r} must be one of {SPLITS}")
@@ -378,6 +392,9 @@ class TtyrecSequences:
             raise TtyrecError(f"{self.dbfile}: the {split} split of {name!r} is empty "
                               f"({len(gameids)} games, val_fraction={val_fraction})")
         self.batch_size, self.seq_len, self.seed = int(batch_size), int(seq_len), int(seed)
+        # the shuffle of a looping stream (default: seed; a resumed run passes another, so it
+        # does not re-read the games it started with); the split always follows ``seed``
+        self.order_seed = self.seed if order_seed is None else int(order_seed)
         self.loop = (split == "train") if loop is None else bool(loop)
         self.threads = int(threads)
         self.num_actions = NUM_ACTIONS
@@ -399,7 +416,8 @@ class TtyrecSequences:
         games = list(self.games)
         if not self.loop:
             return games, min(self.batch_size, len(games))
-        games = [games[i] for i in np.random.default_rng(self.seed).permutation(len(games))]
+        order = np.random.default_rng(self.order_seed).permutation(len(games))
+        games = [games[i] for i in order]
         # every row needs a game of its own to cycle through
         return games * math.ceil(self.batch_size / len(games)), self.batch_size
 

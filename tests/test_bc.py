@@ -235,6 +235,52 @@ def test_bc_bad_input_is_one_line(chain, tmp_path):
     with pytest.raises(DatasetError):
         ShardedDataset(lying, "train")
 
+    # the policy would play another game than the dataset's
+    other = subprocess.run(_cmd(f"hydra.run.dir={tmp_path / 'd'}", "algo=bc", "env=gym",
+                                "env.id=Acrobot-v1", "model=mlp", f"algo.data={chain['data']}",
+                                "budget.counter=samples", "budget.value=1000"),
+                           cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    last = other.stderr.strip().splitlines()[-1]
+    assert "env.id='Acrobot-v1'" in last and "CartPole-v1" in last
+
+
+def test_a_batch_without_action_targets_has_zero_loss_not_nan():
+    """Windows of keypresses that are no actions (target -1) must not end a run as diverged."""
+    import torch
+
+    from agents.bc import cross_entropy
+
+    logits = torch.randn(4, 3, 5, requires_grad=True)
+    loss, correct, count = cross_entropy(logits, torch.full((4, 3), -1))
+    assert float(loss.detach()) == 0.0 and int(count) == 0 and int(correct) == 0
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+    actions = torch.tensor([[0, -1, 2]] * 4)
+    loss, _, count = cross_entropy(logits, actions)
+    flat = logits.reshape(-1, 5)[actions.reshape(-1) >= 0]
+    expected = torch.nn.functional.cross_entropy(flat, actions[actions >= 0])
+    assert int(count) == 8 and torch.allclose(loss, expected)
+
+
+def test_prefetcher_hands_over_in_order_and_raises_the_iterators_error():
+    from agents.bc import Prefetcher
+
+    def items():
+        yield from range(5)
+        raise RuntimeError("shard went away")
+
+    fetched = Prefetcher(items(), depth=2)
+    assert [next(fetched) for _ in range(5)] == list(range(5))
+    for _ in range(2):  # and again on every later call
+        with pytest.raises(RuntimeError, match="shard went away"):
+            next(fetched)
+    fetched.close()
+    endless = Prefetcher(iter(int, 1), depth=2)  # a producer blocked on a full queue
+    next(endless)
+    endless.close()
+    assert not endless.thread.is_alive()
+
 
 def test_atari_chain_on_pixels(tmp_path):
     """The same chain on ALE's pixels with the study's configs (short): a PPO Atari expert
@@ -266,34 +312,45 @@ def test_atari_chain_on_pixels(tmp_path):
     rows = RunRecord(run).read_metrics()
     snap = [r for r in rows if "snapshot_flops" in r]
     assert len(snap) == 1 and "eval_return" in snap[0] and "val_loss" in snap[0]
-    assert "eval_return" in rows[-1] and rows[-1]["val_loss"] < 2.5  # chance: ln 6 = 1.79
+    # plumbing, not learning (the CartPole chain shows that): a two-iteration expert acts
+    # almost uniformly, so its clone's validation loss stays near chance, ln 6 = 1.79
+    assert "eval_return" in rows[-1] and abs(rows[-1]["val_loss"] - math.log(6)) < 0.1
     assert (run / "checkpoints" / "flops=1e+11.pt").exists()
 
 
 @pytest.mark.parametrize("core", ["lstm", "transformer"])
 def test_nethack_chain_on_recorded_ttyrecs(tmp_path, core):
-    """Real ttyrecs recorded from NLE, put into an nle.dataset database by the run itself
-    (algo.ttyrec_dir), BC with the NetHack model for a few steps: validation loss on held-out
-    games, and the policy playing NetHackChallenge-v0 from tty observations."""
-    from agents.ttyrec import record_ttyrecs
+    """Real ttyrecs recorded from NLE (a player that moves north 80% of the time, else
+    presses a random key), put into an nle.dataset database by the run itself
+    (algo.ttyrec_dir), BC with the NetHack model for 40 steps: the validation loss on held-out
+    games falls far below chance, and the policy plays NetHackChallenge-v0 from tty
+    observations."""
+    from agents.ttyrec import ACTIONS, record_ttyrecs
 
-    ttyrecs = record_ttyrecs(tmp_path / "ttyrecs", games=6, seed=1, max_steps=150)
+    rng = np.random.default_rng(0)
+    north = ACTIONS.index(ord("k"))
+
+    def player(obs: dict) -> int:
+        return north if rng.random() < 0.8 else int(rng.integers(len(ACTIONS)))
+
+    ttyrecs = record_ttyrecs(tmp_path / "ttyrecs", games=6, seed=1, max_steps=150,
+                             policy=player)
     run = tmp_path / "bc"
     _run("+experiment=nethack_bc_isoflop", f"algo.data={tmp_path / 'ttyrecs.db'}",
          f"algo.ttyrec_dir={ttyrecs}", "algo.dataset_name=test", "algo.val_fraction=0.3",
-         "algo.batch_size=2", "algo.seq_len=16", "budget.counter=samples",
-         "budget.value=640", "snapshot_flops=null", "eval_every=320 samples",
+         "algo.batch_size=2", "algo.seq_len=16", "algo.lr=3e-3", "budget.counter=samples",
+         "budget.value=1280", "snapshot_flops=null", "eval_every=640 samples",
          "eval_episodes=2", "env.eval.num_envs=2", "env.max_episode_steps=50",
          "algo.val_samples=256", "model.width=0.25", f"model.core={core}",
          "algo.rollouts=always", f"hydra.run.dir={run}")
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["model"] == "nethack_bc"
     rows = RunRecord(run).read_metrics()
-    assert rows[-1]["samples"] == 640 and rows[-1]["updates"] == 20  # 2 x 16 per update
+    assert rows[-1]["samples"] == 1280 and rows[-1]["updates"] == 40  # 2 x 16 per update
     evals = [r for r in rows if "val_loss" in r]
-    assert len(evals) == 2
-    for r in evals:  # 121 actions: ln 121 = 4.80 is an untrained policy's loss
-        assert 3.0 < r["val_loss"] < 5.5 and "eval_return" in r
+    assert len(evals) == 2 and all("eval_return" in r for r in evals)
+    # 121 actions: ln 121 = 4.80 is an untrained policy's loss; the player's own entropy ~2
+    assert evals[-1]["val_loss"] < 3.0 and evals[-1]["val_accuracy"] > 0.5
     assert all(math.isfinite(r["loss"]) for r in rows)
 
 

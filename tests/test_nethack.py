@@ -16,7 +16,7 @@ import torch
 
 pytest.importorskip("nle")
 
-from agents.nethack_net import CROP, NetHackEncoder, NetHackNet  # noqa: E402
+from agents.nethack_net import CROP, NetHackEncoder, NetHackNet, crop_around  # noqa: E402
 from envs import make_env  # noqa: E402
 from rl_scaling.flops import forward_flops  # noqa: E402
 from rl_scaling.observations import select, to_tensor, zeros_like_space  # noqa: E402
@@ -114,10 +114,9 @@ def _space(keys=KEYS):
 
 
 def test_crop_is_the_cells_around_the_agent_padded_outside_the_map():
-    encoder = NetHackEncoder(_space())
     ids = torch.arange(21 * 79).view(1, 21, 79).repeat(2, 1, 1)
     x, y = torch.tensor([40, 0]), torch.tensor([10, 0])  # inside; the top-left corner
-    crop = encoder._crop(ids, x, y, pad=-1)
+    crop = crop_around(ids, x, y, pad=-1)
     half = CROP // 2
     assert crop.shape == (2, CROP, CROP)
     assert torch.equal(crop[0], ids[0, 10 - half:10 + half + 1, 40 - half:40 + half + 1])
