@@ -72,6 +72,7 @@ class AtariEnvConfig(EnvConfig):
         clip_rewards: the learner sees sign(reward); episode returns stay the game score.
         full_action_space: all 18 actions instead of the game's minimal set.
         threads: C++ threads stepping the emulators (None: min(num_envs, CPUs)).
+        eval: overrides for the evaluation envs (default: rewards unclipped).
     """
 
     family: str = "atari"

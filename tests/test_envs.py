@@ -79,8 +79,8 @@ def write_tiny_mnist(directory: Path, compress: bool = False) -> None:
 
 
 def test_unknown_family_names_it_and_lists_known():
-    with pytest.raises(ValueError, match="'atari'.*mnist.*probe.*procgen"):
-        make_env("atari", num_envs=1, seed=0)
+    with pytest.raises(ValueError, match="'atary'.*atari.*mnist.*probe.*procgen"):
+        make_env("atary", num_envs=1, seed=0)
 
 
 @pytest.mark.parametrize("num_envs", [0, -3, 2.0, True])
@@ -593,10 +593,10 @@ def test_importing_envs_registers_families_without_torch():
     code += "assert 'torch' not in sys.modules, 'torch'; print(sorted(registry.ENVS))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[0] == str(sorted([*FAMILIES, "dmc", "gym", "nethack"]))
+    assert out.stdout.split("\n")[0] == str(sorted([*FAMILIES, "atari", "dmc", "gym", "nethack"]))
 
 
-@pytest.mark.parametrize("family", [*FAMILIES, "nethack"])
+@pytest.mark.parametrize("family", [*FAMILIES, "nethack", "atari"])
 def test_family_config_round_trips_and_matches_its_yaml(family):
     entry = registry.env_entry(family)
     cls = entry.config_cls
