@@ -154,11 +154,15 @@ def train(cfg: CollectConfig, ctx: RunContext) -> str:
                     ep["action"].append(actions[i])
                     ep["reward"].append(rewards[i])
                 episodes.add(info)
-                for j, i in enumerate(np.flatnonzero(terminated | truncated)):
+                # the env's own return (the game score, also where the learner's rewards are
+                # clipped), by the env each episode ran in
+                returns = dict(zip(info["episode_env"].tolist(), info["episode_return"],
+                                   strict=True))
+                for i in np.flatnonzero(terminated | truncated):
                     ep = {k: np.stack(v) for k, v in open_eps[i].items()}
                     split = "val" if ctx.np_rng.random() < cfg.val_fraction else "train"
-                    writer.add_episode(split, ep,
-                                       episode_return=float(info["episode_return"][j]))
+                    writer.add_episode(split, ep, episode_return=float(
+                        returns.get(int(i), ep["reward"].sum())))
                     written[split] += len(ep["reward"])
                     open_eps[i] = {"obs": [], "action": [], "reward": []}
                 obs = next_obs

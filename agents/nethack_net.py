@@ -59,6 +59,34 @@ def crop_around(ids: Tensor, x: Tensor, y: Tensor, pad: int) -> Tensor:
     return padded[batch, rows, cols]
 
 
+def map_layers(cell: int, rows: int, cols: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The dungeon CNN over (N, cell, rows, cols) embeddings (3 convs of 16 channels, the last
+    two with stride 2) and its Linear to MAP_FEATURES."""
+    cnn = nn.Sequential(
+        nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(), nn.Flatten())
+    out = 16 * ((rows + 3) // 4) * ((cols + 3) // 4)
+    return cnn, nn.Sequential(nn.Linear(out, MAP_FEATURES), nn.ELU())
+
+
+def crop_layers(cell: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """The CNN over the CROP x CROP cells around the agent (2 convs of 16) and its Linear to
+    CROP_FEATURES."""
+    cnn = nn.Sequential(
+        nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
+        nn.Conv2d(16, 16, 3, padding=1), nn.ELU(), nn.Flatten())
+    return cnn, nn.Sequential(nn.Linear(16 * CROP * CROP, CROP_FEATURES), nn.ELU())
+
+
+def line_layers(features: int) -> tuple[nn.Embedding, nn.Sequential, nn.Sequential]:
+    """A text line's encoder: byte embeddings, a conv1d of 32 (then a max over the line, in
+    forward) and a Linear to ``features``."""
+    return (nn.Embedding(256, 16),
+            nn.Sequential(nn.Conv1d(16, 32, 5, stride=2, padding=2), nn.ELU()),
+            nn.Sequential(nn.Linear(32, features), nn.ELU()))
+
+
 class NetHackEncoder(nn.Module):
     """The NLE encoder (see the module docstring): a dict of (N, ...) arrays -> (N, 512)."""
 
@@ -75,22 +103,12 @@ class NetHackEncoder(nn.Module):
         self.color_embed = nn.Embedding(16, COLOR_DIM)
         cell = GLYPH_DIM + CHAR_DIM + COLOR_DIM
 
-        self.map_cnn = nn.Sequential(
-            nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(), nn.Flatten())
-        map_out = 16 * ((rows + 3) // 4) * ((cols + 3) // 4)
-        self.map_fc = nn.Sequential(nn.Linear(map_out, MAP_FEATURES), nn.ELU())
-        self.crop_cnn = nn.Sequential(
-            nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, padding=1), nn.ELU(), nn.Flatten())
-        self.crop_fc = nn.Sequential(nn.Linear(16 * CROP * CROP, CROP_FEATURES), nn.ELU())
+        self.map_cnn, self.map_fc = map_layers(cell, rows, cols)
+        self.crop_cnn, self.crop_fc = crop_layers(cell)
         stats = int(space["blstats"].shape[0])
         self.stats_mlp = nn.Sequential(nn.Linear(stats, STATS_FEATURES), nn.ELU(),
                                        nn.Linear(STATS_FEATURES, STATS_FEATURES), nn.ELU())
-        self.message_embed = nn.Embedding(256, 16)
-        self.message_conv = nn.Sequential(nn.Conv1d(16, 32, 5, stride=2, padding=2), nn.ELU())
-        self.message_fc = nn.Sequential(nn.Linear(32, MESSAGE_FEATURES), nn.ELU())
+        self.message_embed, self.message_conv, self.message_fc = line_layers(MESSAGE_FEATURES)
         self.out_size = MAP_FEATURES + CROP_FEATURES + STATS_FEATURES + MESSAGE_FEATURES
 
     def _cells(self, glyphs: Tensor, chars: Tensor, colors: Tensor) -> Tensor:
@@ -186,19 +204,9 @@ class TtyEncoder(nn.Module):
         self.color_embed = nn.Embedding(TTY_COLORS, TTY_COLOR_DIM)
         cell = TTY_CHAR_DIM + TTY_COLOR_DIM
         rows = DUNGEON_ROWS.stop - DUNGEON_ROWS.start
-        self.map_cnn = nn.Sequential(
-            nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, stride=2, padding=1), nn.ELU(), nn.Flatten())
-        map_out = 16 * ((rows + 3) // 4) * ((TTY_COLS + 3) // 4)
-        self.map_fc = nn.Sequential(nn.Linear(map_out, MAP_FEATURES), nn.ELU())
-        self.crop_cnn = nn.Sequential(
-            nn.Conv2d(cell, 16, 3, padding=1), nn.ELU(),
-            nn.Conv2d(16, 16, 3, padding=1), nn.ELU(), nn.Flatten())
-        self.crop_fc = nn.Sequential(nn.Linear(16 * CROP * CROP, CROP_FEATURES), nn.ELU())
-        self.topline_embed = nn.Embedding(256, 16)
-        self.topline_conv = nn.Sequential(nn.Conv1d(16, 32, 5, stride=2, padding=2), nn.ELU())
-        self.topline_fc = nn.Sequential(nn.Linear(32, TOPLINE_FEATURES), nn.ELU())
+        self.map_cnn, self.map_fc = map_layers(cell, rows, TTY_COLS)
+        self.crop_cnn, self.crop_fc = crop_layers(cell)
+        self.topline_embed, self.topline_conv, self.topline_fc = line_layers(TOPLINE_FEATURES)
         self.bottom_embed = nn.Embedding(256, 16)
         self.bottom_conv = nn.Sequential(
             nn.Conv1d(16, 32, 5, stride=2, padding=2), nn.ELU(),

@@ -1,4 +1,5 @@
-"""Helpers for the tests that start ``python -m rl_scaling.sweep`` and interrupt it."""
+"""Helpers the tests share: starting ``python -m rl_scaling.sweep`` and interrupting it, and
+stepping an env with random actions."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from rl_scaling.record import RunRecord
@@ -35,3 +37,10 @@ def kill_after_a_checkpoint(proc: subprocess.Popen, run_dir: Path, lines: int = 
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+def random_steps(env, steps: int, seed: int = 0) -> list[tuple]:
+    """``steps`` results of ``env.step`` with uniform random actions of a ``Discrete`` env."""
+    rng = np.random.default_rng(seed)
+    return [env.step(rng.integers(0, env.single_action_space.n, env.num_envs))
+            for _ in range(steps)]

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from envs.atari import AtariEnvConfig, make_atari, rom_name
-
-
-def _play(env, steps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        out.append(env.step(rng.integers(0, env.single_action_space.n, env.num_envs)))
-    return out
+from tests.procs import random_steps
 
 
 def test_spellings_of_a_game_name_the_same_rom():
@@ -29,7 +22,7 @@ def test_observations_are_channels_last_frame_stacks_and_seeded():
             first = env.reset()
             assert first.shape == (2, 84, 84, 4) and first.dtype == np.uint8
             assert env.single_action_space.n == 4  # Breakout's minimal action set
-            return np.stack([first] + [s[0] for s in _play(env, 60)])
+            return np.stack([first] + [s[0] for s in random_steps(env, 60)])
 
     a, b, c = frames(1), frames(1), frames(2)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -41,7 +34,7 @@ def test_clipped_rewards_for_the_learner_game_score_in_the_episode_return():
     kwargs = dict(num_envs=2, seed=0, env_id="SpaceInvaders", max_episode_frames=1200)
     with make_atari(clip_rewards=True, **kwargs) as env:
         env.reset()
-        steps = _play(env, 300)
+        steps = random_steps(env, 300)
     rewards = np.stack([s[1] for s in steps])
     assert set(np.unique(rewards)) <= {-1.0, 0.0, 1.0} and rewards.sum() > 0
     ends = [s for s in steps if len(s[4]["episode_return"])]
@@ -51,14 +44,14 @@ def test_clipped_rewards_for_the_learner_game_score_in_the_episode_return():
     assert first_end[4]["episode_return"].max() > rewards[:300].sum(axis=0).max()
     with make_atari(clip_rewards=False, **kwargs) as env:
         env.reset()
-        raw = np.stack([s[1] for s in _play(env, 300)])
+        raw = np.stack([s[1] for s in random_steps(env, 300)])
     assert raw.max() >= 5 and np.array_equal(raw > 0, rewards > 0)  # same play, same seed
 
 
 def test_frame_limit_truncates_with_the_final_observation():
     with make_atari(num_envs=3, seed=0, env_id="Pong", max_episode_frames=400) as env:
         env.reset()
-        steps = _play(env, 100)  # 400 frames at frame skip 4
+        steps = random_steps(env, 100)  # 400 frames at frame skip 4
     obs, _, terminated, truncated, info = steps[-1]
     assert truncated.all() and not terminated.any()
     assert info["final_obs"].shape == (3, 84, 84, 4) and list(info["episode_length"]) == [100] * 3

@@ -20,17 +20,10 @@ from agents.nethack_net import CROP, NetHackEncoder, NetHackNet, crop_around  # 
 from envs import make_env  # noqa: E402
 from rl_scaling.flops import forward_flops  # noqa: E402
 from rl_scaling.observations import select, to_tensor, zeros_like_space  # noqa: E402
+from tests.procs import random_steps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 KEYS = ("glyphs", "chars", "colors", "blstats", "message")
-
-
-def _rollout(env, steps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(steps):
-        out.append(env.step(rng.integers(0, env.single_action_space.n, env.num_envs)))
-    return out
 
 
 def test_nethack_env_gives_dict_observations_and_repeats_itself_from_a_seed():
@@ -41,14 +34,14 @@ def test_nethack_env_gives_dict_observations_and_repeats_itself_from_a_seed():
         assert obs["glyphs"].shape == (2, 21, 79) and obs["glyphs"].dtype == np.int16
         assert obs["blstats"].shape == (2, 27) and obs["message"].shape == (2, 256)
         assert not np.array_equal(obs["glyphs"][0], obs["glyphs"][1])  # games seeded apart
-        steps = _rollout(env, 80)
+        steps = random_steps(env, 80)
     finally:
         env.close()
     twin = make_env("nethack", num_envs=2, seed=5, max_episode_steps=40)
     try:
         again = twin.reset()
         assert all(np.array_equal(obs[k], again[k]) for k in KEYS)
-        for (o1, r1, *_), (o2, r2, *_) in zip(steps, _rollout(twin, 80), strict=True):
+        for (o1, r1, *_), (o2, r2, *_) in zip(steps, random_steps(twin, 80), strict=True):
             assert all(np.array_equal(o1[k], o2[k]) for k in KEYS)
             np.testing.assert_array_equal(r1, r2)
     finally:
@@ -73,7 +66,7 @@ def test_nethack_challenge_builds_unseeded_with_the_full_keyboard():
         assert env.single_action_space.n == 121 and not env.seedable
         obs = env.reset()
         assert obs["glyphs"].shape == (1, 21, 79)
-        _rollout(env, 12)
+        random_steps(env, 12)
     finally:
         env.close()
 
